@@ -1,0 +1,699 @@
+"""Everything the task scripts share, top to bottom:
+
+data · models · losses and optimizers · train / evaluate / checkpoint · plotting
+
+The scripts in task1/ and task2/ only parse flags and call into this file. There is exactly one
+training loop (`train`) and one evaluation routine (`evaluate`) for the whole repository.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+VAL_SPLIT_SEED = 0  # the validation split is the same for every run, whatever --seed is
+
+
+class DataError(Exception):
+    """A problem with the dataset files; the scripts print it as one line, without a traceback."""
+
+
+def default_data_dir():
+    return os.environ.get("CIFAR10_DIR", "data")
+
+
+def _unpickle(path):
+    hint = f"delete {os.path.dirname(path)} and rerun to download it again, or point --data-dir at a good copy"
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing; {hint}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 pickle ({type(e).__name__}); {hint}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}; {hint}")
+    # the original files have bytes keys; copies written from Python 3 may have str keys
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_cifar_batch(path):
+    """One batch file -> (uint8 images [N, 3, 32, 32], int64 labels [N])."""
+    batch = _unpickle(path)
+    missing = [k for k in ("data", "labels") if k not in batch]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {missing}, found {sorted(batch)}; "
+                        "this is not a CIFAR-10 python batch file")
+    data = batch["data"]
+    shape = tuple(getattr(data, "shape", ()))
+    if len(shape) != 2 or shape[1] != 3 * 32 * 32 or str(getattr(data, "dtype", "")) != "uint8":
+        raise DataError(f"{path}: 'data' should be uint8 [N, 3072], found "
+                        f"{getattr(data, 'dtype', type(data).__name__)} {list(shape)}")
+    labels = torch.as_tensor(list(batch["labels"]), dtype=torch.int64)
+    if labels.numel() != shape[0]:
+        raise DataError(f"{path}: {shape[0]} images but {labels.numel()} labels")
+    images = torch.from_numpy(data.copy()).view(-1, 3, 32, 32)
+    return images, labels
+
+
+def load_cifar10(data_dir, download=True):
+    """The whole dataset as uint8 tensors: dict(train_x, train_y, test_x, test_y, classes)."""
+    folder = os.path.join(data_dir, CIFAR10_FOLDER)
+    if not os.path.isdir(folder):
+        if not download:
+            raise DataError(f"{folder}: folder not found; drop --no-download to fetch CIFAR-10 there, "
+                            "or point --data-dir / $CIFAR10_DIR at the folder holding cifar-10-batches-py/")
+        from torchvision.datasets.utils import download_and_extract_archive
+        print(f"downloading CIFAR-10 into {data_dir} ...", flush=True)
+        try:
+            download_and_extract_archive(CIFAR10_URL, data_dir, md5=CIFAR10_MD5, remove_finished=True)
+        except Exception as e:  # any network or checksum failure becomes one readable line
+            raise DataError(f"{folder}: download failed ({type(e).__name__}: {e}); "
+                            "fetch cifar-10-python.tar.gz by hand and extract it into --data-dir") from None
+    train = [read_cifar_batch(os.path.join(folder, name)) for name in CIFAR10_TRAIN_FILES]
+    test_x, test_y = read_cifar_batch(os.path.join(folder, CIFAR10_TEST_FILE))
+    meta = _unpickle(os.path.join(folder, "batches.meta"))
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])]
+    return dict(train_x=torch.cat([x for x, _ in train]), train_y=torch.cat([y for _, y in train]),
+                test_x=test_x, test_y=test_y, classes=classes or [str(i) for i in range(10)])
+
+
+def split_train_val(x, y, n_val, subset=0):
+    """Hold out n_val images (at most a tenth of those given) with a fixed seed; `subset` keeps the
+    first N of the remaining training images."""
+    n_val = min(n_val, len(y) // 10)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if subset:
+        train_idx = train_idx[:subset]
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+def augment(images, gen):
+    """Random crop with 4 pixels of zero padding and a random horizontal flip, for a whole uint8 batch
+    on its device. Random numbers come from the CPU generator `gen`, so every device sees the same ones."""
+    n, c, h, w = images.shape
+    device = images.device
+    shifts = torch.randint(0, 9, (2, n), generator=gen).to(device)
+    flips = (torch.rand(n, generator=gen) < 0.5).to(device)
+    padded = F.pad(images, (4, 4, 4, 4))
+    rows = shifts[0, :, None] + torch.arange(h, device=device)
+    cols = shifts[1, :, None] + torch.arange(w, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the column order
+    return padded[torch.arange(n, device=device)[:, None, None, None],
+                  torch.arange(c, device=device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalize(images, channels_last=False):
+    """uint8 [N, 3, H, W] -> float, standardized with the CIFAR-10 mean/std."""
+    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    x = (images.float() / 255 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------------------
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+RESVGG16_ARCHS = {  # stage channels, hidden FC widths
+    "standard": ([64, 128, 256, 512, 512], [4096, 4096]),
+    "light": ([32, 64, 128, 256, 256], [1024, 512]),
+}
+RESVGG16_BLOCKS = [2, 2, 3, 3, 3]
+
+
+def conv_bn_act(c_in, c_out, act):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act())
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-act-conv3x3-BN plus a shortcut (identity, or 1x1 conv + BN when channels change), then act."""
+
+    def __init__(self, c_in, c_out, act):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.act = act()
+
+    def forward(self, x):
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+
+def mlp_classifier(c_in, hidden, num_classes, act, dropout):
+    layers = [nn.Flatten()]
+    for h in hidden:
+        layers += [nn.Linear(c_in, h), act(), nn.Dropout(dropout)]
+        c_in = h
+    layers.append(nn.Linear(c_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+class ResVGG16(nn.Module):
+    """The report's ResVGG16: stem conv-BN-act, five stages of [2, 2, 3, 3, 3] blocks each followed by a
+    2x2 max-pool, global average pool, MLP classifier with dropout. residual=False gives plain VGG16
+    (one conv-BN-act per block, 13 convs)."""
+
+    def __init__(self, arch="standard", act="relu", residual=True, width=1.0, dropout=0.5, num_classes=10):
+        super().__init__()
+        channels, hidden = RESVGG16_ARCHS[arch]
+        channels = [scaled(c, width) for c in channels]
+        hidden = [scaled(h, width) for h in hidden]
+        act_cls = ACTIVATIONS[act]
+        block = ResidualBlock if residual else conv_bn_act
+        layers = [conv_bn_act(3, channels[0], act_cls)]
+        c_in = channels[0]
+        for c_out, n_blocks in zip(channels, RESVGG16_BLOCKS):
+            for _ in range(n_blocks):
+                layers.append(block(c_in, c_out, act_cls))
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+def scaled(n, width):
+    return max(1, round(n * width))
+
+
+def build_model(cfg):
+    """The model a config describes; `cfg` is the dict stored in config.json and in every checkpoint."""
+    if cfg["model"] == "resvgg16":
+        return ResVGG16(cfg["arch"], cfg["act"], cfg["residual"], cfg["width"], cfg["dropout"],
+                        cfg["num_classes"])
+    raise ValueError(f"unknown model {cfg['model']!r}; known: {MODELS}")
+
+
+MODELS = ["resvgg16"]
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# losses and optimizers
+# ----------------------------------------------------------------------------------------------
+
+LOSSES = ["ce", "nll", "mse"]
+OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_scratch"]
+DEFAULT_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-4, "adamw": 1e-4}
+DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
+
+
+def loss_fn(name, label_smoothing=0.0):
+    """logits, targets -> mean loss. 'nll' is log_softmax + NLLLoss, the same function as 'ce';
+    'mse' compares softmax probabilities with one-hot targets."""
+    if name == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if name == "nll":
+        return lambda logits, y: F.nll_loss(F.log_softmax(logits, dim=1), y)
+    if name == "mse":
+        return lambda logits, y: F.mse_loss(logits.softmax(dim=1), F.one_hot(y, logits.shape[1]).to(logits.dtype))
+    raise ValueError(f"unknown loss {name!r}; known: {LOSSES}")
+
+
+class ScratchSGD(torch.optim.Optimizer):
+    """Momentum SGD with L2 weight decay, written out by hand; the same update as torch.optim.SGD:
+    d = g + wd*p;  buf = momentum*buf + d (buf = d on the first step);  p -= lr * (d + momentum*buf
+    if nesterov else buf)."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+                if group["momentum"]:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d.clone()
+                    else:
+                        state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                    buf = state["momentum_buffer"]
+                    d = d.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.add_(d, alpha=-group["lr"])
+
+
+def make_optimizer(cfg, params):
+    name, lr, wd = cfg["opt"], cfg["lr"], cfg["wd"]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
+    if name == "sgd_scratch":
+        return ScratchSGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
+
+
+def cosine_schedule(optimizer, total_steps):
+    """Cosine annealing from the base lr to 0 over the whole run, stepped once per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+
+# ----------------------------------------------------------------------------------------------
+# train / evaluate / checkpoint
+# ----------------------------------------------------------------------------------------------
+
+# keys of the config that do not change what is trained, so --resume may take new values for them
+RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}
+EVAL_BATCH = 1000
+LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each check syncs a GPU)
+PROGRESS_EVERY_S = 30.0
+
+
+def add_train_args(parser, model_default="resvgg16"):
+    """The flags of every training script (task1/train.py, task2/train.py)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=model_default, choices=MODELS, help="network family")
+    g.add_argument("--arch", default="standard", choices=sorted(RESVGG16_ARCHS),
+                   help="ResVGG16 widths: standard [64..512] + FC 4096x2, light [32..256] + FC 1024/512")
+    g.add_argument("--act", default="relu", choices=sorted(ACTIVATIONS), help="activation everywhere")
+    g.add_argument("--no-residual", dest="residual", action="store_false",
+                   help="plain VGG16: one conv-BN-act per block instead of a residual block")
+    g.add_argument("--width", type=float, default=1.0, help="multiplies every channel and FC width")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier")
+    g = parser.add_argument_group("loss and optimizer")
+    g.add_argument("--loss", default="ce", choices=LOSSES, help="ce, nll (log_softmax+NLLLoss), mse (softmax vs one-hot)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for --loss ce")
+    g.add_argument("--opt", default="sgd", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR})")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
+    g.add_argument("--epochs", type=int, default=60)
+    g.add_argument("--batch-size", type=int, default=128)
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", default=default_data_dir(),
+                   help="folder holding cifar-10-batches-py/ (default $CIFAR10_DIR or ./data)")
+    g.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
+    g.add_argument("--val", type=int, default=5000,
+                   help="training images held out for validation (at most a tenth of them)")
+    g.add_argument("--subset", type=int, default=0, help="train on the first N remaining training images (0: all)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    g.add_argument("--seed", type=int, default=0, help="initialization, data order and augmentation")
+    g.add_argument("--diverge-patience", type=int, default=5,
+                   help="stop as diverged after this many epochs at chance accuracy with a flat loss (0: never)")
+    g.add_argument("--out", default=None, help="run folder (default runs/<name from the config>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
+    return parser
+
+
+def config_from_args(args):
+    cfg = vars(args).copy()
+    cfg["lr"] = DEFAULT_LR[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
+    cfg["wd"] = DEFAULT_WD[cfg["opt"]] if cfg["wd"] is None else cfg["wd"]
+    if cfg["label_smoothing"] and cfg["loss"] != "ce":
+        raise SystemExit("error: --label-smoothing applies to --loss ce only")
+    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["width"] <= 0:
+        raise SystemExit("error: --epochs, --batch-size and --width must be positive")
+    cfg["num_classes"] = 10
+    cfg["out"] = cfg["out"] or os.path.join("runs", run_name(cfg))
+    return cfg
+
+
+def run_name(cfg):
+    parts = [cfg["model"], cfg["arch"], cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
+    if not cfg["residual"]:
+        parts.append("plain")
+    if cfg["width"] != 1:
+        parts.append(f"w{cfg['width']:g}")
+    if cfg["subset"]:
+        parts.append(f"n{cfg['subset']}")
+    return "_".join(parts + [f"s{cfg['seed']}"])
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH):
+    """Mean loss and accuracy of `model` in eval mode on uint8 images (no augmentation)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for i in range(0, len(labels), batch_size):
+        x = normalize(images[i:i + batch_size], channels_last=device.type == "cuda")
+        y = labels[i:i + batch_size]
+        with autocast(device):
+            logits = model(x)
+        loss_sum += criterion(logits.float(), y).double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    n = max(len(labels), 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def save_checkpoint(path, payload):
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model rebuilt from the checkpoint's own config, with its weights; the checkpoint dict)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(json_safe(obj), f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def json_safe(obj):
+    """NaN and inf become null, so every JSON file opens in any tool."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def format_seconds(s):
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class GracefulStop:
+    """Turns the first Ctrl-C / SIGTERM into a request to stop after the current step; a second
+    Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: stopping after the current step ...", flush=True)
+
+
+def prepare_run_dir(cfg):
+    out = cfg["out"]
+    last = os.path.join(out, "last.pt")
+    if cfg["resume"]:
+        if not os.path.exists(last):
+            raise SystemExit(f"error: --resume but {last} does not exist")
+    elif os.path.exists(last) and not cfg["overwrite"]:
+        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it "
+                         "or --overwrite to start over")
+    os.makedirs(out, exist_ok=True)
+
+
+def train_main(script, argv=None, model_default="resvgg16"):
+    """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
+    parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."),
+                            model_default)
+    cfg = config_from_args(parser.parse_args(argv))
+    try:
+        result = train(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result["status"] == "interrupted":
+        print(f"Resume with:\n  python {script} --out {cfg['out']} --resume", flush=True)
+        return 130
+    return 0
+
+
+def train(cfg):
+    """Train the model `cfg` describes; writes the run folder and returns result.json's dict.
+
+    The one training loop of the repository. State that makes a run reproducible and resumable:
+    torch's global RNG (initialization, dropout) seeded by cfg['seed'], and a CPU generator for the
+    data order and augmentation. last.pt holds both, mid-epoch if interrupted."""
+    prepare_run_dir(cfg)
+    out = cfg["out"]
+    device = resolve_device(cfg["device"])
+    if cfg["resume"]:
+        ckpt = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+        changed = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and ckpt["config"].get(k) != v}
+        if changed:
+            print(f"note: --resume keeps the saved config; ignoring {sorted(changed)}")
+        cfg = {**ckpt["config"], **{k: cfg[k] for k in RUNTIME_KEYS}}
+    else:
+        ckpt = None
+        write_json(os.path.join(out, "config.json"), cfg)
+
+    data = load_cifar10(cfg["data_dir"], download=not cfg["no_download"])
+    (train_x, train_y), (val_x, val_y) = split_train_val(data["train_x"], data["train_y"], cfg["val"], cfg["subset"])
+    train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
+    test_x, test_y = data["test_x"].to(device), data["test_y"].to(device)
+    n_train = len(train_y)
+    if n_train == 0:
+        raise SystemExit("error: no training images left after the validation split")
+    steps_per_epoch = math.ceil(n_train / cfg["batch_size"])
+
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    model = build_model(cfg)
+    channels_last = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    forward = torch.compile(model) if cfg["compile"] else model
+    criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = cosine_schedule(optimizer, cfg["epochs"] * steps_per_epoch)
+    n_params = count_params(model)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{run_name(cfg)}: {n_params:,} parameters | {n_train} train / {len(val_y)} val / "
+          f"{len(test_y)} test images | {device_name} | out {out}", flush=True)
+
+    # progress state, all of it in last.pt
+    state = dict(epoch=0, step=0, perm=None, loss_sum=0.0, correct=0, seen=0, epoch_seconds=0.0,
+                 train_seconds=0.0, best_val_acc=None, best_epoch=None, stuck_epochs=0, history=[])
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        gen.set_state(ckpt["data_rng"])
+        state.update(ckpt["progress"])
+        print(f"resumed from {out}/last.pt at epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:  # rewritten so it matches last.pt exactly
+        f.writelines(json.dumps(json_safe(m)) + "\n" for m in state["history"])
+
+    def checkpoint_payload():
+        return dict(model=model.state_dict(), config=cfg, epoch=state["epoch"], optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(), data_rng=gen.get_state(),
+                    cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    progress=dict(state))
+
+    status = "completed"
+    session_start, epochs_this_session = time.time(), 0
+    with GracefulStop() as stop:
+        while state["epoch"] < cfg["epochs"] and status == "completed":
+            if state["step"] == 0:
+                state["perm"] = torch.randperm(n_train, generator=gen)
+                state.update(loss_sum=0.0, correct=0, seen=0, epoch_seconds=0.0)
+            model.train()
+            loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float64)
+            correct = torch.tensor(state["correct"], device=device, dtype=torch.int64)
+            t0, last_print = time.time(), time.time()
+            for step in range(state["step"], steps_per_epoch):
+                idx = state["perm"][step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]].to(device)
+                x = normalize(augment(train_x[idx], gen), channels_last)
+                y = train_y[idx]
+                with autocast(device):
+                    logits = forward(x)
+                loss = criterion(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                state["seen"] += len(y)
+                state["step"] = step + 1
+                stopping = stop.requested
+                if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == steps_per_epoch or stopping:
+                    # a running sum is non-finite as soon as one loss was
+                    if not math.isfinite(loss_sum.item()):
+                        status = "diverged"
+                        print(f"epoch {state['epoch'] + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
+                        break
+                    if time.time() - last_print > PROGRESS_EVERY_S:
+                        last_print = time.time()
+                        rate = state["seen"] / (state["epoch_seconds"] + last_print - t0)
+                        print(f"  epoch {state['epoch'] + 1} step {step + 1}/{steps_per_epoch} "
+                              f"loss {loss_sum.item() / state['seen']:.4f} {rate:.0f} img/s "
+                              f"epoch ETA {format_seconds((n_train - state['seen']) / rate)}", flush=True)
+                if stopping:
+                    break
+            state.update(loss_sum=loss_sum.item(), correct=correct.item(),
+                         epoch_seconds=state["epoch_seconds"] + time.time() - t0)
+            state["train_seconds"] += time.time() - t0
+            if stop.requested and status == "completed" and state["step"] < steps_per_epoch:
+                status = "interrupted"
+                break
+            if status == "diverged":
+                break
+            gave_up = finish_epoch(cfg, state, model, criterion, device, val_x, val_y,
+                                   optimizer.param_groups[0]["lr"], checkpoint_payload)
+            epochs_this_session += 1
+            m = state["history"][-1]
+            eta = (time.time() - session_start) / epochs_this_session * (cfg["epochs"] - state["epoch"])
+            print(f"epoch {m['epoch']:3d}/{cfg['epochs']} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
+                  f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr {m['lr']:.2e} | {m['img_per_s']:.0f} img/s "
+                  f"| {format_seconds(m['elapsed'])} elapsed, ETA {format_seconds(eta)}", flush=True)
+            with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(json_safe(m)) + "\n")
+            if gave_up:
+                status = "diverged"
+                print(f"train accuracy at chance with a flat loss for {state['stuck_epochs']} epochs -> diverged",
+                      flush=True)
+            elif stop.requested:
+                status = "interrupted"
+
+    save_checkpoint(os.path.join(out, "last.pt"), checkpoint_payload())
+    result = dict(status=status, epochs_run=len(state["history"]), epochs=cfg["epochs"],
+                  best_val_acc=state["best_val_acc"], best_epoch=state["best_epoch"],
+                  test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None,
+                  final_test_loss=None, final_val_acc=state["history"][-1]["val_acc"] if state["history"] else None,
+                  params=n_params, train_seconds=state["train_seconds"], device=device_name,
+                  torch_version=torch.__version__, config=cfg)
+    if status == "interrupted":
+        write_json(os.path.join(out, "result.json"), result)
+        print(f"interrupted ({stop.signal_name}) at epoch {state['epoch'] + 1}, step {state['step']}; "
+              f"state saved to {out}/last.pt", flush=True)
+        return result
+
+    result["final_test_loss"], result["final_test_acc"] = evaluate(model, test_x, test_y, criterion, device)
+    if state["best_epoch"] is not None:
+        best_model, _ = load_checkpoint(os.path.join(out, "best.pt"), device)
+        result["test_loss_at_best_val"], result["test_acc_at_best_val"] = evaluate(
+            best_model, test_x, test_y, criterion, device)
+    write_json(os.path.join(out, "result.json"), result)
+    if state["history"]:
+        plot_curves(state["history"], os.path.join(out, "curves.png"), title=run_name(cfg))
+    best = "n/a" if result["test_acc_at_best_val"] is None else f"{result['test_acc_at_best_val']:.4f}"
+    print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, "
+          f"test acc at best val {best}, final test acc {result['final_test_acc']:.4f} | {out}", flush=True)
+    return result
+
+
+def finish_epoch(cfg, state, model, criterion, device, val_x, val_y, lr, checkpoint_payload):
+    """Validate, record the epoch's metrics, write best.pt (on a new best val accuracy) and last.pt.
+    Returns True when the run has sat at chance accuracy with a flat loss for --diverge-patience epochs."""
+    val_loss, val_acc = evaluate(model, val_x, val_y, criterion, device)
+    state["epoch"] += 1
+    history = state["history"]
+    history.append(dict(epoch=state["epoch"], train_loss=state["loss_sum"] / state["seen"],
+                        train_acc=state["correct"] / state["seen"], val_loss=val_loss, val_acc=val_acc, lr=lr,
+                        img_per_s=state["seen"] / max(state["epoch_seconds"], 1e-9),
+                        epoch_seconds=state["epoch_seconds"], elapsed=state["train_seconds"]))
+    flat = len(history) >= 2 and abs(history[-1]["train_loss"] - history[-2]["train_loss"]) <= 0.01 * abs(
+        history[-2]["train_loss"])
+    at_chance = history[-1]["train_acc"] < 1.5 / cfg["num_classes"]
+    state["stuck_epochs"] = state["stuck_epochs"] + 1 if (flat and at_chance) else 0
+    state.update(step=0, perm=None)
+    if state["best_val_acc"] is None or val_acc > state["best_val_acc"]:
+        state.update(best_val_acc=val_acc, best_epoch=state["epoch"])
+        save_checkpoint(os.path.join(cfg["out"], "best.pt"),
+                        dict(model=model.state_dict(), config=cfg, epoch=state["epoch"], val_acc=val_acc))
+    save_checkpoint(os.path.join(cfg["out"], "last.pt"), checkpoint_payload())
+    return 0 < cfg["diverge_patience"] <= state["stuck_epochs"]
+
+
+# ----------------------------------------------------------------------------------------------
+# plotting
+# ----------------------------------------------------------------------------------------------
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history, path, title=""):
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    plt = pyplot()
+    epochs = [m["epoch"] for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], marker=".", label=split)
+        ax_acc.plot(epochs, [m[f"{split}_acc"] for m in history], marker=".", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,354 @@
+"""Tests: run with `python -m pytest -q`. Everything runs on CPU on tiny fake data in seconds."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN = os.path.join(ROOT, "task1", "train.py")
+TIMING_KEYS = {"img_per_s", "epoch_seconds", "elapsed"}
+TINY = ["--arch", "light", "--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download"]
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
+                    [255, 255, 255], [0, 0, 0], [128, 64, 0], [0, 128, 64]], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def write_fake_cifar(root, n_train=300, n_test=100, easy=False, seed=0):
+    """A cifar-10-batches-py folder in the real pickle format (bytes keys, uint8 [N, 3072]).
+    easy=True: the class is the image's dominant colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, common.CIFAR10_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+
+    def images(n):
+        labels = rng.integers(0, 10, n)
+        if easy:
+            pixels = 0.7 * COLOURS[labels][:, :, None] + rng.uniform(0, 0.3 * 255, (n, 3, 1024))
+        else:
+            pixels = rng.uniform(0, 255, (n, 3, 1024))
+        return pixels.reshape(n, 3072).astype(np.uint8), labels.tolist()
+
+    per_batch = n_train // 5
+    for i, name in enumerate(common.CIFAR10_TRAIN_FILES + [common.CIFAR10_TEST_FILE]):
+        data, labels = images(per_batch if i < 5 else n_test)
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                         b"filenames": [b"x.png"] * len(labels)}, f, protocol=2)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f, protocol=2)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    return write_fake_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+def parse(argv):
+    return common.config_from_args(common.add_train_args(__import__("argparse").ArgumentParser()).parse_args(argv))
+
+
+def run_cli(args, **kwargs):
+    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def test_loader_reads_real_format_and_splits(fake_data):
+    data = common.load_cifar10(fake_data, download=False)
+    assert data["train_x"].shape == (300, 3, 32, 32) and data["train_x"].dtype == torch.uint8
+    assert data["test_x"].shape == (100, 3, 32, 32) and data["train_y"].dtype == torch.int64
+    assert data["classes"] == [f"class{i}" for i in range(10)]
+    (tx, ty), (vx, vy) = common.split_train_val(data["train_x"], data["train_y"], n_val=5000)
+    assert len(vy) == 30 and len(ty) == 270  # capped at a tenth
+    (tx2, _), (vx2, _) = common.split_train_val(data["train_x"], data["train_y"], n_val=5000, subset=100)
+    assert len(tx2) == 100 and torch.equal(tx2, tx[:100]) and torch.equal(vx2, vx)  # subset: first N, same val
+    # train and validation images are disjoint rows of the original
+    flat = lambda x: {bytes(r.numpy()) for r in x.reshape(len(x), -1)}
+    assert not flat(tx) & flat(vx)
+
+
+def test_augment_is_a_shifted_or_flipped_crop():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = common.augment(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    n_flipped = 0
+    for img, res in zip(padded, out):
+        crops = [(img[:, dy:dy + 32, dx:dx + 32], flip) for dy in range(9) for dx in range(9) for flip in (0, 1)]
+        matches = [flip for crop, flip in crops if torch.equal(crop.flip(2) if flip else crop, res)]
+        assert matches, "augmented image is not a crop of the padded image"
+        n_flipped += matches[0]
+    assert 0 < n_flipped < 16
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "not a readable CIFAR-10 pickle"),
+    ("delete", "file is missing"),
+    ("wrong_keys", "missing key(s) ['data', 'labels']"),
+    ("wrong_shape", "'data' should be uint8 [N, 3072]"),
+])
+def test_bad_batch_file_gives_one_clear_line(tmp_path, damage, message):
+    root = write_fake_cifar(tmp_path, n_train=50, n_test=10)
+    path = os.path.join(root, common.CIFAR10_FOLDER, "data_batch_3")
+    if damage == "truncate":
+        with open(path, "rb") as f:
+            blob = f.read()
+        with open(path, "wb") as f:
+            f.write(blob[: len(blob) // 2])
+    elif damage == "delete":
+        os.remove(path)
+    elif damage == "wrong_keys":
+        with open(path, "wb") as f:
+            pickle.dump({b"pixels": 1}, f)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({b"data": np.zeros((10, 100), np.uint8), b"labels": [0] * 10}, f)
+    with pytest.raises(common.DataError) as err:
+        common.load_cifar10(root, download=False)
+    assert path in str(err.value) and message in str(err.value)
+    if damage == "truncate":  # the script itself: one line on stderr, no traceback, non-zero exit
+        proc = run_cli([*TINY, "--data-dir", root, "--epochs", "1", "--out", str(tmp_path / "run")])
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and path in proc.stderr
+
+
+def test_missing_folder_without_download(tmp_path):
+    proc = run_cli([*TINY, "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "cifar-10-batches-py: folder not found" in proc.stderr and "--no-download" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- models, losses, optimizers
+
+def resvgg16_param_count(channels, hidden, residual=True):
+    """Closed form, independent of the model code: conv weights + BN (2 per channel) + linear layers."""
+    conv_bn = lambda c_in, c_out, k: c_in * c_out * k * k + 2 * c_out
+    total = conv_bn(3, channels[0], 3)
+    c_in = channels[0]
+    for c_out, n_blocks in zip(channels, [2, 2, 3, 3, 3]):
+        for _ in range(n_blocks):
+            if residual:
+                total += conv_bn(c_in, c_out, 3) + conv_bn(c_out, c_out, 3)
+                total += conv_bn(c_in, c_out, 1) if c_in != c_out else 0
+            else:
+                total += conv_bn(c_in, c_out, 3)
+            c_in = c_out
+    for h in hidden + [10]:
+        total += c_in * h + h
+        c_in = h
+    return total
+
+
+@pytest.mark.parametrize("arch, residual, expected", [
+    ("standard", True, 50_155_594), ("light", True, 8_606_250),
+    ("standard", False, 33_679_434), ("light", False, 4_484_650)])
+def test_param_counts(arch, residual, expected):
+    model = common.ResVGG16(arch, residual=residual)
+    channels, hidden = common.RESVGG16_ARCHS[arch]
+    assert common.count_params(model) == resvgg16_param_count(channels, hidden, residual) == expected
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_ce_and_nll_agree():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 10, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 10, (64,))
+    grads = {}
+    for name in ("ce", "nll"):
+        loss = common.loss_fn(name)(logits, y)
+        grads[name] = (loss.item(), torch.autograd.grad(loss, logits)[0])
+    assert abs(grads["ce"][0] - grads["nll"][0]) < 1e-6
+    assert (grads["ce"][1] - grads["nll"][1]).abs().max() < 1e-6
+
+
+def test_mse_loss_is_softmax_vs_one_hot():
+    logits = torch.tensor([[0.0, 0.0], [100.0, -100.0]])
+    loss = common.loss_fn("mse")(logits, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx((0.25 + 0.25 + 1 + 1) / 4)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_scratch_equals_torch_sgd(nesterov):
+    weights = []
+    for cls in (torch.optim.SGD, common.ScratchSGD):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 3))
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x, y = torch.randn(32, 8, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7)
+    assert not torch.equal(weights[0][0], torch.nn.Linear(8, 16).weight)  # the steps did move the weights
+
+
+def test_cosine_schedule_is_per_batch_and_ends_at_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = common.cosine_schedule(opt, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.05)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- training runs
+
+RESULT_KEYS = {"status", "best_val_acc", "best_epoch", "test_acc_at_best_val", "final_test_acc", "params",
+               "train_seconds", "device", "torch_version"}
+
+
+def test_cli_run_writes_every_file_and_checkpoint_rebuilds_model(fake_data, tmp_path):
+    out = str(tmp_path / "run")
+    proc = run_cli([*TINY, "--arch", "standard", "--act", "relu", "--loss", "ce", "--opt", "sgd",
+                    "--data-dir", fake_data, "--epochs", "2", "--out", out])
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.json", "metrics.jsonl", "result.json", "best.pt", "last.pt", "curves.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert "epoch   2/2" in proc.stdout and "ETA" in proc.stdout and "img/s" in proc.stdout
+    result = read_json(os.path.join(out, "result.json"))
+    assert RESULT_KEYS <= set(result) and result["status"] == "completed" and result["device"] == "cpu"
+    assert result["config"]["lr"] == 0.01 and result["config"]["wd"] == 5e-4  # the report's SGD defaults
+    assert len(metrics(out)) == 2 and result["best_epoch"] in (1, 2)
+    assert result["best_val_acc"] == max(m["val_acc"] for m in metrics(out))
+    # best.pt alone rebuilds its model and reproduces the reported test numbers
+    model, ckpt = common.load_checkpoint(os.path.join(out, "best.pt"))
+    assert ckpt["epoch"] == result["best_epoch"] and common.count_params(model) == result["params"]
+    data = common.load_cifar10(fake_data, download=False)
+    loss, acc = common.evaluate(model, data["test_x"], data["test_y"], common.loss_fn("ce"), torch.device("cpu"))
+    assert acc == result["test_acc_at_best_val"] and loss == pytest.approx(result["test_loss_at_best_val"], abs=1e-9)
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags", [
+    ["--act", "leaky_relu", "--loss", "nll", "--opt", "adam"],
+    ["--act", "tanh", "--loss", "mse", "--opt", "adamw"],
+    ["--act", "gelu", "--loss", "ce", "--label-smoothing", "0.1", "--opt", "sgd_scratch", "--no-residual"],
+])
+def test_each_activation_loss_optimizer_trains(fake_data, tmp_path, flags):
+    cfg = parse([*TINY, *flags, "--data-dir", fake_data, "--epochs", "1", "--out", str(tmp_path)])
+    result = common.train(cfg)
+    assert result["status"] == "completed" and result["epochs_run"] == 1
+    assert 0 <= result["final_test_acc"] <= 1 and 0 <= result["test_acc_at_best_val"] <= 1
+    assert result["params"] == common.count_params(common.build_model(cfg))
+    assert read_json(os.path.join(tmp_path, "config.json"))["opt"] == cfg["opt"]
+
+
+def test_training_learns_an_easy_task(tmp_path):
+    root = write_fake_cifar(tmp_path / "easy", n_train=2000, n_test=200, easy=True)
+    cfg = parse([*TINY, "--width", "0.25", "--dropout", "0", "--opt", "adam", "--lr", "2e-3", "--data-dir", root,
+                 "--epochs", "3", "--out", str(tmp_path / "run")])
+    result = common.train(cfg)
+    assert result["best_val_acc"] > 0.9 and result["test_acc_at_best_val"] > 0.9
+
+
+def test_same_seed_same_metrics(fake_data, tmp_path):
+    runs = []
+    for i in range(2):
+        common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--out", str(tmp_path / str(i))]))
+        runs.append(metrics(tmp_path / str(i)))
+    assert runs[0] == runs[1]
+    common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--seed", "1", "--out", str(tmp_path / "s1")]))
+    assert metrics(tmp_path / "s1") != runs[0]
+
+
+def test_existing_run_needs_resume_or_overwrite(fake_data, tmp_path):
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(tmp_path)]
+    proc = run_cli([*args, "--resume"])
+    assert proc.returncode != 0 and "last.pt does not exist" in proc.stderr
+    common.train(parse(args))
+    proc = run_cli(args)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def interrupt_at_step(real_make_optimizer, n):
+    """make_optimizer whose optimizer sends this process a real SIGINT right after its n-th step."""
+    def make(cfg, params):
+        optimizer, steps = real_make_optimizer(cfg, params), [0]
+
+        def hook(*_):
+            steps[0] += 1
+            if steps[0] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+        optimizer.register_step_post_hook(hook)
+        return optimizer
+    return make
+
+
+def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch):
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam"]
+    reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
+    with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (9 steps per epoch)
+        m.setattr(common, "make_optimizer", interrupt_at_step(common.make_optimizer, 13))
+        stopped = common.train(parse([*args, "--out", str(tmp_path / "cut")]))
+    assert stopped["status"] == "interrupted" and len(metrics(tmp_path / "cut")) == 1
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert ckpt["progress"]["step"] == 4 and ckpt["epoch"] == 1  # saved mid-epoch, after the current step
+    resumed = common.train(parse([*args, "--out", str(tmp_path / "cut"), "--resume"]))
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "ref")
+    for key in ("status", "best_val_acc", "best_epoch", "test_acc_at_best_val", "final_test_acc", "final_test_loss"):
+        assert resumed[key] == reference[key], key
+
+
+def test_sigint_saves_and_resume_finishes_identically(fake_data, tmp_path):
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "12"]
+    reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
+    out = str(tmp_path / "cut")
+    proc = subprocess.Popen([sys.executable, TRAIN, *args, "--out", out], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("epoch   1/12"):
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout = line + proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    assert "Resume with:" in stdout and f"--out {out} --resume" in stdout
+    assert read_json(os.path.join(out, "result.json"))["status"] == "interrupted"
+    assert len(metrics(out)) < 12
+    proc = run_cli([*args, "--out", out, "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert metrics(out) == metrics(tmp_path / "ref")
+    assert read_json(os.path.join(out, "result.json"))["final_test_acc"] == reference["final_test_acc"]
+
+
+def test_exploding_lr_stops_as_diverged(fake_data, tmp_path):
+    result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "20", "--lr", "1e4",
+                                 "--out", str(tmp_path)]))
+    assert result["status"] == "diverged" and result["epochs_run"] < 20
+    assert read_json(os.path.join(tmp_path, "result.json"))["status"] == "diverged"
+
+
+def test_flat_loss_at_chance_stops_as_diverged(fake_data, tmp_path):
+    result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "20", "--lr", "0", "--dropout", "0",
+                                 "--diverge-patience", "2", "--out", str(tmp_path)]))
+    assert result["status"] == "diverged" and result["epochs_run"] == 3
