@@ -1,6 +1,7 @@
 """Everything the task scripts share, top to bottom:
 
-data · models · losses and optimizers · train / evaluate / checkpoint · plotting
+data · models · losses and optimizers · train / evaluate / checkpoint · landscape and BN probes ·
+plotting · report
 
 The scripts in task1/ and task2/ only parse flags and call into this file. There is exactly one
 training loop (`train`) and one evaluation routine (`evaluate`) for the whole repository.
@@ -208,15 +209,55 @@ def scaled(n, width):
     return max(1, round(n * width))
 
 
+VGG_A_STAGES = [[64], [128], [256, 256], [512, 512], [512, 512]]
+
+
+class VGGA(nn.Module):
+    """The course's VGG-A for 32x32 input: conv3x3 + act stages 64 | 128 | 256,256 | 512,512 | 512,512,
+    a 2x2 max-pool after each stage, classifier 512-512-512-10. bn=True puts BatchNorm after every conv
+    and changes nothing else (a clean ablation); residual=True builds each conv as a residual block
+    (the report's VGG-A-Res-BN). Xavier-normal weights, zero biases, BN weight 1 and bias 0."""
+
+    def __init__(self, bn=False, residual=False, act="relu", width=1.0, dropout=0.0, num_classes=10):
+        super().__init__()
+        act_cls = ACTIVATIONS[act]
+        layers, c_in = [], 3
+        for stage in VGG_A_STAGES:
+            for c_out in (scaled(c, width) for c in stage):
+                if residual:
+                    layers.append(ResidualBlock(c_in, c_out, act_cls))
+                else:
+                    layers += [nn.Conv2d(c_in, c_out, 3, padding=1)]
+                    layers += [nn.BatchNorm2d(c_out)] if bn else []
+                    layers.append(act_cls())
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        hidden = scaled(512, width)
+        self.classifier = mlp_classifier(c_in, [hidden, hidden], num_classes, act_cls, dropout)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 def build_model(cfg):
     """The model a config describes; `cfg` is the dict stored in config.json and in every checkpoint."""
-    if cfg["model"] == "resvgg16":
+    name = cfg["model"]
+    if name == "resvgg16":
         return ResVGG16(cfg["arch"], cfg["act"], cfg["residual"], cfg["width"], cfg["dropout"],
                         cfg["num_classes"])
-    raise ValueError(f"unknown model {cfg['model']!r}; known: {MODELS}")
+    if name in ("vgg_a", "vgg_a_bn", "vgg_a_res_bn"):
+        return VGGA(bn=name != "vgg_a", residual=name == "vgg_a_res_bn", act=cfg["act"], width=cfg["width"],
+                    dropout=cfg["dropout"], num_classes=cfg["num_classes"])
+    raise ValueError(f"unknown model {name!r}; known: {MODELS}")
 
 
-MODELS = ["resvgg16"]
+MODELS = ["resvgg16", "vgg_a", "vgg_a_bn", "vgg_a_res_bn"]
 
 
 def count_params(model):
@@ -231,6 +272,8 @@ LOSSES = ["ce", "nll", "mse"]
 OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_scratch"]
 DEFAULT_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-4, "adamw": 1e-4}
 DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
+TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
+TASK2_DEFAULTS = dict(model="vgg_a", opt="adam", epochs=20, dropout=0.0)
 
 
 def loss_fn(name, label_smoothing=0.0):
@@ -301,10 +344,13 @@ LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each chec
 PROGRESS_EVERY_S = 30.0
 
 
-def add_train_args(parser, model_default="resvgg16"):
-    """The flags of every training script (task1/train.py, task2/train.py)."""
+def add_train_args(parser, default_lr=None):
+    """The flags of every training script (task1/train.py, task2/train.py, task2/bn_analysis.py);
+    a script changes defaults with parser.set_defaults and passes its own per-optimizer lr table."""
+    default_lr = default_lr or DEFAULT_LR
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default=model_default, choices=MODELS, help="network family")
+    g.add_argument("--model", default="resvgg16", choices=MODELS,
+                   help="resvgg16 (Task 1), vgg_a, vgg_a_bn, vgg_a_res_bn (Task 2)")
     g.add_argument("--arch", default="standard", choices=sorted(RESVGG16_ARCHS),
                    help="ResVGG16 widths: standard [64..512] + FC 4096x2, light [32..256] + FC 1024/512")
     g.add_argument("--act", default="relu", choices=sorted(ACTIVATIONS), help="activation everywhere")
@@ -316,7 +362,7 @@ def add_train_args(parser, model_default="resvgg16"):
     g.add_argument("--loss", default="ce", choices=LOSSES, help="ce, nll (log_softmax+NLLLoss), mse (softmax vs one-hot)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for --loss ce")
     g.add_argument("--opt", default="sgd", choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
     g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
@@ -341,9 +387,9 @@ def add_train_args(parser, model_default="resvgg16"):
     return parser
 
 
-def config_from_args(args):
+def config_from_args(args, default_lr=None):
     cfg = vars(args).copy()
-    cfg["lr"] = DEFAULT_LR[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
+    cfg["lr"] = (default_lr or DEFAULT_LR)[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
     cfg["wd"] = DEFAULT_WD[cfg["opt"]] if cfg["wd"] is None else cfg["wd"]
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise SystemExit("error: --label-smoothing applies to --loss ce only")
@@ -355,7 +401,8 @@ def config_from_args(args):
 
 
 def run_name(cfg):
-    parts = [cfg["model"], cfg["arch"], cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
+    arch = [cfg["arch"]] if cfg["model"] == "resvgg16" else []
+    parts = [cfg["model"], *arch, cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
     if not cfg["residual"]:
         parts.append("plain")
     if cfg["width"] != 1:
@@ -419,6 +466,17 @@ def write_json(path, obj):
     os.replace(path + ".tmp", path)
 
 
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_metrics(run_dir):
+    """metrics.jsonl of a run folder as a list of per-epoch dicts."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def json_safe(obj):
     """NaN and inf become null, so every JSON file opens in any tool."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -471,11 +529,12 @@ def prepare_run_dir(cfg):
     os.makedirs(out, exist_ok=True)
 
 
-def train_main(script, argv=None, model_default="resvgg16"):
+def train_main(script, argv=None, defaults=None, default_lr=None):
     """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
     parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."),
-                            model_default)
-    cfg = config_from_args(parser.parse_args(argv))
+                            default_lr)
+    parser.set_defaults(**(defaults or {}))
+    cfg = config_from_args(parser.parse_args(argv), default_lr)
     try:
         result = train(cfg)
     except DataError as e:
@@ -487,12 +546,14 @@ def train_main(script, argv=None, model_default="resvgg16"):
     return 0
 
 
-def train(cfg):
+def train(cfg, step_hook=None):
     """Train the model `cfg` describes; writes the run folder and returns result.json's dict.
 
     The one training loop of the repository. State that makes a run reproducible and resumable:
     torch's global RNG (initialization, dropout) seeded by cfg['seed'], and a CPU generator for the
-    data order and augmentation. last.pt holds both, mid-epoch if interrupted."""
+    data order and augmentation. last.pt holds both, mid-epoch if interrupted.
+    step_hook(model, x, y, loss, step), if given, runs after the backward pass and before the optimizer
+    step of every batch (Task 2's probes); it must leave the model as it found it."""
     prepare_run_dir(cfg)
     out = cfg["out"]
     device = resolve_device(cfg["device"])
@@ -511,8 +572,9 @@ def train(cfg):
     train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
     test_x, test_y = data["test_x"].to(device), data["test_y"].to(device)
     n_train = len(train_y)
-    if n_train == 0:
-        raise SystemExit("error: no training images left after the validation split")
+    if n_train == 0 or len(val_y) == 0:
+        raise SystemExit(f"error: {n_train} training and {len(val_y)} validation images; both must be non-empty "
+                         "(check --val and --subset)")
     steps_per_epoch = math.ceil(n_train / cfg["batch_size"])
 
     torch.manual_seed(cfg["seed"])
@@ -573,6 +635,8 @@ def train(cfg):
                 loss = criterion(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if step_hook is not None:
+                    step_hook(forward, x, y, loss, state["epoch"] * steps_per_epoch + step)
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.detach().double() * len(y)
@@ -624,6 +688,7 @@ def train(cfg):
                   best_val_acc=state["best_val_acc"], best_epoch=state["best_epoch"],
                   test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None,
                   final_test_loss=None, final_val_acc=state["history"][-1]["val_acc"] if state["history"] else None,
+                  convergence_epoch=convergence_epoch(state["history"]),
                   params=n_params, train_seconds=state["train_seconds"], device=device_name,
                   torch_version=torch.__version__, config=cfg)
     if status == "interrupted":
@@ -644,6 +709,17 @@ def train(cfg):
     print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, "
           f"test acc at best val {best}, final test acc {result['final_test_acc']:.4f} | {out}", flush=True)
     return result
+
+
+CONVERGED_FRACTION = 0.95
+
+
+def convergence_epoch(history):
+    """The first epoch whose validation accuracy reaches 95% of the run's best (None before any epoch)."""
+    if not history:
+        return None
+    best = max(m["val_acc"] for m in history)
+    return next(m["epoch"] for m in history if m["val_acc"] >= CONVERGED_FRACTION * best)
 
 
 def finish_epoch(cfg, state, model, criterion, device, val_x, val_y, lr, checkpoint_payload):
@@ -667,6 +743,112 @@ def finish_epoch(cfg, state, model, criterion, device, val_x, val_y, lr, checkpo
                         dict(model=model.state_dict(), config=cfg, epoch=state["epoch"], val_acc=val_acc))
     save_checkpoint(os.path.join(cfg["out"], "last.pt"), checkpoint_payload())
     return 0 < cfg["diverge_patience"] <= state["stuck_epochs"]
+
+
+# ----------------------------------------------------------------------------------------------
+# landscape and BN probes
+# ----------------------------------------------------------------------------------------------
+
+def rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def preserved(model):
+    """Parameters, buffers (BN running statistics included) and torch's RNG streams are put back on
+    exit, so whatever runs inside leaves no trace on the model or on training."""
+    device = next(model.parameters()).device
+    params = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    rng = rng_state(device)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in zip(model.parameters(), params):
+                p.copy_(saved)
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+        set_rng_state(rng, device)
+
+
+@torch.no_grad()
+def set_params(params, base, direction, scale):
+    """p = base + scale * direction, always from the saved base, so repeated moves never drift."""
+    for p, b, d in zip(params, base, direction):
+        p.copy_(b + scale * d)
+
+
+def tensors_norm(tensors):
+    return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
+
+
+def probe_along_gradient(model, loss_closure, etas):
+    """The probe of Santurkar et al. 2018 at the model's current weights θ.
+
+    loss_closure() returns the loss of the current weights on one fixed batch (torch's RNG is reset
+    before every call, so dropout draws the same mask each time and L is one function). With
+    g = ∇L(θ), for every step size η: L(θ − ηg) and ‖∇L(θ) − ∇L(θ − ηg)‖. Effective β-smoothness is
+    max over η of that distance / ‖ηg‖. The model is left exactly as found (weights, BN running
+    statistics, RNG). Returns floats: loss, grad_norm, and per-η lists losses, grad_dists, betas."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    with preserved(model):
+        rng = rng_state(device)
+
+        def loss_and_grad():
+            set_rng_state(rng, device)
+            loss = loss_closure()
+            return loss.detach(), torch.autograd.grad(loss, params)
+
+        theta = [p.detach().clone() for p in params]
+        loss0, g = loss_and_grad()
+        losses, dists = [], []
+        for eta in etas:
+            set_params(params, theta, g, -eta)
+            loss_eta, g_eta = loss_and_grad()
+            losses.append(loss_eta)
+            dists.append(tensors_norm([a - b for a, b in zip(g, g_eta)]))
+        values = torch.stack([loss0.double(), tensors_norm(g)] + [v.double() for v in losses + dists]).tolist()
+    n = len(etas)
+    loss0, g_norm, losses, dists = values[0], values[1], values[2:2 + n], values[2 + n:]
+    betas = [d / (eta * g_norm) if eta * g_norm > 0 else float("nan") for d, eta in zip(dists, etas)]
+    return dict(loss=loss0, grad_norm=g_norm, losses=losses, grad_dists=dists, betas=betas)
+
+
+class BNProbe:
+    """A train() step hook for Task 2: records the training loss of every step and, every `every`
+    steps, runs probe_along_gradient on the current batch (BN in train mode, batch statistics, as in
+    the training step) with step sizes `etas`."""
+
+    def __init__(self, criterion, etas, every, device):
+        self.criterion, self.etas, self.every, self.device = criterion, list(etas), every, device
+        self.step_losses, self.probes = [], []
+
+    def __call__(self, model, x, y, loss, step):
+        self.step_losses.append(loss.detach())
+        if step % self.every == 0:
+            def loss_closure():
+                with autocast(self.device):
+                    logits = model(x)
+                return self.criterion(logits.float(), y)
+            self.probes.append(dict(step=step, **probe_along_gradient(model, loss_closure, self.etas)))
+
+    def arrays(self):
+        """Everything recorded, as numpy arrays (probe_* are [n_probes] or [n_probes, n_etas])."""
+        import numpy as np
+        losses = torch.stack(self.step_losses).double().cpu().numpy() if self.step_losses else np.zeros(0)
+        arrays = dict(step_loss=losses, etas=np.array(self.etas))
+        for key in ("step", "loss", "grad_norm", "losses", "grad_dists", "betas"):
+            arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
+                len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
+        return arrays
 
 
 # ----------------------------------------------------------------------------------------------
@@ -697,3 +879,188 @@ def plot_curves(history, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+MODEL_COLOURS = {"vgg_a": "tab:orange", "vgg_a_bn": "tab:blue", "vgg_a_res_bn": "tab:green", "resvgg16": "tab:purple"}
+
+
+def stack_padded(arrays):
+    """Rows of unequal length (a run that stopped early) as one [n, max_len] array, NaN-padded;
+    non-finite values become NaN so bands ignore them."""
+    import numpy as np
+    out = np.full((len(arrays), max((len(a) for a in arrays), default=0)), np.nan)
+    for row, a in zip(out, arrays):
+        row[:len(a)] = np.where(np.isfinite(a), a, np.nan)
+    return out
+
+
+def nan_reduce(fn, values, axis):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        return fn(values, axis=axis)
+
+
+def moving_average(values, window):
+    import numpy as np
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.concatenate([np.full(window - 1, np.nan), np.convolve(values, kernel, mode="valid")])
+
+
+def plot_loss_band(runs, path, smooth=1):
+    """Course 2.3.1: per step, the max and min training loss over the learning rates, one band per model."""
+    import numpy as np
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for model in dict.fromkeys(r["model"] for r in runs):
+        losses = stack_padded([moving_average(r["arrays"]["step_loss"], smooth) for r in runs if r["model"] == model])
+        steps = np.arange(losses.shape[1])
+        lo, hi = nan_reduce(np.nanmin, losses, 0), nan_reduce(np.nanmax, losses, 0)
+        ax.fill_between(steps, lo, hi, color=MODEL_COLOURS.get(model), alpha=0.45, lw=0, label=f"{model}")
+    lrs = ", ".join(f"{lr:g}" for lr in dict.fromkeys(r["lr"] for r in runs))
+    ax.set(xlabel="training step", ylabel="training loss",
+           title=f"loss landscape band: min..max training loss over lr in {{{lrs}}}"
+                 + (f" (moving average {smooth})" if smooth > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_probe(runs, path, key, ylabel, title, log=False, band=True):
+    """One panel per learning rate, BN vs no-BN: the band over step sizes η of a probe quantity
+    (band=True), or its max over η (band=False), at every probed step."""
+    import numpy as np
+    plt = pyplot()
+    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
+        for r in (r for r in runs if r["lr"] == lr):
+            a = r["arrays"]
+            values = np.where(np.isfinite(a[key]), a[key], np.nan)
+            colour = MODEL_COLOURS.get(r["model"])
+            if values.size == 0:
+                continue
+            if band:
+                ax.fill_between(a["probe_step"], nan_reduce(np.nanmin, values, 1), nan_reduce(np.nanmax, values, 1),
+                                color=colour, alpha=0.45, lw=0, label=r["model"])
+            else:
+                ax.plot(a["probe_step"], nan_reduce(np.nanmax, values, 1), color=colour, lw=1.2, label=r["model"])
+        ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel=ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_runs_curves(runs, path):
+    """Training loss and validation accuracy per epoch of every run: colour = model, shade = lr."""
+    plt = pyplot()
+    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in runs:
+        epochs = [m["epoch"] for m in r["history"]]
+        style = dict(color=MODEL_COLOURS.get(r["model"]), alpha=1.0 - 0.6 * lrs.index(r["lr"]) / max(len(lrs), 1),
+                     marker=".", label=f"{r['model']} lr {r['lr']:g}")
+        ax_loss.plot(epochs, [m["train_loss"] for m in r["history"]], **style)
+        ax_acc.plot(epochs, [m["val_acc"] for m in r["history"]], **style)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "curves.png"]
+
+
+def save_bn_analysis(runs, out, settings):
+    """The raw numbers of a BN analysis: bn_analysis.json (settings, per-run results and epoch
+    metrics) and bn_analysis.npz (per-step losses and probe arrays, keys '<model>/lr<lr>/<name>')."""
+    import numpy as np
+    np.savez(os.path.join(out, "bn_analysis.npz"),
+             **{f"{r['model']}/lr{r['lr']:g}/{k}": v for r in runs for k, v in r["arrays"].items()})
+    write_json(os.path.join(out, "bn_analysis.json"), dict(
+        settings=settings, runs=[{k: r[k] for k in ("model", "lr", "dir", "result", "history")} for r in runs]))
+
+
+def load_bn_analysis(out):
+    import numpy as np
+    with open(os.path.join(out, "bn_analysis.json")) as f:
+        saved = json.load(f)
+    with np.load(os.path.join(out, "bn_analysis.npz")) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    runs = saved["runs"]
+    for r in runs:
+        prefix = f"{r['model']}/lr{r['lr']:g}/"
+        r["arrays"] = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    return runs, saved["settings"]
+
+
+def bn_run_stats(run):
+    """Headline numbers of one run's probes: mean over probed steps of the loss range over η, median
+    over probed steps of the largest gradient change, and median effective β-smoothness."""
+    import numpy as np
+    a = run["arrays"]
+    if a["probe_losses"].size == 0:
+        return dict(loss_band=float("nan"), grad_dist=float("nan"), beta=float("nan"))
+    return dict(loss_band=float(np.nanmean(np.ptp(a["probe_losses"], axis=1))),
+                grad_dist=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_grad_dists"], 1))),
+                beta=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_betas"], 1))))
+
+
+def bn_summary_table(runs):
+    """Markdown: per model and lr, accuracy and the probe headline numbers; below it, per model, the
+    mean width of the min..max training-loss band over the learning rates."""
+    import numpy as np
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    def num(v):
+        return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+    lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
+             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        res, st = r["result"], bn_run_stats(r)
+        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {pct(res['final_val_acc'])} | "
+                     f"{pct(res['test_acc_at_best_val'])} | {pct(res['final_test_acc'])} | "
+                     f"{res['convergence_epoch'] if res['convergence_epoch'] is not None else '–'} | "
+                     f"{num(st['loss_band'])} | {num(st['grad_dist'])} | {num(st['beta'])} |")
+    lines.append("")
+    for model in dict.fromkeys(r["model"] for r in runs):
+        losses = stack_padded([r["arrays"]["step_loss"] for r in runs if r["model"] == model])
+        width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
+        lines.append(f"- {model}: mean width of the training-loss band over the learning rates "
+                     f"(max_curve − min_curve, course 2.3.1): {num(float(np.nanmean(width)))}")
+    return "\n".join(lines) + "\n"
+
+
+def write_bn_report(runs, out, smooth=1):
+    """Every Task 2 BN figure and summary.md, from the raw numbers alone."""
+    plot_loss_band(runs, os.path.join(out, "loss_band.png"), smooth)
+    plot_probe(runs, os.path.join(out, "loss_variation.png"), "probe_losses", "L(θ − ηg)",
+               "loss variation: range of the loss along the gradient over step sizes η")
+    plot_probe(runs, os.path.join(out, "grad_predictiveness.png"), "probe_grad_dists", "‖∇L(θ) − ∇L(θ − ηg)‖",
+               "gradient predictiveness: change of the gradient along the gradient, range over η")
+    plot_probe(runs, os.path.join(out, "beta_smoothness.png"), "probe_betas", "max over η of ‖Δ∇L‖ / ‖ηg‖",
+               "effective β-smoothness", log=True, band=False)
+    plot_runs_curves(runs, os.path.join(out, "curves.png"))
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(bn_summary_table(runs))

@@ -134,6 +134,19 @@ def test_bad_batch_file_gives_one_clear_line(tmp_path, damage, message):
         assert proc.stderr.strip().count("\n") == 0 and path in proc.stderr
 
 
+def test_missing_folder_is_downloaded_with_md5_check(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+    calls = []
+
+    def fake_download(url, root, md5=None, **kwargs):  # stands in for the network
+        calls.append((url, md5))
+        write_fake_cifar(root, n_train=50, n_test=10)
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    data = common.load_cifar10(str(tmp_path), download=True)
+    assert calls == [(common.CIFAR10_URL, "c58f30108f718f92721af3b95e74349a")]
+    assert data["train_x"].shape == (50, 3, 32, 32)
+
+
 def test_missing_folder_without_download(tmp_path):
     proc = run_cli([*TINY, "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -352,3 +365,113 @@ def test_flat_loss_at_chance_stops_as_diverged(fake_data, tmp_path):
     result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "20", "--lr", "0", "--dropout", "0",
                                  "--diverge-patience", "2", "--out", str(tmp_path)]))
     assert result["status"] == "diverged" and result["epochs_run"] == 3
+
+
+# ---------------------------------------------------------------------------------------- Task 2
+
+BN_ANALYSIS = os.path.join(ROOT, "task2", "bn_analysis.py")
+
+
+@pytest.mark.parametrize("model, expected", [("vgg_a", 9_750_922), ("vgg_a_bn", 9_756_426),
+                                             ("vgg_a_res_bn", 20_734_474)])
+def test_vgg_a_param_counts(model, expected):
+    net = common.build_model(dict(model=model, act="relu", width=1.0, dropout=0.0, num_classes=10))
+    assert common.count_params(net) == expected
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert n_bn == {"vgg_a": 0, "vgg_a_bn": 8, "vgg_a_res_bn": 8 * 2 + 4}[model]  # + 4 shortcut BNs
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_task2_defaults_and_convergence_epoch(fake_data, tmp_path):
+    out = str(tmp_path / "run")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "train.py"), "--model", "vgg_a_bn",
+                           "--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download",
+                           "--data-dir", fake_data, "--epochs", "3", "--out", out],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    config, result = read_json(os.path.join(out, "config.json")), read_json(os.path.join(out, "result.json"))
+    assert (config["opt"], config["lr"], config["dropout"]) == ("adam", 1e-3, 0.0)  # Task 2 defaults
+    history = common.read_metrics(out)
+    best = max(m["val_acc"] for m in history)
+    assert result["convergence_epoch"] == min(m["epoch"] for m in history if m["val_acc"] >= 0.95 * best)
+    assert common.convergence_epoch([dict(epoch=1, val_acc=0.5), dict(epoch=2, val_acc=0.96),
+                                     dict(epoch=3, val_acc=1.0)]) == 2
+
+
+def test_probe_does_not_perturb_training(fake_data, tmp_path):
+    args = [*TINY, "--model", "vgg_a_bn", "--dropout", "0.5", "--data-dir", fake_data, "--epochs", "1"]
+    common.train(parse([*args, "--out", str(tmp_path / "plain")]))
+    cfg = parse([*args, "--out", str(tmp_path / "probed")])
+    probe = common.BNProbe(common.loss_fn("ce"), [1e-3, 1e-2, 1e-1], every=1, device=torch.device("cpu"))
+    common.train(cfg, step_hook=probe)
+    assert len(probe.probes) == 9 and len(probe.step_losses) == 9  # every step was probed
+    plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    probed = torch.load(tmp_path / "probed" / "last.pt", weights_only=True)
+    for name, tensor in plain["model"].items():  # weights and BN running statistics
+        assert torch.equal(tensor, probed["model"][name]), name
+    assert torch.equal(plain["torch_rng"], probed["torch_rng"])
+    assert metrics(tmp_path / "plain") == metrics(tmp_path / "probed")
+
+
+class Quadratic(torch.nn.Module):
+    def __init__(self, theta):
+        super().__init__()
+        self.theta = torch.nn.Parameter(theta.clone())
+
+
+def test_probe_formulas_on_a_quadratic():
+    """L = ½θᵀAθ: g = Aθ, ∇L(θ − ηg) = g − ηAg, so ‖Δ∇L‖ = η‖Ag‖ and β = ‖Ag‖/‖g‖ for every η."""
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T + torch.eye(6, dtype=torch.float64)
+    theta = torch.randn(6, generator=gen, dtype=torch.float64)
+    model = Quadratic(theta)
+    etas = [1e-3, 1e-2, 0.1]
+    out = common.probe_along_gradient(model, lambda: 0.5 * model.theta @ a @ model.theta, etas)
+    g = a @ theta
+    assert out["loss"] == pytest.approx(0.5 * (theta @ a @ theta).item(), rel=1e-12)
+    assert out["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-12)
+    for eta, loss, dist, beta in zip(etas, out["losses"], out["grad_dists"], out["betas"]):
+        moved = theta - eta * g
+        assert loss == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-12)
+        assert dist == pytest.approx(eta * (a @ g).norm().item(), rel=1e-9)
+        assert beta == pytest.approx(((a @ g).norm() / g.norm()).item(), rel=1e-9)
+    assert torch.equal(model.theta.detach(), theta)  # left as found
+
+
+def test_bn_analysis_writes_everything_and_replots(fake_data, tmp_path):
+    out = tmp_path / "bn"
+    proc = subprocess.run([sys.executable, BN_ANALYSIS, "--data-dir", fake_data, "--no-download", "--device", "cpu",
+                           "--width", "0.125", "--batch-size", "32", "--epochs", "1", "--lrs", "1e-3", "1e-2",
+                           "--probe-every", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "run 4 of 4" in proc.stdout
+    for name in common.BN_FIGURES + ["summary.md", "bn_analysis.json", "bn_analysis.npz"]:
+        assert os.path.getsize(out / name) > 0, name
+    runs, settings = common.load_bn_analysis(out)
+    assert [(r["model"], r["lr"]) for r in runs] == [("vgg_a", 1e-3), ("vgg_a", 1e-2), ("vgg_a_bn", 1e-3),
+                                                      ("vgg_a_bn", 1e-2)]
+    for r in runs:
+        a = r["arrays"]
+        assert a["step_loss"].shape == (9,) and a["probe_step"].tolist() == [0, 2, 4, 6, 8]
+        assert a["probe_losses"].shape == a["probe_grad_dists"].shape == a["probe_betas"].shape == (5, 5)
+        assert np.allclose(a["etas"], np.array(settings["probe_etas"]) * r["lr"])
+        assert np.isfinite(a["probe_betas"]).all() and (a["probe_betas"] > 0).all()
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| model | lr | status") and len([l for l in table if l.startswith("| vgg_a")]) == 4
+    # the raw numbers alone redraw every figure and the table
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("bn_analysis.json", "bn_analysis.npz"):
+        (alone / name).write_bytes((out / name).read_bytes())
+    proc = subprocess.run([sys.executable, BN_ANALYSIS, "--replot", str(alone)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert (alone / "summary.md").read_text() == (out / "summary.md").read_text()
+    for name in common.BN_FIGURES:
+        assert (alone / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # a second call reuses the finished runs instead of training again
+    proc = subprocess.run([sys.executable, BN_ANALYSIS, "--data-dir", fake_data, "--no-download", "--device", "cpu",
+                           "--width", "0.125", "--batch-size", "32", "--epochs", "1", "--lrs", "1e-3", "1e-2",
+                           "--probe-every", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.count("reusing") == 4 and "parameters |" not in proc.stdout
