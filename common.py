@@ -420,15 +420,15 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; full fp32 on CPU."""
-    if device.type == "cuda":
+def autocast(device, bf16=True):
+    """bf16 autocast on CUDA (unless bf16=False); full fp32 on CPU."""
+    if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH):
+def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, bf16=True):
     """Mean loss and accuracy of `model` in eval mode on uint8 images (no augmentation)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -436,7 +436,7 @@ def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH):
     for i in range(0, len(labels), batch_size):
         x = normalize(images[i:i + batch_size], channels_last=device.type == "cuda")
         y = labels[i:i + batch_size]
-        with autocast(device):
+        with autocast(device, bf16):
             logits = model(x)
         loss_sum += criterion(logits.float(), y).double() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -779,10 +779,14 @@ def preserved(model):
 
 
 @torch.no_grad()
-def set_params(params, base, direction, scale):
-    """p = base + scale * direction, always from the saved base, so repeated moves never drift."""
-    for p, b, d in zip(params, base, direction):
-        p.copy_(b + scale * d)
+def set_tensors(tensors, base, terms):
+    """t = base + Σ scale * direction over terms [(scale, [direction per tensor]), ...], always from the
+    saved base, so moving from point to point never drifts. A direction entry may be None (zero)."""
+    for i, (t, b) in enumerate(zip(tensors, base)):
+        t.copy_(b)
+        for scale, direction in terms:
+            if direction[i] is not None and scale != 0:
+                t.add_(direction[i].to(t.dtype), alpha=scale)
 
 
 def tensors_norm(tensors):
@@ -811,7 +815,7 @@ def probe_along_gradient(model, loss_closure, etas):
         loss0, g = loss_and_grad()
         losses, dists = [], []
         for eta in etas:
-            set_params(params, theta, g, -eta)
+            set_tensors(params, theta, [(-eta, g)])
             loss_eta, g_eta = loss_and_grad()
             losses.append(loss_eta)
             dists.append(tensors_norm([a - b for a, b in zip(g, g_eta)]))
@@ -851,6 +855,160 @@ class BNProbe:
         return arrays
 
 
+NORMS = ["filter", "layer", "none"]
+
+
+def landscape_tensors(model):
+    """(name, tensor) for every parameter and every floating-point buffer (BN running statistics):
+    the state a landscape point sets. Integer buffers (num_batches_tracked) are left alone."""
+    return list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+
+
+def random_direction(model, generator, norm="filter", include_bn_bias=False):
+    """A Gaussian direction with the shape of every parameter, {name: tensor} on the CPU (the same for a
+    seed on any device). norm='filter' rescales each filter (slice along dim 0) to the norm of the
+    weights' filter, 'layer' each tensor to the weights' norm, 'none' keeps it raw. Tensors with
+    dim <= 1 (biases, BN weight and bias) get zero unless include_bn_bias, which treats them like weights."""
+    direction = {}
+    for name, w in model.named_parameters():
+        w = w.detach().float().cpu()
+        d = torch.randn(w.shape, generator=generator)
+        if w.dim() <= 1 and not include_bn_bias:
+            d.zero_()
+        elif norm == "filter":
+            rows, w_rows = d.view(len(d), -1), w.reshape(len(w), -1)
+            rows.mul_((w_rows.norm(dim=1) / (rows.norm(dim=1) + 1e-10))[:, None])
+        elif norm == "layer":
+            d.mul_(w.norm() / (d.norm() + 1e-10))
+        elif norm != "none":
+            raise ValueError(f"unknown norm {norm!r}; known: {NORMS}")
+        direction[name] = d
+    return direction
+
+
+def direction_list(model, direction, device):
+    """A {name: tensor} direction in landscape_tensors order, on the device; names it lacks (buffers)
+    are None, i.e. zero. Raises ValueError on a name or shape that does not fit the model."""
+    tensors = dict(landscape_tensors(model))
+    unknown = sorted(set(direction) - set(tensors))
+    missing = sorted(n for n, _ in model.named_parameters() if n not in direction)
+    wrong = sorted(n for n, d in direction.items() if n in tensors and tuple(d.shape) != tuple(tensors[n].shape))
+    if unknown or missing or wrong:
+        raise ValueError(f"direction does not fit the model: unknown {unknown[:3]}, missing {missing[:3]}, "
+                         f"wrong shape {wrong[:3]}")
+    return [direction[n].to(device) if n in direction else None for n, _ in landscape_tensors(model)]
+
+
+@torch.no_grad()
+def reestimate_bn(model, images, device, batch_size=EVAL_BATCH, bf16=True):
+    """BN running statistics recomputed from scratch on `images` (a cumulative average over batches)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for i in range(0, len(images), batch_size):
+        with autocast(device, bf16):
+            model(normalize(images[i:i + batch_size], channels_last=device.type == "cuda"))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.eval()
+
+
+def evaluate_at(model, base, terms, images, labels, criterion, device, bf16=True, bn_mode="eval",
+                batch_size=EVAL_BATCH):
+    """The one "model at θ + δ" evaluation: sets every landscape tensor to base + Σ scale·direction
+    (from the saved base, no drift), optionally re-estimates BN statistics on the same images, and
+    returns (loss, accuracy) in eval mode. The caller restores the model (see `preserved`)."""
+    set_tensors([t for _, t in landscape_tensors(model)], base, terms)
+    if bn_mode == "train":
+        reestimate_bn(model, images, device, batch_size, bf16)
+    return evaluate(model, images, labels, criterion, device, batch_size, bf16)
+
+
+def parse_axis(text):
+    """'MIN:MAX:NUM' -> list of NUM evenly spaced floats from MIN to MAX."""
+    try:
+        lo, hi, num = text.split(":")
+        lo, hi, num = float(lo), float(hi), int(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:MAX:NUM (e.g. -1:1:51)") from None
+    if num < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: NUM must be at least 1")
+    return [lo + (hi - lo) * i / (num - 1) for i in range(num)] if num > 1 else [lo]
+
+
+def compute_surface(model, base, axes, images, labels, criterion, device, surface, save, bf16=True,
+                    bn_mode="eval", batch_size=EVAL_BATCH, stop=None, round_size=8):
+    """Fill surface['loss'] and surface['acc'] (flat, row-major over the grid: point k is
+    (x[k // ny], y[k % ny])) at every point whose surface['done'] is False.
+
+    axes: [(coordinates, direction list)] for x and, in 2D, y. Under torch.distributed every rank takes
+    every world-th pending point; after each round the ranks sum their results so every rank holds
+    the whole surface, and save(surface) runs (on rank 0 only). stop.requested ends early (resumable)."""
+    import numpy as np
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    shape = [len(c) for c, _ in axes]
+    pending = [int(k) for k in np.flatnonzero(~surface["done"])]
+    started, done_before, last_print = time.time(), int(surface["done"].sum()), 0.0
+    per_round = round_size * world
+    for start in range(0, len(pending), per_round):
+        chunk = pending[start:start + per_round]
+        values = torch.zeros(3, len(chunk), dtype=torch.float64, device=device)  # loss, acc, done
+        for j in range(rank, len(chunk), world):
+            index = np.unravel_index(chunk[j], shape)
+            terms = [(coords[i], direction) for (coords, direction), i in zip(axes, index)]
+            values[0, j], values[1, j] = evaluate_at(model, base, terms, images, labels, criterion, device,
+                                                     bf16, bn_mode, batch_size)
+            values[2, j] = 1
+        if distributed:
+            torch.distributed.all_reduce(values)
+        values = values.cpu().numpy()
+        surface["loss"][chunk], surface["acc"][chunk], surface["done"][chunk] = values[0], values[1], values[2] > 0
+        halt = torch.tensor([float(stop is not None and stop.requested)], device=device)
+        if distributed:
+            torch.distributed.all_reduce(halt)  # every rank stops after the same round
+        if rank == 0:
+            save(surface)
+            n_done, elapsed = int(surface["done"].sum()), time.time() - started
+            rate = (n_done - done_before) / max(elapsed, 1e-9)
+            if time.time() - last_print > 5 or n_done == surface["done"].size:
+                last_print = time.time()
+                print(f"  {n_done}/{surface['done'].size} points | {rate:.2f} points/s | "
+                      f"ETA {format_seconds((surface['done'].size - n_done) / max(rate, 1e-9))}", flush=True)
+        if halt.item() > 0:
+            return False
+    return True
+
+
+def hessian_top_eigenvalue(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0):
+    """The largest-magnitude eigenvalue of the Hessian of the mean loss over the trainable parameters,
+    by power iteration on Hessian-vector products. batch_losses() yields the summed (not mean) loss of
+    each batch; the Hessian is of their total / n_items. Returns (eigenvalue, iterations used)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
+    norm = tensors_norm(v)
+    v = [t / norm for t in v]
+    eigenvalue = None
+    for it in range(1, iters + 1):
+        hv = [torch.zeros_like(p) for p in params]
+        for loss in batch_losses():
+            grads = torch.autograd.grad(loss / n_items, params, create_graph=True)
+            for acc, h in zip(hv, torch.autograd.grad(grads, params, grad_outputs=v)):
+                acc.add_(h)
+        new = sum((a * b).sum() for a, b in zip(hv, v)).item()
+        norm = tensors_norm(hv)
+        v = [t / norm for t in hv]
+        converged = eigenvalue is not None and abs(new - eigenvalue) <= tol * abs(new)
+        eigenvalue = new
+        if converged:
+            return eigenvalue, it
+    return eigenvalue, iters
+
+
 # ----------------------------------------------------------------------------------------------
 # plotting
 # ----------------------------------------------------------------------------------------------
@@ -875,6 +1033,92 @@ def plot_curves(history, path, title=""):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x"):
+    """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png),
+    filled contours (heatmap.png) and a 3D surface (surface_3d.png). Returns the files written."""
+    import numpy as np
+    plt = pyplot()
+    x, y, loss, acc = surface["x"], surface["y"], surface["loss"].astype(float), surface["acc"]
+    z = np.minimum(loss, zmax) if zmax is not None else loss
+    zlabel = "loss"
+    if log:
+        z, zlabel = np.log10(np.maximum(z, 1e-12)), "log10 loss"
+    if len(y) == 0:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
+        ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(x, acc, color="tab:red", marker=".", label="accuracy")
+        twin.set_ylabel("accuracy", color="tab:red")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "loss_1d.png"), dpi=120)
+        plt.close(fig)
+        return ["loss_1d.png"]
+    grid_x, grid_y = np.meshgrid(x, y, indexing="ij")  # loss[i, j] belongs to (x[i], y[j])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    lines = ax.contour(grid_x, grid_y, z, levels=20, cmap="viridis")
+    ax.clabel(lines, fontsize=6)
+    ax.set(xlabel="x", ylabel="y", title=title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "contour.png"), dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    filled = ax.contourf(grid_x, grid_y, z, levels=40, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label=zlabel)
+    ax.set(xlabel="x", ylabel="y", title=title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "heatmap.png"), dpi=120)
+    plt.close(fig)
+    fig = plt.figure(figsize=(6.5, 5))
+    ax = fig.add_subplot(projection="3d")
+    ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "surface_3d.png"), dpi=120)
+    plt.close(fig)
+    return ["contour.png", "heatmap.png", "surface_3d.png"]
+
+
+def filter_grid(weight, n=None, pad=1):
+    """The first conv layer's filters [C_out, 3, k, k] as one RGB image: each filter min-max normalized
+    to [0, 1] on its own, laid out in a near-square grid with `pad` white pixels between filters."""
+    import numpy as np
+    w = weight.detach().float().cpu()[:n]
+    lo = w.flatten(1).min(1).values[:, None, None, None]
+    hi = w.flatten(1).max(1).values[:, None, None, None]
+    w = ((w - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()  # [n, k, k, 3]
+    count, k = len(w), w.shape[1]
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    grid = np.ones((rows * (k + pad) - pad, cols * (k + pad) - pad, 3))
+    for i, f in enumerate(w):
+        r, c = divmod(i, cols)
+        grid[r * (k + pad):r * (k + pad) + k, c * (k + pad):c * (k + pad) + k] = f
+    return grid
+
+
+def plot_images_grid(images, path, title, cmap=None):
+    """Save one image (H x W or H x W x 3) or a list of single-channel maps as a tiled figure."""
+    plt = pyplot()
+    if isinstance(images, list):
+        cols = math.ceil(math.sqrt(len(images)))
+        rows = math.ceil(len(images) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img in zip(axes.flat, images):
+            ax.imshow(img, cmap=cmap)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(images, interpolation="nearest")
+        ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

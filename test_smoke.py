@@ -475,3 +475,168 @@ def test_bn_analysis_writes_everything_and_replots(fake_data, tmp_path):
                            "--width", "0.125", "--batch-size", "32", "--epochs", "1", "--lrs", "1e-3", "1e-2",
                            "--probe-every", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.count("reusing") == 4 and "parameters |" not in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------- landscapes
+
+LANDSCAPE = os.path.join(ROOT, "task2", "landscape.py")
+sys.path.insert(0, os.path.join(ROOT, "task2"))
+import landscape  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoints(fake_data, tmp_path_factory):
+    """Two briefly trained tiny ResVGG16 checkpoints of one architecture (seeds 0 and 1)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    for seed in (0, 1):
+        common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "1", "--seed", str(seed),
+                            "--out", str(root / f"s{seed}")]))
+    return str(root / "s0" / "best.pt"), str(root / "s1" / "best.pt")
+
+
+def plain_loss(model, fake_data, n=100):
+    data = common.load_cifar10(fake_data, download=False)
+    return common.evaluate(model, data["train_x"][:n], data["train_y"][:n], common.loss_fn("ce"),
+                           torch.device("cpu"), bf16=False)
+
+
+def test_random_direction_invariants():
+    torch.manual_seed(0)
+    model = common.ResVGG16("light", width=0.125)
+    params = dict(model.named_parameters())
+    d = common.random_direction(model, torch.Generator().manual_seed(3))
+    assert set(d) == set(params)
+    for name, w in params.items():
+        if w.dim() > 1:
+            assert torch.allclose(d[name].flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1), rtol=1e-5)
+        else:
+            assert not d[name].any(), name  # biases and BN weights: zero by default
+    again = common.random_direction(model, torch.Generator().manual_seed(3))
+    assert all(torch.equal(d[k], again[k]) for k in d)
+    with_bn = common.random_direction(model, torch.Generator().manual_seed(3), include_bn_bias=True)
+    bn_weight = next(n for n, w in params.items() if w.dim() == 1 and w.abs().sum() > 0)
+    assert torch.allclose(with_bn[bn_weight].abs(), params[bn_weight].detach().abs())  # each "filter" is one value
+    layer = common.random_direction(model, torch.Generator().manual_seed(3), norm="layer")
+    conv = next(n for n, w in params.items() if w.dim() == 4)
+    assert layer[conv].norm().item() == pytest.approx(params[conv].norm().item(), rel=1e-5)
+
+
+def test_surface_points_are_the_model_at_theta_plus_delta(checkpoints, fake_data, tmp_path):
+    """A 3 x 5 grid: every loss[i, j] equals a plain evaluation of weights θ + x[i]·dx + y[j]·dy set by hand;
+    (0, 0) is the checkpoint itself."""
+    out = tmp_path / "surface"
+    assert landscape.main(["--ckpt", checkpoints[0], "--x", "-1:1:3", "--y", "-1:1:5", "--n-items", "100",
+                           "--data-dir", fake_data, "--no-download", "--device", "cpu", "--precision", "fp32",
+                           "--out", str(out)]) == 0
+    with np.load(out / "surface.npz") as s:
+        surface = dict(s)
+    assert surface["loss"].shape == surface["acc"].shape == (3, 5) and surface["done"].all()
+    assert surface["x"].tolist() == [-1, 0, 1] and surface["y"].tolist() == [-1, -0.5, 0, 0.5, 1]
+    model, _ = common.load_checkpoint(checkpoints[0])
+    assert surface["loss"][1, 2] == pytest.approx(plain_loss(model, fake_data)[0], abs=1e-5)
+    directions = torch.load(out / "directions.pt", weights_only=True)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for i, x in enumerate(surface["x"]):
+        for j, y in enumerate(surface["y"]):
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(theta[n] + x * directions["x"][n] + y * directions["y"][n])
+            loss, acc = plain_loss(model, fake_data)
+            assert surface["loss"][i, j] == pytest.approx(loss, abs=1e-5) and surface["acc"][i, j] == acc, (i, j)
+    info = read_json(out / "surface.json")
+    assert info["status"] == "complete" and info["points"] == 15 and info["points_per_s"] > 0
+    for name in ("contour.png", "heatmap.png", "surface_3d.png"):
+        assert os.path.getsize(out / name) > 0
+    # --dir-file puts another checkpoint of the same architecture on the same plane
+    assert landscape.main(["--ckpt", checkpoints[1], "--x", "-1:1:3", "--n-items", "100", "--dir-file",
+                           str(out / "directions.pt"), "--data-dir", fake_data, "--no-download", "--device", "cpu",
+                           "--out", str(tmp_path / "other")]) == 0
+    reused = torch.load(tmp_path / "other" / "directions.pt", weights_only=True)
+    assert all(torch.equal(reused["x"][k], directions["x"][k]) for k in directions["x"])
+
+
+def test_interrupted_surface_resumes_to_the_same_result(checkpoints, fake_data, tmp_path, monkeypatch):
+    args = ["--ckpt", checkpoints[0], "--x", "-1:1:4", "--y", "-1:1:5", "--n-items", "50", "--data-dir", fake_data,
+            "--no-download", "--device", "cpu"]
+    assert landscape.main([*args, "--out", str(tmp_path / "full")]) == 0
+    real_evaluate_at, calls = common.evaluate_at, [0]
+
+    def evaluate_then_interrupt(*a, **k):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C in the middle of the first round
+        return real_evaluate_at(*a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(common, "evaluate_at", evaluate_then_interrupt)
+        assert landscape.main([*args, "--out", str(tmp_path / "cut")]) == 130
+    partial = read_json(tmp_path / "cut" / "surface.json")
+    assert partial["status"] == "partial" and 0 < partial["points_done"] < 20
+    assert landscape.main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    with np.load(tmp_path / "full" / "surface.npz") as a, np.load(tmp_path / "cut" / "surface.npz") as b:
+        assert np.array_equal(a["loss"], b["loss"]) and np.array_equal(a["acc"], b["acc"])
+
+
+def test_torchrun_two_ranks_equal_one_process(checkpoints, fake_data, tmp_path):
+    args = [LANDSCAPE, "--ckpt", checkpoints[0], "--x", "-1:1:3", "--y", "-1:1:3", "--n-items", "50",
+            "--data-dir", fake_data, "--no-download", "--device", "cpu"]
+    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    assert read_json(tmp_path / "two" / "surface.json")["world_size"] == 2
+    with np.load(tmp_path / "one" / "surface.npz") as a, np.load(tmp_path / "two" / "surface.npz") as b:
+        assert np.allclose(a["loss"], b["loss"], rtol=0, atol=1e-6) and np.array_equal(a["acc"], b["acc"])
+
+
+def test_interpolation_ends_are_the_two_checkpoints(checkpoints, fake_data, tmp_path):
+    out = tmp_path / "interp"
+    assert landscape.main(["--ckpt", checkpoints[0], "--interp", checkpoints[1], "--x", "-0.5:1.5:5",
+                           "--n-items", "100", "--data-dir", fake_data, "--no-download", "--device", "cpu",
+                           "--out", str(out)]) == 0
+    with np.load(out / "surface.npz") as s:
+        alphas, losses = s["x"].tolist(), s["loss"]
+    assert alphas == [-0.5, 0, 0.5, 1, 1.5] and losses.shape == (5,)
+    for alpha, ckpt in ((0, checkpoints[0]), (1, checkpoints[1])):
+        model, _ = common.load_checkpoint(ckpt)  # its own weights and BN running statistics
+        assert losses[alphas.index(alpha)] == pytest.approx(plain_loss(model, fake_data)[0], abs=1e-5)
+    assert os.path.getsize(out / "loss_1d.png") > 0
+
+
+def test_hessian_top_eigenvalue_of_least_squares():
+    """L(w) = mean ½(xᵀw − t)² has Hessian XᵀX / n; power iteration must find its top eigenvalue."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 3, 8, dtype=torch.float64)
+    t = torch.randn(200, generator=gen, dtype=torch.float64)
+    model = torch.nn.Linear(8, 1, bias=False).double()
+
+    def batch_losses():
+        for i in range(0, 200, 64):
+            yield 0.5 * ((model(x[i:i + 64]).squeeze(1) - t[i:i + 64]) ** 2).sum()
+    eigenvalue, iters = common.hessian_top_eigenvalue(model, batch_losses, 200, iters=500, tol=1e-12)
+    assert eigenvalue == pytest.approx(torch.linalg.eigvalsh(x.T @ x / 200).max().item(), rel=1e-6)
+    assert iters < 500
+
+
+def test_landscape_rejects_a_direction_file_of_another_architecture(checkpoints, fake_data, tmp_path):
+    other = {"x": common.random_direction(common.ResVGG16("light", width=0.25), torch.Generator().manual_seed(0))}
+    torch.save(other, tmp_path / "dirs.pt")
+    proc = subprocess.run([sys.executable, LANDSCAPE, "--ckpt", checkpoints[0], "--dir-file", str(tmp_path / "dirs.pt"),
+                           "--x", "-1:1:3", "--data-dir", fake_data, "--no-download", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "directions do not fit" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_visualize_filters_and_feature_maps(checkpoints, fake_data, tmp_path):
+    weight = torch.randn(10, 3, 3, 3)
+    grid = common.filter_grid(weight, n=6)
+    assert grid.shape == (3 * 2 + 1, 3 * 3 + 2, 3)  # 6 filters in 2 rows of 3, 1-pixel gaps
+    first = grid[0:3, 0:3]
+    assert first.min() == 0 and first.max() == 1  # each filter min-max normalized on its own
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task1", "visualize.py"), "--ckpt", checkpoints[0],
+                           "--n", "4", "--data-dir", fake_data, "--no-download", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("filters.png", "feature_maps.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
