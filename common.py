@@ -575,7 +575,9 @@ def train(cfg, step_hook=None):
     if n_train == 0 or len(val_y) == 0:
         raise SystemExit(f"error: {n_train} training and {len(val_y)} validation images; both must be non-empty "
                          "(check --val and --subset)")
-    steps_per_epoch = math.ceil(n_train / cfg["batch_size"])
+    # the last partial batch of each epoch is dropped (a fresh order every epoch, so no image is left out
+    # for good): a batch of a few images would give BN noisy statistics and the loss a spike
+    steps_per_epoch = max(1, n_train // cfg["batch_size"])
 
     torch.manual_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -848,7 +850,7 @@ class BNProbe:
         """Everything recorded, as numpy arrays (probe_* are [n_probes] or [n_probes, n_etas])."""
         import numpy as np
         losses = torch.stack(self.step_losses).double().cpu().numpy() if self.step_losses else np.zeros(0)
-        arrays = dict(step_loss=losses, etas=np.array(self.etas))
+        arrays = dict(step_loss=losses, etas=np.array(self.etas), probe_every=np.array(self.every))
         for key in ("step", "loss", "grad_norm", "losses", "grad_dists", "betas"):
             arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
                 len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
@@ -1308,3 +1310,232 @@ def write_bn_report(runs, out, smooth=1):
     plot_runs_curves(runs, os.path.join(out, "curves.png"))
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(bn_summary_table(runs))
+
+
+def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
+    """2D surfaces next to each other on one colour scale and one z range: 3D above, filled contours below."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+    plt = pyplot()
+    zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
+    norm = Normalize(float(finite.min()), float(finite.max()))
+    levels = np.linspace(norm.vmin, norm.vmax, 30)
+    fig = plt.figure(figsize=(5.5 * len(surfaces), 9))
+    for k, (s, z, title) in enumerate(zip(surfaces, zs, titles)):
+        gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
+        ax = fig.add_subplot(2, len(surfaces), k + 1, projection="3d")
+        ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0)
+        ax.set(title=title, xlabel="x", ylabel="y", zlim=(norm.vmin, norm.vmax),
+               zlabel="log10 loss" if log else "loss")
+        ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
+        filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
+        ax.set(xlabel="x", ylabel="y", aspect="equal")
+    fig.colorbar(filled, ax=fig.axes[len(surfaces):], label="log10 loss" if log else "loss", shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], ["adam", "sgd"]
+HP_ROWS = [  # report 4.1: (label, run folder); two rows are grid runs with the same config
+    ("SGD lr 0.1, momentum 0.9, wd 5e-4", "hp_sgd_lr0.1_wd5e-4"),
+    ("SGD lr 0.05, momentum 0.9, wd 5e-4", "hp_sgd_lr0.05_wd5e-4"),
+    ("SGD lr 0.01, momentum 0.9, wd 5e-4", "grid_standard_relu_ce_sgd"),
+    ("SGD lr 0.01, momentum 0.9, wd 1e-4", "hp_sgd_lr0.01_wd1e-4"),
+    ("Adam lr 1e-3", "hp_adam_lr1e-3"),
+    ("Adam lr 1e-4", "grid_standard_relu_ce_adam"),
+]
+SHARPNESS_ROWS = [("best SGD model", "best_sgd"), ("best Adam model", "best_adam"), ("VGG-A (Adam)", "vgg_a"),
+                  ("VGG-A + BN (Adam)", "vgg_a_bn")]
+
+
+def grid_runs(out):
+    """The 24 grid configurations in the report's order: (number, arch, act, loss, opt, run folder)."""
+    k = 0
+    for arch in GRID_ARCHS:
+        for act in GRID_ACTS:
+            for loss in GRID_LOSSES:
+                for opt in GRID_OPTS:
+                    k += 1
+                    yield k, arch, act, loss, opt, os.path.join(out, "runs", f"grid_{arch}_{act}_{loss}_{opt}")
+
+
+def read_result(run_dir):
+    path = os.path.join(run_dir, "result.json")
+    return load_json(path) if os.path.exists(path) else None
+
+
+def best_grid_run(out, opt=None):
+    """The grid run with the highest validation accuracy (never the test set), optionally only `opt`
+    runs; ties go to the earlier row (ce before its identical nll twin)."""
+    best, best_acc = None, -1.0
+    for _, _, _, _, run_opt, run_dir in grid_runs(out):
+        result = read_result(run_dir)
+        if (opt is None or run_opt == opt) and result and result["best_val_acc"] is not None \
+                and result["best_val_acc"] > best_acc:
+            best, best_acc = run_dir, result["best_val_acc"]
+    return best
+
+
+def _pct(v):
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def _row(cells, bold=False):
+    return "| " + " | ".join(f"**{c}**" if bold and c != "" else str(c) for c in cells) + " |"
+
+
+def _link(out, run_dir):
+    rel = os.path.relpath(run_dir, out)
+    return f"[{os.path.basename(run_dir)}]({rel})"
+
+
+def write_report(out, profile=""):
+    """tables.md and figures/ from the run folders under `out`; returns the Markdown."""
+    import shutil
+    figures = os.path.join(out, "figures")
+    os.makedirs(os.path.join(figures, "curves"), exist_ok=True)
+    run_names = sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []
+    devices = sorted({r["device"] for r in (read_result(os.path.join(out, "runs", d)) for d in run_names) if r})
+    md = [f"Generated by `run_all.sh --profile {profile}` from the result files in this folder; "
+          f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+          "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
+          "best-validation epoch.", ""]
+
+    md += ["### 1. Hyper-parameter search (ResVGG16-standard, ReLU, cross-entropy, cosine schedule)", "",
+           _row(["config", "status", "best val acc", "test acc at best val", "epochs run", "run"]),
+           "|---|---|---|---|---|---|"]
+    for label, name in HP_ROWS:
+        run_dir, r = os.path.join(out, "runs", name), read_result(os.path.join(out, "runs", name))
+        md.append(_row([label, r["status"], _pct(r["best_val_acc"]), _pct(r["test_acc_at_best_val"]), r["epochs_run"],
+                        _link(out, run_dir)]) if r else _row([label, "missing", "–", "–", "–", name]))
+
+    best = best_grid_run(out)
+    md += ["", "### 2. The 24-configuration grid", "",
+           _row(["#", "arch", "act", "loss", "opt", "params", "best val acc", "test acc at best val", "train time",
+                 "status", "run"]), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    twins = {}
+    for k, arch, act, loss, opt, run_dir in grid_runs(out):
+        r = read_result(run_dir)
+        if r is None:
+            md.append(_row([k, arch, act, loss, opt, "–", "–", "–", "–", "missing", os.path.basename(run_dir)]))
+            continue
+        twins.setdefault((arch, act, opt), {})[loss] = (r, run_dir)
+        md.append(_row([k, arch, act, loss, opt, f"{r['params']:,}", _pct(r["best_val_acc"]),
+                        _pct(r["test_acc_at_best_val"]), format_seconds(r["train_seconds"]), r["status"],
+                        _link(out, run_dir)], bold=run_dir == best))
+    diffs = {"best val acc (pp)": [], "test acc at best val (pp)": [], "final train loss": []}
+    for pair in twins.values():
+        if len(pair) == 2:
+            (a, da), (b, db) = pair["ce"], pair["nll"]
+            for key, field in (("best val acc (pp)", "best_val_acc"), ("test acc at best val (pp)", "test_acc_at_best_val")):
+                if a[field] is not None and b[field] is not None:
+                    diffs[key].append(100 * abs(a[field] - b[field]))
+            la, lb = read_metrics(da), read_metrics(db)
+            if la and lb and la[-1]["train_loss"] is not None and lb[-1]["train_loss"] is not None:
+                diffs["final train loss"].append(abs(la[-1]["train_loss"] - lb[-1]["train_loss"]))
+    measured = "; ".join(f"{k} {max(v):.3g}" for k, v in diffs.items() if v) or "no complete pairs"
+    md += ["", f"Bold: the best validation accuracy. `nll` is log_softmax + NLLLoss, which is exactly how "
+           f"cross-entropy is computed, so every ce row and its nll twin are the same training run up to "
+           f"floating-point nondeterminism (a test checks loss and gradients agree to 1e-6). Largest "
+           f"difference measured over the {len(diffs['final train loss'])} pairs: {measured}."]
+
+    md += ["", "### 3. Loss functions beyond the report (best grid configuration)", ""]
+    if best:
+        cfg = read_result(best)["config"]
+        md += [f"Configuration: {cfg['arch']}, {cfg['act']}, {cfg['opt']} (the best validation accuracy above).", "",
+               _row(["loss", "status", "best val acc", "test acc at best val", "final test acc", "epochs run", "run"]),
+               "|---|---|---|---|---|---|---|"]
+        ce_twin = os.path.join(out, "runs", f"grid_{cfg['arch']}_{cfg['act']}_ce_{cfg['opt']}")
+        for label, run_dir in (("ce", ce_twin), ("mse (softmax vs one-hot)", os.path.join(out, "runs", "loss_mse")),
+                               ("ce + label smoothing 0.1", os.path.join(out, "runs", "loss_ce_ls0.1"))):
+            r = read_result(run_dir)
+            md.append(_row([label, r["status"], _pct(r["best_val_acc"]), _pct(r["test_acc_at_best_val"]),
+                            _pct(r["final_test_acc"]), r["epochs_run"], _link(out, run_dir)]) if r else
+                      _row([label, "missing", "–", "–", "–", "–", os.path.basename(run_dir)]))
+    else:
+        md.append("No finished grid run yet.")
+
+    md += ["", "### 4. Task 2: VGG-A with and without BatchNorm", "",
+           _row(["model", "optimizer", "lr", "test acc at best val", "final test acc", "best val acc",
+                 "convergence epoch", "params", "status", "run"]), "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in ("vgg_a", "vgg_a_bn", "vgg_a_res_bn"):
+        for opt in ("adam", "sgd"):
+            run_dir = os.path.join(out, "runs", f"t2_{model}_{opt}")
+            r = read_result(run_dir)
+            md.append(_row([model, opt, f"{r['config']['lr']:g}", _pct(r["test_acc_at_best_val"]), _pct(r["final_test_acc"]),
+                            _pct(r["best_val_acc"]), r["convergence_epoch"], f"{r['params']:,}", r["status"],
+                            _link(out, run_dir)]) if r else _row([model, opt, "–", "–", "–", "–", "–", "–", "missing", ""]))
+    md += ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
+               f"{CONVERGED_FRACTION:.0%} of the run's best."]
+
+    md += ["", "### 5. How BN helps optimization (task2/bn_analysis.py)", ""]
+    bn_dir = os.path.join(out, "bn_analysis")
+    if os.path.exists(os.path.join(bn_dir, "bn_analysis.json")):
+        runs, settings = load_bn_analysis(bn_dir)
+        md += [f"{settings['opt']}, {settings['epochs']} epochs, probe every {settings['probe_every']} steps at "
+               f"η = lr × {settings['probe_etas']}.", "", bn_summary_table(runs)]
+        for name in BN_FIGURES:
+            shutil.copy(os.path.join(bn_dir, name), os.path.join(figures, f"bn_{name}"))
+    else:
+        md.append("Not run yet.")
+
+    md += ["", "### 6. Sharpness: top Hessian eigenvalue at the checkpoint", "",
+           _row(["model", "checkpoint", "top eigenvalue", "power iterations", "evaluation data"]), "|---|---|---|---|---|"]
+    for label, name in SHARPNESS_ROWS:
+        path = os.path.join(out, "landscapes", name, "surface.json")
+        info = load_json(path) if os.path.exists(path) else {}
+        h = info.get("hessian")
+        md.append(_row([label, os.path.relpath(info["settings"]["ckpt"], out) if info else "–",
+                        f"{h['top_eigenvalue']:.4g}" if h else "missing", h["iterations"] if h else "–",
+                        f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
+
+    figure_list = []
+    for name in run_names:
+        curves = os.path.join(out, "runs", name, "curves.png")
+        if os.path.exists(curves):
+            shutil.copy(curves, os.path.join(figures, "curves", f"{name}.png"))
+    for src, dst, caption in (
+            ("visualize/filters.png", "filters.png", "first-layer filters of the best model"),
+            ("visualize/feature_maps.png", "feature_maps.png", "feature maps of a test image, best model"),
+            ("landscapes/best_sgd/surface_3d.png", "surface_best_sgd.png", "loss surface of the best SGD model"),
+            ("landscapes/best_adam/surface_3d.png", "surface_best_adam.png", "loss surface of the best Adam model"),
+            ("landscapes/interp_sgd_adam/loss_1d.png", "interp_sgd_adam.png",
+             "linear interpolation from the best SGD model (α = 0) to its Adam twin (α = 1)")):
+        if os.path.exists(os.path.join(out, src)):
+            shutil.copy(os.path.join(out, src), os.path.join(figures, dst))
+            figure_list.append((dst, caption))
+    pair = [os.path.join(out, "landscapes", m, "surface.npz") for m in ("vgg_a", "vgg_a_bn")]
+    if all(os.path.exists(p) for p in pair):
+        import numpy as np
+        surfaces = []
+        for p in pair:
+            with np.load(p) as s:
+                surfaces.append(dict(s))
+        plot_surfaces_side_by_side(surfaces, ["VGG-A", "VGG-A + BN"], os.path.join(figures, "vgg_a_vs_bn.png"))
+        figure_list.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same colour scale"))
+    figure_list += [(f"bn_{n}", f"Task 2: {n[:-4].replace('_', ' ')}") for n in BN_FIGURES
+                    if os.path.exists(os.path.join(figures, f"bn_{n}"))]
+    md += ["", "### Figures", "", "Training curves of every run: `figures/curves/`.", ""]
+    md += [f"- {caption}: ![{caption}](figures/{name})" for name, caption in figure_list]
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(out, "tables.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme, tables, out):
+    """Replace README's text between the result markers with `tables`, links made relative to README."""
+    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
+    text = tables.replace("](figures/", f"]({rel}/figures/").replace("](runs/", f"]({rel}/runs/")
+    with open(readme) as f:
+        content = f.read()
+    if README_START not in content or README_END not in content:
+        raise SystemExit(f"error: {readme} lacks the markers {README_START} and {README_END}")
+    head, rest = content.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(f"{head}{README_START}\n{text}{README_END}{tail}")

@@ -279,8 +279,8 @@ def test_each_activation_loss_optimizer_trains(fake_data, tmp_path, flags):
 
 def test_training_learns_an_easy_task(tmp_path):
     root = write_fake_cifar(tmp_path / "easy", n_train=2000, n_test=200, easy=True)
-    cfg = parse([*TINY, "--width", "0.25", "--dropout", "0", "--opt", "adam", "--lr", "2e-3", "--data-dir", root,
-                 "--epochs", "3", "--out", str(tmp_path / "run")])
+    cfg = parse([*TINY, "--width", "0.25", "--dropout", "0", "--opt", "adam", "--lr", "2e-3", "--batch-size", "64",
+                 "--data-dir", root, "--epochs", "3", "--out", str(tmp_path / "run")])
     result = common.train(cfg)
     assert result["best_val_acc"] > 0.9 and result["test_acc_at_best_val"] > 0.9
 
@@ -321,8 +321,8 @@ def interrupt_at_step(real_make_optimizer, n):
 def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch):
     args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam"]
     reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
-    with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (9 steps per epoch)
-        m.setattr(common, "make_optimizer", interrupt_at_step(common.make_optimizer, 13))
+    with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (270 images // 32 = 8 steps per epoch)
+        m.setattr(common, "make_optimizer", interrupt_at_step(common.make_optimizer, 12))
         stopped = common.train(parse([*args, "--out", str(tmp_path / "cut")]))
     assert stopped["status"] == "interrupted" and len(metrics(tmp_path / "cut")) == 1
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
@@ -404,7 +404,7 @@ def test_probe_does_not_perturb_training(fake_data, tmp_path):
     cfg = parse([*args, "--out", str(tmp_path / "probed")])
     probe = common.BNProbe(common.loss_fn("ce"), [1e-3, 1e-2, 1e-1], every=1, device=torch.device("cpu"))
     common.train(cfg, step_hook=probe)
-    assert len(probe.probes) == 9 and len(probe.step_losses) == 9  # every step was probed
+    assert len(probe.probes) == 8 and len(probe.step_losses) == 8  # every step was probed
     plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
     probed = torch.load(tmp_path / "probed" / "last.pt", weights_only=True)
     for name, tensor in plain["model"].items():  # weights and BN running statistics
@@ -453,8 +453,8 @@ def test_bn_analysis_writes_everything_and_replots(fake_data, tmp_path):
                                                       ("vgg_a_bn", 1e-2)]
     for r in runs:
         a = r["arrays"]
-        assert a["step_loss"].shape == (9,) and a["probe_step"].tolist() == [0, 2, 4, 6, 8]
-        assert a["probe_losses"].shape == a["probe_grad_dists"].shape == a["probe_betas"].shape == (5, 5)
+        assert a["step_loss"].shape == (8,) and a["probe_step"].tolist() == [0, 2, 4, 6]
+        assert a["probe_losses"].shape == a["probe_grad_dists"].shape == a["probe_betas"].shape == (4, 5)
         assert np.allclose(a["etas"], np.array(settings["probe_etas"]) * r["lr"])
         assert np.isfinite(a["probe_betas"]).all() and (a["probe_betas"] > 0).all()
     table = (out / "summary.md").read_text().splitlines()
@@ -640,3 +640,53 @@ def test_visualize_filters_and_feature_maps(checkpoints, fake_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in ("filters.png", "feature_maps.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------- run_all.sh
+
+def table_rows(tables, heading):
+    """The data rows of the first Markdown table under a '### <heading>' section."""
+    section = tables.split(f"### {heading}", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
+    data = write_fake_cifar(tmp_path / "data")
+    out = tmp_path / "results"
+    command = ["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--data-dir", data, "--out", str(out)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[34/34]" in proc.stdout and "no failures" in proc.stdout
+    tables = (out / "tables.md").read_text()
+    expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
+                "3. Loss functions": (3, 7), "4. Task 2": (6, 10), "5. How BN helps": (8, 10), "6. Sharpness": (4, 5)}
+    for heading, (n_rows, n_cols) in expected.items():
+        rows = table_rows(tables, heading)
+        assert len(rows) == n_rows and all(len(r) == n_cols for r in rows), heading
+        assert not any("missing" in cell for r in rows for cell in r), heading
+    grid = table_rows(tables, "2. The 24-configuration grid")
+    assert sum(r[0].startswith("**") for r in grid) == 1  # exactly one best row, in bold
+    assert [r[0] for r in grid if not r[0].startswith("**")][:3] == ["1", "2", "3"]
+    for name in ["filters.png", "feature_maps.png", "surface_best_sgd.png", "surface_best_adam.png",
+                 "interp_sgd_adam.png", "vgg_a_vs_bn.png"] + [f"bn_{n}" for n in common.BN_FIGURES]:
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"(figures/{name})" in tables
+    assert len(os.listdir(out / "figures" / "curves")) == 34 + 2  # every run's curves
+    # a rerun finds everything finished: no training, no surface recomputed
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "parameters |" not in again.stdout and "points/s |" not in again.stdout
+    assert again.stdout.count("already complete, skipped") == 34 + 2 + 5
+
+
+def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.write_text(f"task1/train.py --data-dir {tmp_path}/absent --no-download --out {tmp_path}/bad\n"
+                    f"task1/train.py {' '.join(TINY)} --data-dir {fake_data} --epochs 1 --out {tmp_path}/good\n")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "jobs", str(jobs),
+                           "--failures", str(tmp_path / "failed")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert (tmp_path / "failed").read_text().split() == [f"{tmp_path}/bad"]
+    assert read_json(tmp_path / "good" / "result.json")["status"] == "completed"
+    assert "[1/2]" in proc.stdout and "FAILED (exit 2)" in proc.stdout

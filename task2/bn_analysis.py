@@ -39,28 +39,34 @@ def parse_args(argv=None):
 
 
 def analysis_run(args, base, model, lr, out):
-    """Train one model at one lr with the probe, or reuse a finished run of an earlier call."""
+    """Train one model at one lr with the probe, or reuse a finished run of an earlier call with the
+    same settings."""
     import numpy as np
     run_dir = os.path.join(out, "runs", f"{model}_lr{lr:g}")
-    probe_file = os.path.join(run_dir, "probe.npz")
-    result_file = os.path.join(run_dir, "result.json")
-    if os.path.exists(probe_file) and os.path.exists(result_file):
-        print(f"reusing {run_dir}", flush=True)
+    probe_file, config_file = os.path.join(run_dir, "probe.npz"), os.path.join(run_dir, "config.json")
+    cfg = common.config_from_args(argparse.Namespace(**{**base, "model": model, "lr": lr, "out": run_dir,
+                                                         "resume": False, "overwrite": True}))
+    etas = [m * lr for m in args.probe_etas]
+    if os.path.exists(probe_file) and os.path.exists(os.path.join(run_dir, "result.json")):
+        saved = common.load_json(config_file)
         with np.load(probe_file) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        result = common.load_json(result_file)
-    else:
-        cfg = common.config_from_args(argparse.Namespace(**{**base, "model": model, "lr": lr, "out": run_dir,
-                                                             "resume": False, "overwrite": True}))
-        probe = common.BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]),
-                               [m * lr for m in args.probe_etas], args.probe_every, common.resolve_device(cfg["device"]))
-        result = common.train(cfg, step_hook=probe)
-        if result["status"] == "interrupted":
-            return None
-        arrays = probe.arrays()
-        np.savez(probe_file, **arrays)
-    return dict(model=model, lr=lr, dir=run_dir, result={k: v for k, v in result.items() if k != "config"},
-                history=common.read_metrics(run_dir), arrays=arrays)
+        same_training = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS)
+        same_probe = len(arrays["etas"]) == len(etas) and np.allclose(arrays["etas"], etas) and \
+            int(arrays.get("probe_every", -1)) == args.probe_every
+        if same_training and same_probe:
+            print(f"reusing {run_dir}", flush=True)
+            return dict(model=model, lr=lr, dir=run_dir, result=common.load_json(os.path.join(run_dir, "result.json")),
+                        history=common.read_metrics(run_dir), arrays=arrays)
+        print(f"{run_dir} was made with other settings; training it again", flush=True)
+    probe = common.BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
+                           common.resolve_device(cfg["device"]))
+    result = common.train(cfg, step_hook=probe)
+    if result["status"] == "interrupted":
+        return None
+    arrays = probe.arrays()
+    np.savez(probe_file, **arrays)
+    return dict(model=model, lr=lr, dir=run_dir, result=result, history=common.read_metrics(run_dir), arrays=arrays)
 
 
 def main(argv=None):

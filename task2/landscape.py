@@ -152,8 +152,9 @@ def main(argv=None):
             torch_version=torch.__version__, **(extra or {})))
 
     if rank == 0:
-        print(f"{args.ckpt}: {cfg['model']} | {'interpolation to ' + args.interp if args.interp else args.norm + '-normalized directions'} "
-              f"| {len(args.x)} x {len(args.y or [1])} points on {len(labels)} {args.split} images | "
+        what = f"interpolation to {args.interp}" if args.interp else f"{args.norm}-normalized directions"
+        print(f"{args.ckpt}: {cfg['model']} | {what} | {len(args.x)} x {len(args.y or [1])} points on "
+              f"{len(labels)} {args.split} images | "
               f"{device} x {world} | out {args.out}", flush=True)
     started, done_before, timing = time.time(), int(surface["done"].sum()), {}
     with common.GracefulStop() as stop, common.preserved(model):
