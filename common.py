@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -375,6 +376,7 @@ def add_train_args(parser, default_lr=None):
     g.add_argument("--val", type=int, default=5000,
                    help="training images held out for validation (at most a tenth of them)")
     g.add_argument("--subset", type=int, default=0, help="train on the first N remaining training images (0: all)")
+    g.add_argument("--test-subset", type=int, default=0, help="test on the first N test images (0: all)")
     g = parser.add_argument_group("run")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -570,7 +572,8 @@ def train(cfg, step_hook=None):
     data = load_cifar10(cfg["data_dir"], download=not cfg["no_download"])
     (train_x, train_y), (val_x, val_y) = split_train_val(data["train_x"], data["train_y"], cfg["val"], cfg["subset"])
     train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
-    test_x, test_y = data["test_x"].to(device), data["test_y"].to(device)
+    n_test = cfg.get("test_subset") or None
+    test_x, test_y = data["test_x"][:n_test].to(device), data["test_y"][:n_test].to(device)
     n_train = len(train_y)
     if n_train == 0 or len(val_y) == 0:
         raise SystemExit(f"error: {n_train} training and {len(val_y)} validation images; both must be non-empty "
@@ -691,7 +694,7 @@ def train(cfg, step_hook=None):
                   test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None,
                   final_test_loss=None, final_val_acc=state["history"][-1]["val_acc"] if state["history"] else None,
                   convergence_epoch=convergence_epoch(state["history"]),
-                  params=n_params, train_seconds=state["train_seconds"], device=device_name,
+                  test_images=len(test_y), params=n_params, train_seconds=state["train_seconds"], device=device_name,
                   torch_version=torch.__version__, config=cfg)
     if status == "interrupted":
         write_json(os.path.join(out, "result.json"), result)
@@ -700,7 +703,9 @@ def train(cfg, step_hook=None):
         return result
 
     result["final_test_loss"], result["final_test_acc"] = evaluate(model, test_x, test_y, criterion, device)
-    if state["best_epoch"] is not None:
+    if state["best_epoch"] == state["epoch"] and state["step"] == 0:  # best.pt holds these very weights
+        result["test_loss_at_best_val"], result["test_acc_at_best_val"] = result["final_test_loss"], result["final_test_acc"]
+    elif state["best_epoch"] is not None:
         best_model, _ = load_checkpoint(os.path.join(out, "best.pt"), device)
         result["test_loss_at_best_val"], result["test_acc_at_best_val"] = evaluate(
             best_model, test_x, test_y, criterion, device)
@@ -1269,32 +1274,35 @@ def bn_run_stats(run):
                 beta=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_betas"], 1))))
 
 
-def bn_summary_table(runs):
-    """Markdown: per model and lr, accuracy and the probe headline numbers; below it, per model, the
-    mean width of the min..max training-loss band over the learning rates."""
+def percent(v):
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def short_number(v):
+    return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+
+def bn_summary_table(runs, link_prefix=""):
+    """Markdown: per model and lr, accuracy and the probe headline numbers, each row linking its run
+    folder (run["dir"], relative to the analysis folder, behind `link_prefix`); below it, per model,
+    the mean width of the min..max training-loss band over the learning rates."""
     import numpy as np
-
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.2f}"
-
-    def num(v):
-        return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
-
     lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
-             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         res, st = r["result"], bn_run_stats(r)
-        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {pct(res['final_val_acc'])} | "
-                     f"{pct(res['test_acc_at_best_val'])} | {pct(res['final_test_acc'])} | "
+        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {percent(res['final_val_acc'])} | "
+                     f"{percent(res['test_acc_at_best_val'])} | {percent(res['final_test_acc'])} | "
                      f"{res['convergence_epoch'] if res['convergence_epoch'] is not None else '–'} | "
-                     f"{num(st['loss_band'])} | {num(st['grad_dist'])} | {num(st['beta'])} |")
+                     f"{short_number(st['loss_band'])} | {short_number(st['grad_dist'])} | {short_number(st['beta'])} | "
+                     f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']}) |")
     lines.append("")
     for model in dict.fromkeys(r["model"] for r in runs):
         losses = stack_padded([r["arrays"]["step_loss"] for r in runs if r["model"] == model])
         width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
         lines.append(f"- {model}: mean width of the training-loss band over the learning rates "
-                     f"(max_curve − min_curve, course 2.3.1): {num(float(np.nanmean(width)))}")
+                     f"(max_curve − min_curve, course 2.3.1): {short_number(float(np.nanmean(width)))}")
     return "\n".join(lines) + "\n"
 
 
@@ -1377,10 +1385,6 @@ def best_grid_run(out, opt=None):
     return best
 
 
-def _pct(v):
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
 def _row(cells, bold=False):
     return "| " + " | ".join(f"**{c}**" if bold and c != "" else str(c) for c in cells) + " |"
 
@@ -1407,7 +1411,7 @@ def write_report(out, profile=""):
            "|---|---|---|---|---|---|"]
     for label, name in HP_ROWS:
         run_dir, r = os.path.join(out, "runs", name), read_result(os.path.join(out, "runs", name))
-        md.append(_row([label, r["status"], _pct(r["best_val_acc"]), _pct(r["test_acc_at_best_val"]), r["epochs_run"],
+        md.append(_row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]), r["epochs_run"],
                         _link(out, run_dir)]) if r else _row([label, "missing", "–", "–", "–", name]))
 
     best = best_grid_run(out)
@@ -1421,8 +1425,8 @@ def write_report(out, profile=""):
             md.append(_row([k, arch, act, loss, opt, "–", "–", "–", "–", "missing", os.path.basename(run_dir)]))
             continue
         twins.setdefault((arch, act, opt), {})[loss] = (r, run_dir)
-        md.append(_row([k, arch, act, loss, opt, f"{r['params']:,}", _pct(r["best_val_acc"]),
-                        _pct(r["test_acc_at_best_val"]), format_seconds(r["train_seconds"]), r["status"],
+        md.append(_row([k, arch, act, loss, opt, f"{r['params']:,}", percent(r["best_val_acc"]),
+                        percent(r["test_acc_at_best_val"]), format_seconds(r["train_seconds"]), r["status"],
                         _link(out, run_dir)], bold=run_dir == best))
     diffs = {"best val acc (pp)": [], "test acc at best val (pp)": [], "final train loss": []}
     for pair in twins.values():
@@ -1450,8 +1454,8 @@ def write_report(out, profile=""):
         for label, run_dir in (("ce", ce_twin), ("mse (softmax vs one-hot)", os.path.join(out, "runs", "loss_mse")),
                                ("ce + label smoothing 0.1", os.path.join(out, "runs", "loss_ce_ls0.1"))):
             r = read_result(run_dir)
-            md.append(_row([label, r["status"], _pct(r["best_val_acc"]), _pct(r["test_acc_at_best_val"]),
-                            _pct(r["final_test_acc"]), r["epochs_run"], _link(out, run_dir)]) if r else
+            md.append(_row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]),
+                            percent(r["final_test_acc"]), r["epochs_run"], _link(out, run_dir)]) if r else
                       _row([label, "missing", "–", "–", "–", "–", os.path.basename(run_dir)]))
     else:
         md.append("No finished grid run yet.")
@@ -1463,8 +1467,8 @@ def write_report(out, profile=""):
         for opt in ("adam", "sgd"):
             run_dir = os.path.join(out, "runs", f"t2_{model}_{opt}")
             r = read_result(run_dir)
-            md.append(_row([model, opt, f"{r['config']['lr']:g}", _pct(r["test_acc_at_best_val"]), _pct(r["final_test_acc"]),
-                            _pct(r["best_val_acc"]), r["convergence_epoch"], f"{r['params']:,}", r["status"],
+            md.append(_row([model, opt, f"{r['config']['lr']:g}", percent(r["test_acc_at_best_val"]), percent(r["final_test_acc"]),
+                            percent(r["best_val_acc"]), r["convergence_epoch"], f"{r['params']:,}", r["status"],
                             _link(out, run_dir)]) if r else _row([model, opt, "–", "–", "–", "–", "–", "–", "missing", ""]))
     md += ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
                f"{CONVERGED_FRACTION:.0%} of the run's best."]
@@ -1474,7 +1478,7 @@ def write_report(out, profile=""):
     if os.path.exists(os.path.join(bn_dir, "bn_analysis.json")):
         runs, settings = load_bn_analysis(bn_dir)
         md += [f"{settings['opt']}, {settings['epochs']} epochs, probe every {settings['probe_every']} steps at "
-               f"η = lr × {settings['probe_etas']}.", "", bn_summary_table(runs)]
+               f"η = lr × {settings['probe_etas']}.", "", bn_summary_table(runs, link_prefix="bn_analysis/")]
         for name in BN_FIGURES:
             shutil.copy(os.path.join(bn_dir, name), os.path.join(figures, f"bn_{name}"))
     else:
@@ -1486,7 +1490,8 @@ def write_report(out, profile=""):
         path = os.path.join(out, "landscapes", name, "surface.json")
         info = load_json(path) if os.path.exists(path) else {}
         h = info.get("hessian")
-        md.append(_row([label, os.path.relpath(info["settings"]["ckpt"], out) if info else "–",
+        ckpt = os.path.relpath(info["settings"]["ckpt"], out) if info else None
+        md.append(_row([label, f"[{ckpt}]({ckpt})" if ckpt else "–",
                         f"{h['top_eigenvalue']:.4g}" if h else "missing", h["iterations"] if h else "–",
                         f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
 
@@ -1512,8 +1517,8 @@ def write_report(out, profile=""):
         for p in pair:
             with np.load(p) as s:
                 surfaces.append(dict(s))
-        plot_surfaces_side_by_side(surfaces, ["VGG-A", "VGG-A + BN"], os.path.join(figures, "vgg_a_vs_bn.png"))
-        figure_list.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same colour scale"))
+        plot_surfaces_side_by_side(surfaces, ["VGG-A", "VGG-A + BN"], os.path.join(figures, "vgg_a_vs_bn.png"), log=True)
+        figure_list.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same (log10) colour scale"))
     figure_list += [(f"bn_{n}", f"Task 2: {n[:-4].replace('_', ' ')}") for n in BN_FIGURES
                     if os.path.exists(os.path.join(figures, f"bn_{n}"))]
     md += ["", "### Figures", "", "Training curves of every run: `figures/curves/`.", ""]
@@ -1530,7 +1535,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 def update_readme(readme, tables, out):
     """Replace README's text between the result markers with `tables`, links made relative to README."""
     rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
-    text = tables.replace("](figures/", f"]({rel}/figures/").replace("](runs/", f"]({rel}/runs/")
+    text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", tables)  # every relative link, now from README's folder
     with open(readme) as f:
         content = f.read()
     if README_START not in content or README_END not in content:

@@ -27,7 +27,7 @@ case $profile in
   quick) t1_epochs=10 t2_epochs=10 bn_epochs=5 grid=-1:1:21 items=2000 interp=-0.5:1.5:21 hessian_iters=20
          common=() bn_extra=(--probe-every 25) ;;
   smoke) t1_epochs=1 t2_epochs=1 bn_epochs=1 grid=-1:1:5 items=100 interp=-0.5:1.5:5 hessian_iters=3
-         common=(--device cpu --width 0.125 --subset 200 --val 100 --batch-size 32) bn_extra=(--probe-every 2) ;;
+         common=(--device cpu --width 0.125 --subset 200 --val 100 --test-subset 500 --batch-size 32) bn_extra=(--probe-every 2) ;;
   *) echo "run_all.sh: --profile must be full, quick or smoke" >&2; exit 2 ;;
 esac
 ls_device=(); [ "$profile" = smoke ] && ls_device=(--device cpu)
@@ -52,10 +52,11 @@ run_phase() {
         --failures "$failures" > "$out/logs/$name.gpu${ids[$i]}.log" 2>&1 &
       pids+=($!)
     done
-    tail -q -n +1 -f "$out"/logs/"$name".gpu*.log 2>/dev/null | grep --line-buffered '^\[gpu' &
-    local tailer=$!
+    # show each worker's progress lines; the full output stays in the worker's log
+    tail -q -n +1 -f --pid=$$ "$out"/logs/"$name".gpu*.log 2>/dev/null | grep --line-buffered '^\[gpu' &
     for i in "${pids[@]}"; do wait "$i" || code=$?; done
-    kill "$tailer" 2>/dev/null
+    sleep 1
+    pkill -P $$ -x tail 2>/dev/null
   fi
   if [ "$code" -eq 130 ]; then echo "interrupted: rerun the same command to resume"; exit 130; fi
 }

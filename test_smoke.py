@@ -661,7 +661,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert "[34/34]" in proc.stdout and "no failures" in proc.stdout
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
-                "3. Loss functions": (3, 7), "4. Task 2": (6, 10), "5. How BN helps": (8, 10), "6. Sharpness": (4, 5)}
+                "3. Loss functions": (3, 7), "4. Task 2": (6, 10), "5. How BN helps": (8, 11), "6. Sharpness": (4, 5)}
     for heading, (n_rows, n_cols) in expected.items():
         rows = table_rows(tables, heading)
         assert len(rows) == n_rows and all(len(r) == n_cols for r in rows), heading
@@ -674,10 +674,13 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"(figures/{name})" in tables
     assert len(os.listdir(out / "figures" / "curves")) == 34 + 2  # every run's curves
-    # a rerun finds everything finished: no training, no surface recomputed
-    again = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and "parameters |" not in again.stdout and "points/s |" not in again.stdout
+    # a rerun, spread over two workers as with --gpus, finds everything finished: nothing is trained again
+    again = subprocess.run(command + ["--gpus", "0,1"], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
     assert again.stdout.count("already complete, skipped") == 34 + 2 + 5
+    assert again.stdout.count("[gpu 0] ") > 0 and again.stdout.count("[gpu 1] ") > 0
+    worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))
+    assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
 
 
 def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path):

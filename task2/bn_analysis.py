@@ -56,7 +56,8 @@ def analysis_run(args, base, model, lr, out):
             int(arrays.get("probe_every", -1)) == args.probe_every
         if same_training and same_probe:
             print(f"reusing {run_dir}", flush=True)
-            return dict(model=model, lr=lr, dir=run_dir, result=common.load_json(os.path.join(run_dir, "result.json")),
+            return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out),
+                        result=common.load_json(os.path.join(run_dir, "result.json")),
                         history=common.read_metrics(run_dir), arrays=arrays)
         print(f"{run_dir} was made with other settings; training it again", flush=True)
     probe = common.BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
@@ -66,7 +67,8 @@ def analysis_run(args, base, model, lr, out):
         return None
     arrays = probe.arrays()
     np.savez(probe_file, **arrays)
-    return dict(model=model, lr=lr, dir=run_dir, result=result, history=common.read_metrics(run_dir), arrays=arrays)
+    return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), result=result,
+                history=common.read_metrics(run_dir), arrays=arrays)
 
 
 def main(argv=None):
