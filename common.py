@@ -446,6 +446,17 @@ def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, bf
     return loss_sum.item() / n, correct.item() / n
 
 
+def rng_state(device):
+    """torch's CPU RNG state and, on CUDA, the device's (None on CPU)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if device.type == "cuda" and state[1] is not None:  # a CPU checkpoint resumed on CUDA has none
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def save_checkpoint(path, payload):
     """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
     tmp = path + ".tmp"
@@ -605,9 +616,7 @@ def train(cfg, step_hook=None):
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        set_rng_state((ckpt["torch_rng"], ckpt["cuda_rng"]), device)
         gen.set_state(ckpt["data_rng"])
         state.update(ckpt["progress"])
         print(f"resumed from {out}/last.pt at epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
@@ -615,9 +624,9 @@ def train(cfg, step_hook=None):
         f.writelines(json.dumps(json_safe(m)) + "\n" for m in state["history"])
 
     def checkpoint_payload():
+        torch_rng, cuda_rng = rng_state(device)
         return dict(model=model.state_dict(), config=cfg, epoch=state["epoch"], optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(), data_rng=gen.get_state(),
-                    cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    scheduler=scheduler.state_dict(), torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=gen.get_state(),
                     progress=dict(state))
 
     status = "completed"
@@ -755,16 +764,6 @@ def finish_epoch(cfg, state, model, criterion, device, val_x, val_y, lr, checkpo
 # ----------------------------------------------------------------------------------------------
 # landscape and BN probes
 # ----------------------------------------------------------------------------------------------
-
-def rng_state(device):
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state[0])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[1], device)
-
 
 @contextlib.contextmanager
 def preserved(model):

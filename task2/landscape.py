@@ -129,14 +129,15 @@ def main(argv=None):
     shape = (len(args.x), len(args.y or []) or 1)
     surface = dict(loss=np.full(shape[0] * shape[1], np.nan), acc=np.full(shape[0] * shape[1], np.nan),
                    done=np.zeros(shape[0] * shape[1], dtype=bool))
+    elapsed_before = 0.0
     if args.resume:
         saved = common.load_json(json_path)
+        elapsed_before = saved["seconds"]
         differ = [k for k in SURFACE_KEYS if saved["settings"].get(k) != common.json_safe(settings[k])]
         if differ:
             sys.exit(f"error: --resume with different settings than {json_path}: {differ}")
         with np.load(npz_path) as old:
             surface = {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}
-    elapsed_before = common.load_json(json_path)["seconds"] if args.resume else 0.0
 
     def save(surface, status="partial", extra=None):
         grid = {k: v.reshape(shape if args.y else shape[0]) for k, v in surface.items()}
