@@ -2,8 +2,20 @@
 
     python task1/train.py --arch light --act leaky_relu --opt sgd
 
-Writes runs/<name>/{config.json, metrics.jsonl, result.json, best.pt, last.pt, curves.png}.
-Ctrl-C saves last.pt; rerun with --out DIR --resume to continue. `--help` lists every flag.
+`--help` lists every flag. Ctrl-C saves last.pt; rerun with --out DIR --resume to continue.
+
+Files in the run folder (--out, default runs/<name from the config>):
+  config.json    every flag, with the per-optimizer defaults filled in
+  metrics.jsonl  one JSON object per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr (at the
+                 epoch's end), img_per_s, epoch_seconds, elapsed
+  result.json    status (completed | diverged | interrupted), best_val_acc, best_epoch,
+                 test_acc_at_best_val, test_loss_at_best_val, final_test_acc, final_test_loss,
+                 final_val_acc, convergence_epoch, epochs_run, epochs, test_images, params,
+                 train_seconds, device, torch_version, config
+  best.pt        weights at the best validation accuracy, with config and epoch
+  last.pt        weights, optimizer, scheduler, RNG states and progress at the end or the interruption
+  curves.png     loss and accuracy per epoch, train and validation
+Checkpoints are written to a temporary file and renamed; non-finite numbers are written as null.
 """
 import os
 import sys

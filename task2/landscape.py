@@ -6,8 +6,13 @@ linear interpolation between two checkpoints; optionally the top Hessian eigenva
     python task2/landscape.py --ckpt runs/sgd/best.pt --interp runs/adam/best.pt --x -0.5:1.5:41
     torchrun --nproc_per_node 4 task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51   # sharded
 
-Writes surface.npz (x, y, loss, acc, done; loss[i, j] at (x[i], y[j])), surface.json, directions.pt and
-PNGs to --out (default <checkpoint folder>/landscape or .../interp). Ctrl-C saves; --resume goes on.
+Files in --out (default <checkpoint folder>/landscape, or .../interp):
+  surface.npz    x, y (empty in 1D), loss, acc, done; loss[i, j] belongs to (x[i], y[j]) on any grid
+  surface.json   status (complete | partial), every setting, model, device, world size, points, seconds,
+                 points/s, and `hessian` (top_eigenvalue, iterations, tol, seconds) with --hessian
+  directions.pt  {"x": {name: tensor}, "y": {...}}: reuse them with --dir-file to draw on the same plane
+  loss_1d.png (1D) or contour.png, heatmap.png, surface_3d.png (2D)
+Ctrl-C saves after the current round of points; the same command plus --resume computes the rest.
 """
 import argparse
 import os
@@ -25,11 +30,24 @@ SURFACE_KEYS = ("ckpt", "interp", "x", "y", "seed", "norm", "include_bn_bias", "
                 "precision", "dir_file")
 
 
+def parse_axis(text):
+    """'MIN:MAX:NUM' -> list of NUM evenly spaced floats from MIN to MAX."""
+    try:
+        lo, hi, num = text.split(":")
+        lo, hi, num = float(lo), float(hi), int(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:MAX:NUM (e.g. -1:1:51)") from None
+    if num < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: NUM must be at least 1")
+    return [lo + (hi - lo) * i / (num - 1) for i in range(num)] if num > 1 else [lo]
+
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="any best.pt / last.pt of task1 or task2")
-    p.add_argument("--x", default="-1:1:51", type=common.parse_axis, help="MIN:MAX:NUM along the x direction")
-    p.add_argument("--y", type=common.parse_axis, help="MIN:MAX:NUM along y: a 2D surface")
+    p.add_argument("--x", default="-1:1:51", type=parse_axis, help="MIN:MAX:NUM along the x direction")
+    p.add_argument("--y", type=parse_axis, help="MIN:MAX:NUM along y: a 2D surface")
     p.add_argument("--interp", metavar="CKPT2", help="1D: θ(α) = (1−α)θ1 + αθ2 with α from --x, BN stats included")
     p.add_argument("--out", help="output folder")
     p.add_argument("--norm", default="filter", choices=common.NORMS, help="direction normalization")
@@ -49,9 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--hessian-tol", type=float, default=1e-3, help="relative change that ends power iteration")
     p.add_argument("--resume", action="store_true", help="compute only the points --out does not have yet")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a surface")
-    p.add_argument("--data-dir", default=common.default_data_dir())
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    common.add_data_args(p)
     p.add_argument("--seed", type=int, default=0, help="random directions")
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, token in enumerate(argv[:-1]):  # let "--x -1:1:51" through: argparse reads "-1:1:51" as an option
@@ -79,118 +95,187 @@ def setup_distributed(device_flag):
     return torch.distributed.get_rank(), device
 
 
+def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x"):
+    """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png),
+    filled contours (heatmap.png) and a 3D surface (surface_3d.png). Returns the files written."""
+    plt = common.pyplot()
+    x, y, loss, acc = surface["x"], surface["y"], surface["loss"].astype(float), surface["acc"]
+    z = np.minimum(loss, zmax) if zmax is not None else loss
+    zlabel = "loss"
+    if log:
+        z, zlabel = np.log10(np.maximum(z, 1e-12)), "log10 loss"
+    if len(y) == 0:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
+        ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(x, acc, color="tab:red", marker=".", label="accuracy")
+        twin.set_ylabel("accuracy", color="tab:red")
+        common.save_figure(fig, os.path.join(out, "loss_1d.png"))
+        return ["loss_1d.png"]
+    grid_x, grid_y = np.meshgrid(x, y, indexing="ij")  # loss[i, j] belongs to (x[i], y[j])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    lines = ax.contour(grid_x, grid_y, z, levels=20, cmap="viridis")
+    ax.clabel(lines, fontsize=6)
+    ax.set(xlabel="x", ylabel="y", title=title)
+    common.save_figure(fig, os.path.join(out, "contour.png"))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    filled = ax.contourf(grid_x, grid_y, z, levels=40, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label=zlabel)
+    ax.set(xlabel="x", ylabel="y", title=title)
+    common.save_figure(fig, os.path.join(out, "heatmap.png"))
+    fig = plt.figure(figsize=(6.5, 5))
+    ax = fig.add_subplot(projection="3d")
+    ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title)
+    common.save_figure(fig, os.path.join(out, "surface_3d.png"))
+    return ["contour.png", "heatmap.png", "surface_3d.png"]
+
+
+
+class SurfaceFiles:
+    """surface.npz and surface.json in --out, rewritten after every round of points (rank 0 only), with
+    points/s and ETA printed every few seconds. Time after `stop_clock()` (the Hessian) is not counted."""
+
+    def __init__(self, args, settings, info, surface, seconds_before):
+        self.args, self.settings, self.info, self.seconds_before = args, settings, info, seconds_before
+        self.npz, self.json = os.path.join(args.out, "surface.npz"), os.path.join(args.out, "surface.json")
+        self.started, self.ended, self.last_print = time.time(), None, 0.0
+        self.done_before = int(surface["done"].sum())
+
+    def stop_clock(self):
+        self.ended = time.time()
+
+    def save(self, surface, status="partial", extra=None):
+        shape = (len(self.args.x), len(self.args.y)) if self.args.y else (len(self.args.x),)
+        np.savez(self.npz + ".tmp.npz", x=np.array(self.args.x), y=np.array(self.args.y or []),
+                 **{k: v.reshape(shape) for k, v in surface.items()})
+        os.replace(self.npz + ".tmp.npz", self.npz)
+        seconds = (self.ended or time.time()) - self.started
+        n_done, n_points = int(surface["done"].sum()), int(surface["done"].size)
+        rate = (n_done - self.done_before) / max(seconds, 1e-9)
+        common.write_json(self.json, dict(
+            status=status, settings=self.settings, **self.info, points=n_points, points_done=n_done,
+            seconds=self.seconds_before + seconds, points_per_s=rate, torch_version=torch.__version__,
+            **(extra or {})))
+        if self.ended is None and (time.time() - self.last_print > 5 or n_done == n_points):
+            self.last_print = time.time()
+            print(f"  {n_done}/{n_points} points | {rate:.2f} points/s | "
+                  f"ETA {common.format_seconds((n_points - n_done) / max(rate, 1e-9))}", flush=True)
+
+
+def start_surface(args, settings):
+    """(surface arrays, seconds already spent): empty, or read back with --resume after checking that
+    --out was made with the same settings. Nothing is written here, so a refused call changes nothing."""
+    npz_path, json_path = os.path.join(args.out, "surface.npz"), os.path.join(args.out, "surface.json")
+    if os.path.exists(json_path) and not (args.resume or args.overwrite):
+        raise common.UsageError(f"{args.out} already holds a surface; pass --resume to finish it or --overwrite")
+    n_points = len(args.x) * len(args.y or [0])
+    if not args.resume:
+        return dict(loss=np.full(n_points, np.nan), acc=np.full(n_points, np.nan),
+                    done=np.zeros(n_points, dtype=bool)), 0.0
+    if not os.path.exists(npz_path):
+        raise common.UsageError(f"--resume but {npz_path} does not exist")
+    saved = common.load_json(json_path)
+    differ = [k for k in SURFACE_KEYS if saved["settings"].get(k) != common.json_safe(settings[k])]
+    if differ:
+        raise common.UsageError(f"--resume with different settings than {json_path}: {differ}")
+    with np.load(npz_path) as old:
+        return {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}, saved["seconds"]
+
+
+def evaluation_data(args, device):
+    """The first --n-items images and labels of --split (no augmentation), on the device."""
+    data = common.load_cifar10(args.data_dir, download=not args.no_download)
+    n = None if args.n_items < 0 else args.n_items
+    return data[f"{args.split}_x"][:n].to(device), data[f"{args.split}_y"][:n].to(device)
+
+
+def make_directions(args, model, device):
+    """{'x': {name: tensor}[, 'y': ...]}: towards the --interp checkpoint, from --dir-file, or random."""
+    if args.interp:
+        other = dict(common.landscape_tensors(common.load_checkpoint(args.interp, device)[0]))
+        shapes = lambda tensors: {name: t.shape for name, t in tensors}  # noqa: E731
+        if shapes(other.items()) != shapes(common.landscape_tensors(model)):
+            raise common.UsageError(f"{args.interp} is not the same architecture as {args.ckpt}")
+        return {"x": {name: (other[name] - t).detach().cpu() for name, t in common.landscape_tensors(model)}}
+    if args.dir_file:
+        return torch.load(args.dir_file, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    return {axis: common.random_direction(model, generator, args.norm, args.include_bn_bias)
+            for axis in (["x", "y"] if args.y else ["x"])}
+
+
+def hessian(model, images, labels, criterion, args, device):
+    """surface.json's 'hessian' entry: the top eigenvalue of the mean loss on the evaluation images."""
+    def batch_losses():
+        for i in range(0, len(labels), args.batch_size):
+            x = common.normalize(images[i:i + args.batch_size], channels_last=device.type == "cuda")
+            yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
+    started = time.time()
+    eigenvalue, iters = common.hessian_top_eigenvalue(model, batch_losses, len(labels), args.hessian_iters,
+                                                      args.hessian_tol, args.seed)
+    print(f"top Hessian eigenvalue {eigenvalue:.4g} ({iters} iterations)", flush=True)
+    return dict(top_eigenvalue=eigenvalue, iterations=iters, tol=args.hessian_tol, seconds=time.time() - started)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    rank, device = setup_distributed(args.device)
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    settings = {k: getattr(args, k) for k in SURFACE_KEYS}
-    npz_path, json_path = os.path.join(args.out, "surface.npz"), os.path.join(args.out, "surface.json")
-    if rank == 0:
-        if os.path.exists(json_path) and not (args.resume or args.overwrite):
-            sys.exit(f"error: {args.out} already holds a surface; pass --resume to finish it or --overwrite")
-        if args.resume and not os.path.exists(npz_path):
-            sys.exit(f"error: --resume but {npz_path} does not exist")
-        os.makedirs(args.out, exist_ok=True)
+    try:
+        return landscape(args)
+    except common.USER_ERRORS as e:
+        return common.fail(e)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
+
+def landscape(args):
+    """Compute (or finish) the surface in --out, then on rank 0 the Hessian and the figures; exit code."""
+    rank, device = setup_distributed(args.device)
+    settings = {k: getattr(args, k) for k in SURFACE_KEYS}
+    surface, seconds_before = start_surface(args, settings)
     model, ckpt = common.load_checkpoint(args.ckpt, device)
     model.eval()
-    cfg = ckpt["config"]
-    try:
-        data = common.load_cifar10(args.data_dir, download=not args.no_download)
-    except common.DataError as e:
-        sys.exit(f"error: {e}")
-    n = None if args.n_items < 0 else args.n_items
-    images, labels = data[f"{args.split}_x"][:n].to(device), data[f"{args.split}_y"][:n].to(device)
+    cfg, world = ckpt["config"], common.rank_and_world()[1]
+    images, labels = evaluation_data(args, device)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
-    bf16 = args.precision == "bf16"
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
-
-    if args.interp:
-        other, _ = common.load_checkpoint(args.interp, device)
-        other_state = dict(common.landscape_tensors(other))
-        directions = {"x": {name: (other_state[name] - t).detach().cpu() if name in other_state else None
-                            for name, t in common.landscape_tensors(model)}}
-        if any(d is None for d in directions["x"].values()):
-            sys.exit(f"error: {args.interp} is not the same architecture as {args.ckpt}")
-    elif args.dir_file:
-        directions = torch.load(args.dir_file, map_location="cpu", weights_only=True)
-    else:
-        generator = torch.Generator().manual_seed(args.seed)
-        directions = {axis: common.random_direction(model, generator, args.norm, args.include_bn_bias)
-                      for axis in (["x", "y"] if args.y else ["x"])}
+    directions = make_directions(args, model, device)
     try:
         axes = [(coords, common.direction_list(model, directions[axis], device))
                 for axis, coords in (("x", args.x), ("y", args.y)) if coords]
     except (KeyError, ValueError) as e:
-        sys.exit(f"error: directions do not fit {args.ckpt}: {e}")
+        raise common.UsageError(f"directions do not fit {args.ckpt}: {e}") from None
+    os.makedirs(args.out, exist_ok=True)
     if rank == 0 and not args.interp:
         common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
-
-    shape = (len(args.x), len(args.y or []) or 1)
-    surface = dict(loss=np.full(shape[0] * shape[1], np.nan), acc=np.full(shape[0] * shape[1], np.nan),
-                   done=np.zeros(shape[0] * shape[1], dtype=bool))
-    elapsed_before = 0.0
-    if args.resume:
-        saved = common.load_json(json_path)
-        elapsed_before = saved["seconds"]
-        differ = [k for k in SURFACE_KEYS if saved["settings"].get(k) != common.json_safe(settings[k])]
-        if differ:
-            sys.exit(f"error: --resume with different settings than {json_path}: {differ}")
-        with np.load(npz_path) as old:
-            surface = {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}
-
-    def save(surface, status="partial", extra=None):
-        grid = {k: v.reshape(shape if args.y else shape[0]) for k, v in surface.items()}
-        np.savez(npz_path + ".tmp.npz", x=np.array(args.x), y=np.array(args.y or []), **grid)
-        os.replace(npz_path + ".tmp.npz", npz_path)
-        session_seconds = timing.get("surface_end", time.time()) - started
-        n_done = int(surface["done"].sum())
-        common.write_json(json_path, dict(
-            status=status, settings=settings, model=cfg["model"], device=str(device) if device.type == "cpu" else
-            torch.cuda.get_device_name(device), world_size=world, points=int(surface["done"].size),
-            points_done=n_done, seconds=elapsed_before + session_seconds,
-            points_per_s=(n_done - done_before) / max(session_seconds, 1e-9),
-            torch_version=torch.__version__, **(extra or {})))
-
+    info = dict(model=cfg["model"], device=common.device_name(device), world_size=world)
+    files = SurfaceFiles(args, settings, info, surface, seconds_before)
     if rank == 0:
         what = f"interpolation to {args.interp}" if args.interp else f"{args.norm}-normalized directions"
         print(f"{args.ckpt}: {cfg['model']} | {what} | {len(args.x)} x {len(args.y or [1])} points on "
-              f"{len(labels)} {args.split} images | "
-              f"{device} x {world} | out {args.out}", flush=True)
-    started, done_before, timing = time.time(), int(surface["done"].sum()), {}
+              f"{len(labels)} {args.split} images | {device} x {world} | out {args.out}", flush=True)
     with common.GracefulStop() as stop, common.preserved(model):
         finished = common.compute_surface(model, base, axes, images, labels, criterion, device, surface,
-                                          save if rank == 0 else lambda s: None, bf16, args.bn_mode,
-                                          args.batch_size, stop)
-    timing["surface_end"] = time.time()  # the Hessian below does not count towards points/s
-    if rank == 0 and not finished:
-        save(surface)
-        print(f"stopped with {int(surface['done'].sum())}/{surface['done'].size} points; resume with the same "
-              f"command plus --resume", flush=True)
-    extra = {}
-    if finished and args.hessian and rank == 0:
-        def batch_losses():
-            for i in range(0, len(labels), args.batch_size):
-                x = common.normalize(images[i:i + args.batch_size], channels_last=device.type == "cuda")
-                yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
-        t0 = time.time()
-        eigenvalue, iters = common.hessian_top_eigenvalue(model, batch_losses, len(labels), args.hessian_iters,
-                                                          args.hessian_tol, args.seed)
-        extra["hessian"] = dict(top_eigenvalue=eigenvalue, iterations=iters, tol=args.hessian_tol,
-                                seconds=time.time() - t0)
-        print(f"top Hessian eigenvalue {eigenvalue:.4g} ({iters} iterations)", flush=True)
-    if rank == 0 and finished:
-        save(surface, "complete", extra)
-        with np.load(npz_path) as saved:
-            title = f"{cfg['model']} {os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))}"
-            files = common.plot_landscape(dict(saved), args.out, title, args.log, args.zmax,
-                                          xlabel="α" if args.interp else "x")
-        info = common.load_json(json_path)
-        print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
-              f"wrote surface.npz, surface.json, {', '.join(files)} in {args.out}", flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0 if finished else 130
+                                          files.save if rank == 0 else lambda s: None, args.precision == "bf16",
+                                          args.bn_mode, args.batch_size, stop)
+    files.stop_clock()
+    if rank > 0 or not finished:
+        if rank == 0:
+            print(f"stopped with {int(surface['done'].sum())}/{surface['done'].size} points; resume with the "
+                  f"same command plus --resume", flush=True)
+        return 0 if finished else 130
+    extra = dict(hessian=hessian(model, images, labels, criterion, args, device)) if args.hessian else {}
+    files.save(surface, "complete", extra)
+    with np.load(files.npz) as saved:
+        title = f"{cfg['model']} {os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))}"
+        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
+    info = common.load_json(files.json)
+    print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
+          f"wrote surface.npz, surface.json, {', '.join(written)} in {args.out}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

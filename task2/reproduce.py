@@ -1,26 +1,171 @@
-"""The Python half of run_all.sh: run a list of jobs in one process, pick the best runs, write the report.
+"""Every table and figure of the report: the experiment plan (the one place that names every run), the job
+runner behind run_all.sh, and the report.
 
-    python task2/reproduce.py jobs FILE            # run every job of FILE (one command line each), skipping finished ones
-    python task2/reproduce.py best OUT KIND        # print the run folder of the best grid run of KIND (any|sgd|adam)
+    python task2/reproduce.py plan PHASE --profile P --out OUT [--data-dir D]   # one job line per run
+    python task2/reproduce.py jobs FILE            # run every job of FILE, skipping finished ones
     python task2/reproduce.py report OUT [--update-readme --profile P]   # OUT/tables.md and OUT/figures/
 
-Jobs run in-process (runpy), so a profile of many short runs pays for one Python start, not one per run.
-A training job whose result.json is complete is skipped, an interrupted one resumed; a landscape job
-whose surface.json is complete is skipped. Model selection uses validation accuracy only.
+Phases: train (hyper-parameter search, 24-run grid, Task 2 models), analysis (loss functions on the best
+grid configuration, BN analysis) and landscapes (surfaces, interpolation, filters); later phases read the
+earlier phases' results. Jobs run in-process (runpy), so many short runs pay for one Python start. A
+training job whose result.json is finished is skipped, an interrupted one resumed; a landscape job whose
+surface.json is complete is skipped. Model selection uses validation accuracy only.
+
+tables.md: six tables (hyper-parameter search, grid, loss functions, Task 2, BN analysis, sharpness), every
+row linking its run folder; figures/: curves of every run, filters, surfaces, interpolation, BN figures.
 """
 import argparse
+import itertools
 import os
+import re
 import runpy
 import shlex
+import shutil
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import common  # noqa: E402
+import numpy as np  # noqa: E402
 
+import bn_analysis  # noqa: E402
+import common  # noqa: E402
+from bn_analysis import percent  # noqa: E402
+
+# -- the experiment plan -----------------------------------------------------------------------
+
+PHASES = ["train", "analysis", "landscapes"]
+PROFILES = {  # epochs per task, surface grid, evaluation images, interpolation, Hessian iterations, extra flags
+    "full": dict(t1_epochs=60, t2_epochs=20, bn_epochs=20, grid="-1:1:51", items=10000, interp="-0.5:1.5:41",
+                 hessian_iters=20, train_flags=[], bn_flags=[], cpu_flags=[]),
+    "quick": dict(t1_epochs=10, t2_epochs=10, bn_epochs=5, grid="-1:1:21", items=2000, interp="-0.5:1.5:21",
+                  hessian_iters=20, train_flags=[], bn_flags=["--probe-every", "25"], cpu_flags=[]),
+    "smoke": dict(t1_epochs=1, t2_epochs=1, bn_epochs=1, grid="-1:1:5", items=100, interp="-0.5:1.5:5",
+                  hessian_iters=3, train_flags=["--device", "cpu", "--width", "0.125", "--subset", "200", "--val",
+                                                "100", "--test-subset", "500", "--batch-size", "32"],
+                  bn_flags=["--probe-every", "2"], cpu_flags=["--device", "cpu"]),
+}
+GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
+    ["adam", "sgd"]
+T2_MODELS, T2_OPTS = ["vgg_a", "vgg_a_bn", "vgg_a_res_bn"], ["adam", "sgd"]
 FINISHED = ("completed", "diverged")  # diverged is a result, not a failure
 
+
+def grid_name(arch, act, loss, opt):
+    return f"grid_{arch}_{act}_{loss}_{opt}"
+
+
+def grid():
+    """The 24 grid configurations in the report's order: (number, arch, act, loss, opt, run name)."""
+    configs = itertools.product(GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS)
+    return [(k, *c, grid_name(*c)) for k, c in enumerate(configs, 1)]
+
+
+HP_RUNS = [  # report 4.1: (label, run name, flags); two rows are grid runs with the same config (no flags)
+    ("SGD lr 0.1, momentum 0.9, wd 5e-4", "hp_sgd_lr0.1_wd5e-4", "--arch standard --opt sgd --lr 0.1 --wd 5e-4"),
+    ("SGD lr 0.05, momentum 0.9, wd 5e-4", "hp_sgd_lr0.05_wd5e-4", "--arch standard --opt sgd --lr 0.05 --wd 5e-4"),
+    ("SGD lr 0.01, momentum 0.9, wd 5e-4", grid_name("standard", "relu", "ce", "sgd"), None),
+    ("SGD lr 0.01, momentum 0.9, wd 1e-4", "hp_sgd_lr0.01_wd1e-4", "--arch standard --opt sgd --lr 0.01 --wd 1e-4"),
+    ("Adam lr 1e-3", "hp_adam_lr1e-3", "--arch standard --opt adam --lr 1e-3"),
+    ("Adam lr 1e-4", grid_name("standard", "relu", "ce", "adam"), None),
+]
+LOSS_RUNS = [  # report beyond 4.3, on the best grid configuration: (label, run name, flags)
+    ("mse (softmax vs one-hot)", "loss_mse", "--loss mse"),
+    ("ce + label smoothing 0.1", "loss_ce_ls0.1", "--loss ce --label-smoothing 0.1"),
+]
+SHARPNESS_ROWS = [("best SGD model", "best_sgd"), ("best Adam model", "best_adam"), ("VGG-A (Adam)", "vgg_a"),
+                  ("VGG-A + BN (Adam)", "vgg_a_bn")]
+INTERP, BN_DIR, VISUALIZE = "interp_sgd_adam", "bn_analysis", "visualize"
+
+
+def t2_name(model, opt):
+    return f"t2_{model}_{opt}"
+
+
+def run_dir(out, name):
+    return os.path.join(out, "runs", name)
+
+
+def read_result(folder):
+    """result.json of a run folder, or None when it has none yet."""
+    path = os.path.join(folder, "result.json")
+    return common.load_json(path) if os.path.exists(path) else None
+
+
+def best_grid_run(out, opt=None):
+    """The grid run folder with the highest validation accuracy (never the test set), optionally only
+    `opt` runs; ties go to the earlier row (ce before its identical nll twin)."""
+    best, best_acc = None, -1.0
+    for *_, run_opt, name in grid():
+        result = read_result(run_dir(out, name))
+        if (opt is None or run_opt == opt) and result and result["best_val_acc"] is not None \
+                and result["best_val_acc"] > best_acc:
+            best, best_acc = run_dir(out, name), result["best_val_acc"]
+    return best
+
+
+def plan(phase, profile, out, data_dir):
+    """The job lines of one phase (a script and its flags, --out last); later phases read earlier results."""
+    p, data = PROFILES[profile], ["--data-dir", data_dir]
+    return {"train": train_jobs, "analysis": analysis_jobs, "landscapes": landscape_jobs}[phase](p, out, data)
+
+
+def training_job(script, p, data, epochs, flags, out):
+    return [script, *data, *p["train_flags"], "--epochs", str(p[epochs]), *flags, "--out", out]
+
+
+def train_jobs(p, out, data):
+    """Phase 1: the hyper-parameter search, the 24-configuration grid, the six Task 2 runs."""
+    def t1(flags, name):
+        return training_job("task1/train.py", p, data, "t1_epochs", flags, run_dir(out, name))
+    jobs = [t1(shlex.split(flags), name) for _, name, flags in HP_RUNS if flags]
+    jobs += [t1(["--arch", a, "--act", act, "--loss", loss, "--opt", opt], name)
+             for _, a, act, loss, opt, name in grid()]
+    return jobs + [training_job("task2/train.py", p, data, "t2_epochs", ["--model", model, "--opt", opt],
+                                run_dir(out, t2_name(model, opt))) for model in T2_MODELS for opt in T2_OPTS]
+
+
+def analysis_jobs(p, out, data):
+    """Phase 2: the best grid configuration (by validation accuracy) with other losses; the BN analysis."""
+    best = read_result(best_grid_run(out) or "")
+    jobs = []
+    if best is None:
+        print("plan: no finished grid run, so no loss-function runs", file=sys.stderr)
+    else:
+        cfg = best["config"]
+        jobs = [training_job("task1/train.py", p, data, "t1_epochs", ["--arch", cfg["arch"], "--act", cfg["act"],
+                                                                      "--opt", cfg["opt"], *shlex.split(flags)],
+                             run_dir(out, name)) for _, name, flags in LOSS_RUNS]
+    return jobs + [training_job("task2/bn_analysis.py", p, data, "bn_epochs", p["bn_flags"], os.path.join(out, BN_DIR))]
+
+
+def landscape_jobs(p, out, data):
+    """Phase 3: surfaces with the Hessian of the best SGD / Adam grid models and of VGG-A with and without
+    BN, the interpolation from the best SGD model to its Adam twin, the best model's filters."""
+    def surface(ckpt, name, *flags):
+        return ["task2/landscape.py", *data, *p["cpu_flags"], "--n-items", str(p["items"]), "--hessian-iters",
+                str(p["hessian_iters"]), "--ckpt", ckpt, *flags, "--out", os.path.join(out, "landscapes", name)]
+    square = ["--x", p["grid"], "--y", p["grid"], "--hessian"]
+    best = {kind: best_grid_run(out, opt) for kind, opt in (("any", None), ("sgd", "sgd"), ("adam", "adam"))}
+    jobs = [surface(f"{best[kind]}/best.pt", f"best_{kind}", *square) for kind in ("sgd", "adam") if best[kind]]
+    twin = best["sgd"] and best["sgd"][:-len("_sgd")] + "_adam"
+    if twin and os.path.exists(f"{twin}/best.pt"):
+        jobs.append(surface(f"{best['sgd']}/best.pt", INTERP, "--interp", f"{twin}/best.pt", "--x", p["interp"]))
+    for model in ("vgg_a", "vgg_a_bn"):
+        ckpt = os.path.join(run_dir(out, t2_name(model, "adam")), "best.pt")
+        if os.path.exists(ckpt):
+            jobs.append(surface(ckpt, model, *square))
+    if best["any"]:
+        jobs.append(["task1/visualize.py", *data, *p["cpu_flags"], "--ckpt", f"{best['any']}/best.pt", "--n", "16",
+                     "--out", os.path.join(out, VISUALIZE)])
+    missing = [name for name, needed in (("best SGD / Adam surfaces", best["sgd"] and best["adam"]),
+                                         ("filters", best["any"])) if not needed]
+    if missing:
+        print(f"plan: no finished grid run for {', '.join(missing)}", file=sys.stderr)
+    return jobs
+
+
+# -- the job runner ----------------------------------------------------------------------------
 
 def option(args, name):
     return args[args.index(name) + 1] if name in args else None
@@ -32,8 +177,8 @@ def job_state(script, args):
     if out is None:
         return []
     if script.endswith("train.py"):
-        result = os.path.join(out, "result.json")
-        if os.path.exists(result) and common.load_json(result)["status"] in FINISHED:
+        result = read_result(out)
+        if result and result["status"] in FINISHED:
             return "done"
         return ["--resume"] if os.path.exists(os.path.join(out, "last.pt")) else ["--overwrite"]
     if script.endswith("landscape.py"):
@@ -44,29 +189,34 @@ def job_state(script, args):
     return []
 
 
+def run_job(script, args):
+    """Run one job's script in this process; returns its exit code (a crash is code 1, not the end)."""
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:  # one broken run must not stop the others
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
 def run_jobs(job_file, worker=""):
+    """Every job of the file in order; returns the names (--out) of those that failed."""
     with open(job_file) as f:
         jobs = [shlex.split(line) for line in f if line.strip() and not line.startswith("#")]
     failures = []
     for k, (script, *args) in enumerate(jobs, 1):
-        name = option(args, "--out") or script
-        state = job_state(script, args)
+        name, state = option(args, "--out") or script, job_state(script, args)
         if state == "done":
             print(f"{worker}[{k}/{len(jobs)}] {name}: already complete, skipped", flush=True)
             continue
-        print(f"{worker}[{k}/{len(jobs)}] {name}: python {script} {' '.join(args + state)}", flush=True)
+        print(f"{worker}[{k}/{len(jobs)}] {name}: python {script} {shlex.join(args + state)}", flush=True)
         started = time.time()
-        sys.argv = [script, *args, *state]
-        try:
-            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-        except Exception as e:  # one broken run must not stop the others
-            code = 1
-            print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        code = run_job(script, args + state)
         if code == 130:  # Ctrl-C: the run saved its state; stop here instead of starting the next one
             print(f"{worker}interrupted; rerun the same command to resume", flush=True)
             raise SystemExit(130)
@@ -77,40 +227,269 @@ def run_jobs(job_file, worker=""):
     return failures
 
 
-def main():
+# -- the report --------------------------------------------------------------------------------
+
+def row(cells, bold=False):
+    return "| " + " | ".join(f"**{c}**" if bold and c != "" else str(c) for c in cells) + " |"
+
+
+def table_head(*columns):
+    return [row(columns), "|" + "---|" * len(columns)]
+
+
+def link(out, folder):
+    return f"[{os.path.basename(folder)}]({os.path.relpath(folder, out)})"
+
+
+def missing_row(cells, status_at, name):
+    """The row of a run with no result.json: `cells` first, 'missing' as its status, its name last."""
+    cells = list(cells)
+    cells[status_at], cells[-1] = "missing", name
+    return row(cells)
+
+
+def hp_table(out):
+    md = ["### 1. Hyper-parameter search (ResVGG16-standard, ReLU, cross-entropy, cosine schedule)", "",
+          *table_head("config", "status", "best val acc", "test acc at best val", "epochs run", "run")]
+    for label, name, _ in HP_RUNS:
+        r = read_result(run_dir(out, name))
+        md.append(row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]),
+                       r["epochs_run"], link(out, run_dir(out, name))]) if r else
+                  missing_row([label, *["–"] * 5], 1, name))
+    return md
+
+
+def grid_table(out, best):
+    md = ["### 2. The 24-configuration grid", "", *table_head(
+        "#", "arch", "act", "loss", "opt", "params", "best val acc", "test acc at best val", "train time", "status",
+        "run")]
+    for k, arch, act, loss, opt, name in grid():
+        r, folder = read_result(run_dir(out, name)), run_dir(out, name)
+        md.append(row([k, arch, act, loss, opt, f"{r['params']:,}", percent(r["best_val_acc"]),
+                       percent(r["test_acc_at_best_val"]), common.format_seconds(r["train_seconds"]), r["status"],
+                       link(out, folder)], bold=folder == best) if r else
+                  missing_row([k, arch, act, loss, opt, *["–"] * 6], 9, name))
+    return md + ["", "Bold: the best validation accuracy. `nll` is log_softmax + NLLLoss, which is exactly how "
+                 "cross-entropy is computed, so every ce row and its nll twin are the same training run up to "
+                 "floating-point nondeterminism (a test checks loss and gradients agree to 1e-6). "
+                 + twin_differences(out)]
+
+
+def twin_differences(out):
+    """The largest measured difference between every ce grid run and its nll twin."""
+    diffs = {"best val acc (pp)": [], "test acc at best val (pp)": [], "final train loss": []}
+    for _, arch, act, loss, opt, name in grid():
+        twin = run_dir(out, grid_name(arch, act, "nll", opt))
+        a, b = read_result(run_dir(out, name)), read_result(twin)
+        if loss != "ce" or a is None or b is None:
+            continue
+        for key, field in (("best val acc (pp)", "best_val_acc"),
+                           ("test acc at best val (pp)", "test_acc_at_best_val")):
+            if a[field] is not None and b[field] is not None:
+                diffs[key].append(100 * abs(a[field] - b[field]))
+        la, lb = common.read_metrics(run_dir(out, name)), common.read_metrics(twin)
+        if la and lb and la[-1]["train_loss"] is not None and lb[-1]["train_loss"] is not None:
+            diffs["final train loss"].append(abs(la[-1]["train_loss"] - lb[-1]["train_loss"]))
+    measured = "; ".join(f"{k} {max(v):.3g}" for k, v in diffs.items() if v) or "no complete pairs"
+    return f"Largest difference measured over the {len(diffs['final train loss'])} pairs: {measured}."
+
+
+def loss_table(out, best):
+    md = ["### 3. Loss functions beyond the report (best grid configuration)", ""]
+    if not best:
+        return md + ["No finished grid run yet."]
+    cfg = read_result(best)["config"]
+    md += [f"Configuration: {cfg['arch']}, {cfg['act']}, {cfg['opt']} (the best validation accuracy above).", "",
+           *table_head("loss", "status", "best val acc", "test acc at best val", "final test acc", "epochs run", "run")]
+    ce_twin = grid_name(cfg["arch"], cfg["act"], "ce", cfg["opt"])
+    for label, name in [("ce", ce_twin)] + [(label, name) for label, name, _ in LOSS_RUNS]:
+        r = read_result(run_dir(out, name))
+        md.append(row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]),
+                       percent(r["final_test_acc"]), r["epochs_run"], link(out, run_dir(out, name))]) if r else
+                  missing_row([label, *["–"] * 6], 1, name))
+    return md
+
+
+def task2_table(out):
+    md = ["### 4. Task 2: VGG-A with and without BatchNorm", "", *table_head(
+        "model", "optimizer", "lr", "test acc at best val", "final test acc", "best val acc", "convergence epoch",
+        "params", "status", "run")]
+    for model in T2_MODELS:
+        for opt in T2_OPTS:
+            folder = run_dir(out, t2_name(model, opt))
+            r = read_result(folder)
+            md.append(row([model, opt, f"{r['config']['lr']:g}", percent(r["test_acc_at_best_val"]),
+                           percent(r["final_test_acc"]), percent(r["best_val_acc"]), r["convergence_epoch"],
+                           f"{r['params']:,}", r["status"], link(out, folder)]) if r else
+                      missing_row([model, opt, *["–"] * 8], 8, t2_name(model, opt)))
+    return md + ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
+                     f"{common.CONVERGED_FRACTION:.0%} of the run's best."]
+
+
+def bn_section(out):
+    """Table 5 from the BN analysis' raw numbers; its figures are copied into figures/."""
+    md, folder = ["### 5. How BN helps optimization (task2/bn_analysis.py)", ""], os.path.join(out, BN_DIR)
+    if not os.path.exists(os.path.join(folder, "bn_analysis.json")):
+        return md + ["Not run yet."]
+    runs, settings = bn_analysis.load_bn_analysis(folder)
+    for name in bn_analysis.BN_FIGURES:
+        shutil.copy(os.path.join(folder, name), os.path.join(out, "figures", f"bn_{name}"))
+    return md + [f"{settings['opt']}, {settings['epochs']} epochs, probe every {settings['probe_every']} steps at "
+                 f"η = lr × {settings['probe_etas']}.", "",
+                 bn_analysis.bn_summary_table(runs, link_prefix=f"{BN_DIR}/")]
+
+
+def sharpness_table(out):
+    md = ["### 6. Sharpness: top Hessian eigenvalue at the checkpoint", "",
+          *table_head("model", "checkpoint", "top eigenvalue", "power iterations", "evaluation data")]
+    for label, name in SHARPNESS_ROWS:
+        path = os.path.join(out, "landscapes", name, "surface.json")
+        info = common.load_json(path) if os.path.exists(path) else {}
+        h = info.get("hessian")
+        ckpt = os.path.relpath(info["settings"]["ckpt"], out) if info else None
+        md.append(row([label, f"[{ckpt}]({ckpt})" if ckpt else "–", f"{h['top_eigenvalue']:.4g}" if h else "missing",
+                       h["iterations"] if h else "–",
+                       f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
+    return md
+
+
+FIGURES = [  # (file under the results folder, name in figures/, caption)
+    (f"{VISUALIZE}/filters.png", "filters.png", "first-layer filters of the best model"),
+    (f"{VISUALIZE}/feature_maps.png", "feature_maps.png", "feature maps of a test image, best model"),
+    ("landscapes/best_sgd/surface_3d.png", "surface_best_sgd.png", "loss surface of the best SGD model"),
+    ("landscapes/best_adam/surface_3d.png", "surface_best_adam.png", "loss surface of the best Adam model"),
+    (f"landscapes/{INTERP}/loss_1d.png", "interp_sgd_adam.png",
+     "linear interpolation from the best SGD model (α = 0) to its Adam twin (α = 1)"),
+]
+
+
+def figures_section(out):
+    """Copy every run's curves and the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
+    figures = os.path.join(out, "figures")
+    for name in sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []:
+        curves = os.path.join(run_dir(out, name), "curves.png")
+        if os.path.exists(curves):
+            shutil.copy(curves, os.path.join(figures, "curves", f"{name}.png"))
+    listed = []
+    for src, dst, caption in FIGURES:
+        if os.path.exists(os.path.join(out, src)):
+            shutil.copy(os.path.join(out, src), os.path.join(figures, dst))
+            listed.append((dst, caption))
+    pair = [os.path.join(out, "landscapes", m, "surface.npz") for m in ("vgg_a", "vgg_a_bn")]
+    if all(os.path.exists(p) for p in pair):
+        surfaces = []
+        for p in pair:
+            with np.load(p) as s:
+                surfaces.append(dict(s))
+        plot_surfaces_side_by_side(surfaces, ["VGG-A", "VGG-A + BN"], os.path.join(figures, "vgg_a_vs_bn.png"),
+                                   log=True)
+        listed.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same (log10) colour scale"))
+    listed += [(f"bn_{n}", f"Task 2: {n[:-4].replace('_', ' ')}") for n in bn_analysis.BN_FIGURES
+               if os.path.exists(os.path.join(figures, f"bn_{n}"))]
+    return ["### Figures", "", "Training curves of every run: `figures/curves/`.", ""] + \
+        [f"- {caption}: ![{caption}](figures/{name})" for name, caption in listed]
+
+
+def write_report(out, profile=""):
+    """tables.md and figures/ from the run folders under `out`; returns the Markdown."""
+    os.makedirs(os.path.join(out, "figures", "curves"), exist_ok=True)
+    results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
+        if os.path.isdir(os.path.join(out, "runs")) else []
+    devices = sorted({r["device"] for r in results if r})
+    best = best_grid_run(out)
+    md = [f"Generated by `run_all.sh --profile {profile}` from the result files in this folder; "
+          f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+          "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
+          "best-validation epoch."]
+    for section in (hp_table(out), grid_table(out, best), loss_table(out, best), task2_table(out), bn_section(out),
+                    sharpness_table(out), figures_section(out)):
+        md += [""] + section
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(out, "tables.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
+    """2D surfaces next to each other on one colour scale and one z range: 3D above, filled contours below."""
+    from matplotlib.colors import Normalize
+    plt = common.pyplot()
+    zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
+    norm = Normalize(float(finite.min()), float(finite.max()))
+    levels = np.linspace(norm.vmin, norm.vmax, 30)
+    fig = plt.figure(figsize=(5.5 * len(surfaces), 9))
+    for k, (s, z, title) in enumerate(zip(surfaces, zs, titles)):
+        gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
+        ax = fig.add_subplot(2, len(surfaces), k + 1, projection="3d")
+        ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0)
+        ax.set(title=title, xlabel="x", ylabel="y", zlim=(norm.vmin, norm.vmax),
+               zlabel="log10 loss" if log else "loss")
+        ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
+        filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
+        ax.set(xlabel="x", ylabel="y", aspect="equal")
+    fig.colorbar(filled, ax=fig.axes[len(surfaces):], label="log10 loss" if log else "loss", shrink=0.8)
+    common.save_figure(fig, path, dpi=110, tight=False)
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme, tables, out):
+    """Replace README's text between the result markers with `tables`, links made relative to README."""
+    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
+    text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", tables)  # every relative link, now from README's folder
+    with open(readme) as f:
+        content = f.read()
+    if README_START not in content or README_END not in content:
+        raise common.UsageError(f"{readme} lacks the markers {README_START} and {README_END}")
+    head, rest = content.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(f"{head}{README_START}\n{text}{README_END}{tail}")
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    j = sub.add_parser("jobs")
+    pl = sub.add_parser("plan", help="print the job lines of one phase")
+    pl.add_argument("phase", choices=PHASES)
+    pl.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", "data"))
+    j = sub.add_parser("jobs", help="run the jobs of a file")
     j.add_argument("file")
     j.add_argument("--worker", default="", help="a prefix for progress lines (e.g. the GPU)")
     j.add_argument("--failures", help="append the failed jobs' names to this file")
-    b = sub.add_parser("best")
-    b.add_argument("out")
-    b.add_argument("kind", choices=["any", "sgd", "adam"])
-    b.add_argument("--flags", action="store_true", help="print its --arch/--act/--opt flags instead of its folder")
-    r = sub.add_parser("report")
+    r = sub.add_parser("report", help="write tables.md and figures/")
     r.add_argument("out")
     r.add_argument("--profile", default="")
     r.add_argument("--update-readme", action="store_true", help="replace README's results section with tables.md")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "plan":
+        for job in plan(args.phase, args.profile, args.out, args.data_dir):
+            print(shlex.join(job))
+        return 0
     if args.command == "jobs":
         failures = run_jobs(args.file, args.worker)
         if args.failures and failures:
             with open(args.failures, "a") as f:
                 f.writelines(name + "\n" for name in failures)
         return 1 if failures else 0
-    if args.command == "best":
-        best = common.best_grid_run(args.out, None if args.kind == "any" else args.kind)
-        if best is None:
-            sys.exit(f"error: no finished grid run of kind {args.kind} in {args.out}")
-        cfg = common.read_result(best)["config"]
-        print(f"--arch {cfg['arch']} --act {cfg['act']} --opt {cfg['opt']}" if args.flags else best)
-        return 0
-    tables = common.write_report(args.out, args.profile)
-    print(f"wrote {os.path.join(args.out, 'tables.md')} and {os.path.join(args.out, 'figures')}/")
-    if args.update_readme:
-        common.update_readme(os.path.join(ROOT, "README.md"), tables, args.out)
-        print("README.md results section updated")
+    try:
+        tables = write_report(args.out, args.profile)
+        print(f"wrote {os.path.join(args.out, 'tables.md')} and {os.path.join(args.out, 'figures')}/")
+        if args.update_readme:
+            update_readme(os.path.join(ROOT, "README.md"), tables, args.out)
+            print("README.md results section updated")
+    except common.USER_ERRORS as e:
+        return common.fail(e)
     return 0
 
 
