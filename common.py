@@ -566,8 +566,8 @@ def train(cfg, step_hook=None):
 class Run:
     """One training run: config, device, data on the device, model, optimizer, and `state` (what last.pt saves)."""
 
-    def __init__(self, cfg):
-        self.cfg, self.out, self.device = cfg, cfg["out"], resolve_device(cfg["device"])
+    def __init__(self, cfg, device):
+        self.cfg, self.out, self.device = cfg, cfg["out"], device
         self.channels_last = self.device.type == "cuda"
         self.session_start, self.session_epochs = time.time(), 0
         self.state = dict(epoch=0, step=0, perm=None, loss_sum=0.0, correct=0, seen=0, epoch_seconds=0.0,
@@ -615,6 +615,7 @@ class Run:
 
 def setup_run(cfg):
     """A new Run, or the one in --out restored from last.pt with --resume; prints the run's header."""
+    device = resolve_device(cfg["device"])  # before anything is written
     prepare_run_dir(cfg)
     ckpt = None
     if cfg["resume"]:
@@ -625,7 +626,7 @@ def setup_run(cfg):
         cfg = {**ckpt["config"], **{k: cfg[k] for k in RUNTIME_KEYS}}
     else:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
-    run = Run(cfg)
+    run = Run(cfg, device)
     print(f"{run_name(cfg)}: {count_params(run.model):,} parameters | {len(run.train_y)} train / "
           f"{len(run.val_y)} val / {len(run.test_y)} test images | {device_name(run.device)} | out {run.out}",
           flush=True)
