@@ -1,40 +1,61 @@
 #!/usr/bin/env bash
-# Reproduce every table and figure of the report: bash run_all.sh --profile full|quick|smoke
+# Reproduce every table and figure of the report: bash run_all.sh --profile full|quick|cpu|smoke
 #   --data-dir DIR      CIFAR-10 folder (default $CIFAR10_DIR or ./data; downloaded when missing)
 #   --out DIR           results folder (default results/<profile>)
+#   --seeds N           train every Task 1 and Task 2 job with seeds 0 .. N-1 (default 1)
 #   --gpus 0,1,...      spread independent runs over these GPUs, one run per GPU at a time
+#   --phase P           run only phase P: 1 (train), 2 (analysis), 3 (landscapes) or 4 (report)
+#   --shard K/N         with --phase 1-3: only every N-th job of the phase, starting at job K (0 <= K < N)
 #   --update-readme     put the generated tables into README.md
 # Rerunning skips finished runs and resumes interrupted ones. The jobs of each phase come from the one
 # experiment plan in task2/reproduce.py (`python task2/reproduce.py plan PHASE --profile P --out DIR`).
 set -uo pipefail
 cd "$(dirname "$0")"
-profile=quick data_dir=${CIFAR10_DIR:-data} out="" gpus="" update_readme=""
-need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
+profile=quick data_dir=${CIFAR10_DIR:-data} out="" gpus="" update_readme="" seeds=1 phase="" shard=""
+usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || usage "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) need_value "$@"; profile=$2; shift 2 ;;
     --data-dir) need_value "$@"; data_dir=$2; shift 2 ;;
     --out) need_value "$@"; out=$2; shift 2 ;;
+    --seeds) need_value "$@"; seeds=$2; shift 2 ;;
     --gpus) need_value "$@"; gpus=$2; shift 2 ;;
+    --phase) need_value "$@"; phase=$2; shift 2 ;;
+    --shard) need_value "$@"; shard=$2; shift 2 ;;
     --update-readme) update_readme=--update-readme; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) usage "unknown argument $1" ;;
   esac
 done
+case $phase in
+  1) phase=train ;; 2) phase=analysis ;; 3) phase=landscapes ;; 4) phase=report ;;
+  ""|train|analysis|landscapes|report) ;;
+  *) usage "--phase must be 1, 2, 3 or 4" ;;
+esac
+tag=""  # names this process's job lists and logs, so shards sharing --out never write the same file
+if [ -n "$shard" ]; then
+  [[ $shard =~ ^([0-9]+)/([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -lt "${BASH_REMATCH[2]}" ] \
+    || usage "--shard must be K/N with 0 <= K < N"
+  [ -n "$phase" ] && [ "$phase" != report ] || usage "--shard needs --phase 1, 2 or 3"
+  shard_k=${BASH_REMATCH[1]} shard_n=${BASH_REMATCH[2]} tag=".shard${BASH_REMATCH[1]}of${BASH_REMATCH[2]}"
+fi
 PY=${PYTHON:-python}
 out=${out:-results/$profile}
-plan() { $PY task2/reproduce.py plan "$1" --profile "$profile" --out "$out" --data-dir "$data_dir"; }
-plan train > /dev/null || exit 2  # an unknown profile stops here, before anything is written
+plan() { $PY task2/reproduce.py plan "$1" --profile "$profile" --out "$out" --data-dir "$data_dir" --seeds "$seeds"; }
+plan train > /dev/null || exit 2  # a wrong profile or seed count stops here, before anything is written
 mkdir -p "$out/runs" "$out/logs"
-failures="$out/logs/failures.txt"; : > "$failures"
+failures="$out/logs/failures$tag.txt"; : > "$failures"
 started=$(date +%s)
 
-# run_phase NAME: plan the phase's jobs into $out/logs/NAME.jobs (one command line each), then run them
-# round robin over --gpus with one worker per GPU, or one after another. Ctrl-C (exit 130) stops the script.
+# run_phase NAME: plan the phase's jobs into $out/logs/NAME.jobs (one command line each; with --shard only
+# this shard's share), then run them round robin over --gpus with one worker per GPU, or one after another.
+# Ctrl-C (exit 130) stops the script.
 run_phase() {
-  local name=$1 file="$out/logs/$1.jobs" code=0
-  plan "$name" > "$file" || { echo "plan $name" >> "$failures"; return; }
-  echo "== $name: $(grep -c . "$file") jobs"
+  local name=$1 file="$out/logs/$1$tag.jobs" code=0
+  plan "$name" > "$file.all" || { echo "plan $name" >> "$failures"; return; }
+  awk -v n="${shard_n:-1}" -v k="${shard_k:-0}" '(NR - 1) % n == k' "$file.all" > "$file" && rm "$file.all"
+  echo "== $name$tag: $(grep -c . "$file") jobs"
   if [ -z "$gpus" ]; then
     $PY task2/reproduce.py jobs "$file" --failures "$failures" || code=$?
   else
@@ -43,11 +64,11 @@ run_phase() {
     for i in "${!ids[@]}"; do
       awk -v n="${#ids[@]}" -v i="$i" '(NR - 1) % n == i' "$file" > "$file.$i"
       CUDA_VISIBLE_DEVICES=${ids[$i]} $PY task2/reproduce.py jobs "$file.$i" --worker "[gpu ${ids[$i]}] " \
-        --failures "$failures" > "$out/logs/$name.gpu${ids[$i]}.log" 2>&1 &
+        --failures "$failures" > "$out/logs/$name$tag.gpu${ids[$i]}.log" 2>&1 &
       pids+=($!)
     done
     # show each worker's progress lines; the full output stays in the worker's log
-    tail -q -n +1 -f --pid=$$ "$out"/logs/"$name".gpu*.log 2>/dev/null | grep --line-buffered '^\[gpu' &
+    tail -q -n +1 -f --pid=$$ "$out"/logs/"$name$tag".gpu*.log 2>/dev/null | grep --line-buffered '^\[gpu' &
     for i in "${pids[@]}"; do wait "$i" || code=$?; done
     sleep 1
     pkill -P $$ -x tail 2>/dev/null
@@ -56,16 +77,18 @@ run_phase() {
 }
 
 # 1. Task 1 hyper-parameter search (report 4.1), the 24-config grid (4.3), Task 2 models
-run_phase train
-# 2. loss functions beyond the report on the best grid config (by validation accuracy), BN analysis
-run_phase analysis
+[ -z "$phase" ] || [ "$phase" = train ] && run_phase train
+# 2. more seeds and other losses for the best grid config (by validation accuracy), BN analysis
+[ -z "$phase" ] || [ "$phase" = analysis ] && run_phase analysis
 # 3. landscapes with Hessian sharpness, the SGD-Adam interpolation, first-layer filters of the best model
-run_phase landscapes
+[ -z "$phase" ] || [ "$phase" = landscapes ] && run_phase landscapes
 # 4. tables and figures
-$PY task2/reproduce.py report "$out" --profile "$profile" $update_readme || echo "report step" >> "$failures"
+if [ -z "$phase" ] || [ "$phase" = report ]; then
+  $PY task2/reproduce.py report "$out" --profile "$profile" $update_readme || echo "report step" >> "$failures"
+fi
 elapsed=$(( $(date +%s) - started ))
 if [ -s "$failures" ]; then
   echo "== done in ${elapsed} s with $(wc -l < "$failures") failure(s):"; sed 's/^/  /' "$failures"
   exit 1
 fi
-echo "== done in ${elapsed} s, no failures: $out/tables.md, $out/figures/"
+echo "== done in ${elapsed} s, no failures${phase:+ (phase $phase$tag)}: $out/tables.md, $out/figures/"

@@ -3,26 +3,35 @@ Dataset of PIL images with per-sample transforms and a DataLoader, fp32), same m
 
     python bench/throughput.py train --arch light --width 0.25 --n-images 2048
     python bench/throughput.py landscape --arch light --width 0.25 --n-images 1000 --points 6
+    python bench/throughput.py predict --profiles quick cpu      # predicted wall time of run_all.sh profiles
 
 train: images/s of the training step (ours: common.train, data on the device, per-batch augmentation,
-bf16 + channels_last on CUDA). landscape: grid points/s (ours: common.evaluate_at on device-resident
+bf16 + channels_last on CUDA), with the achieved TFLOP/s (forward + backward FLOPs per image counted by
+torch.utils.flop_counter) and, on a GPU whose dense bf16 peak is known, the % of that peak (MFU).
+landscape: grid points/s (ours: common.evaluate_at on device-resident
 data; naive: a model copy and a DataLoader pass per point, as in the reference implementation).
-Prints one JSON line per pipeline; --out FILE also writes them as a JSON list.
+predict: the wall time of each run_all.sh profile on this device, from its plan (task2/reproduce.py) and
+img/s measured here for every model the profile trains (training steps and evaluation batches); surfaces
+cost their points × images at the evaluation rate, the Hessian 2 training steps per image and iteration.
+Prints one JSON line per pipeline or profile; --out FILE also writes them as a JSON list.
 """
 import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "task2")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
+import reproduce  # noqa: E402
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -47,7 +56,8 @@ def naive_transform(train):
 
 def fake_images(n, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=gen)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    return images, torch.randint(0, 10, (n,), generator=gen)
 
 
 def write_fake_dataset(root, images, labels):
@@ -63,6 +73,28 @@ def write_fake_dataset(root, images, labels):
         pickle.dump({b"data": images[:100].reshape(100, -1).numpy(), b"labels": labels[:100].tolist()}, f)
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         pickle.dump({b"label_names": [str(i).encode() for i in range(10)]}, f)
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 per GPU, from the datasheets
+
+
+def train_flops_per_image(cfg, device):
+    """Forward + backward FLOPs of one training image, counted on a batch of two."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = common.build_model(cfg).to(device).train()
+    x, y = torch.randn(2, 3, 32, 32, device=device), torch.zeros(2, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / 2
+
+
+def with_mfu(result, flops_per_image, device):
+    """Adds TFLOP/s achieved and, where the device's peak is known, its percentage (else null)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    tflops = result["img_per_s"] * flops_per_image / 1e12
+    return dict(result, gflop_per_image=round(flops_per_image / 1e9, 4), tflop_per_s=round(tflops, 3),
+                peak_tflop_per_s=peak, mfu_percent=round(100 * tflops / peak, 2) if peak else None)
 
 
 def model_config(args):
@@ -82,8 +114,11 @@ def bench_train(args, device):
             "--out", os.path.join(tmp, "run"), "--val", "100"] + (["--compile"] if args.compile else [])))
         common.train(cfg)
         history = common.read_metrics(os.path.join(tmp, "run"))
-        results.append(dict(pipeline="ours", what="train", img_per_s=history[-1]["img_per_s"],
-                            epochs=args.epochs, images=len(labels) - 100))
+        results.append(dict(pipeline="ours" + (" compiled" if args.compile else ""), what="train",
+                            img_per_s=history[-1]["img_per_s"], epochs=args.epochs, images=len(labels) - 100))
+    flops = train_flops_per_image(model_config(args), device)
+    if args.no_naive:
+        return [with_mfu(r, flops, device) for r in results]
     torch.manual_seed(0)
     model = common.build_model(model_config(args)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -106,7 +141,7 @@ def bench_train(args, device):
     sync(device)
     results.append(dict(pipeline="naive", what="train", img_per_s=seen / (time.time() - started),
                         epochs=args.epochs, images=len(labels)))
-    return results
+    return [with_mfu(r, flops, device) for r in results]
 
 
 def bench_landscape(args, device):
@@ -143,6 +178,104 @@ def bench_landscape(args, device):
             dict(pipeline="naive", what="landscape", points_per_s=naive, images=len(labels), points=args.points)]
 
 
+# -- predicted wall time of run_all.sh profiles ------------------------------------------------
+
+def measured_rates(cfg, device, cache, min_seconds=1.0):
+    """(training img/s, evaluation img/s) of the model `cfg` describes at its batch size, measured once:
+    one untimed warm-up step, then steps until at least `min_seconds` have passed."""
+    key = (cfg["model"], cfg["arch"], cfg["width"], cfg["batch_size"])
+    if key not in cache:
+        torch.manual_seed(0)
+        model = common.build_model(cfg).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x, y = fake_images(max(cfg["batch_size"], common.EVAL_BATCH))
+        x, y = common.normalize(x.to(device)), y.to(device)
+        cache[key] = tuple(timed_steps(model, optimizer, x[:n], y[:n], train, device, min_seconds)
+                           for n, train in ((cfg["batch_size"], True), (common.EVAL_BATCH, False)))
+    return cache[key]
+
+
+def timed_steps(model, optimizer, x, y, train, device, min_seconds):
+    model.train(train)
+    steps, started = -1, None
+    while started is None or time.time() - started < min_seconds:
+        with torch.set_grad_enabled(train), common.autocast(device):
+            loss = F.cross_entropy(model(x).float(), y)
+        if train:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        steps += 1
+        started = started or time.time()  # after the warm-up step
+    return steps * len(y) / (time.time() - started)
+
+
+def train_config(flags, task2=False):
+    """The config a training job's flags resolve to (unknown flags, such as --probe-every, ignored)."""
+    parser = common.add_train_args(argparse.ArgumentParser(), common.TASK2_LR if task2 else None)
+    if task2:
+        parser.set_defaults(**common.TASK2_DEFAULTS)
+    return common.config_from_args(parser.parse_known_args(flags)[0], common.TASK2_LR if task2 else None)
+
+
+def training_seconds(job, device, cache):
+    """One training job (or all 8 runs of a BN analysis): steps, validation every epoch, test twice."""
+    script, flags = job[0], job[1:]
+    cfg = train_config(flags, task2=script.startswith("task2"))
+    n_val = min(cfg["val"], 5000)
+    n_train = min(cfg["subset"] or 50000, 50000 - n_val)
+    images = n_train // cfg["batch_size"] * cfg["batch_size"] * cfg["epochs"]
+    evaluations = n_val * cfg["epochs"] + 2 * (cfg["test_subset"] or 10000)
+    runs, probe_cost = [cfg], 0.0
+    if script.endswith("bn_analysis.py"):  # vgg_a and vgg_a_bn at 4 lrs; a probe is 6 forward-backward passes
+        runs = [dict(cfg, model=m) for m in ("vgg_a", "vgg_a_bn") for _ in range(4)]
+        probe_cost = 6 / int(flags[flags.index("--probe-every") + 1] if "--probe-every" in flags else 50)
+    return sum(images * (1 + probe_cost) / train_rate + evaluations / eval_rate
+               for train_rate, eval_rate in (measured_rates(c, device, cache) for c in runs))
+
+
+def surface_seconds(cfg, flags, device, cache):
+    """A surface or interpolation: every point is one evaluation of --n-items images; plus the Hessian."""
+    def value(name, default):
+        return flags[flags.index(name) + 1] if name in flags else default
+    points = int(value("--x", "-1:1:51").split(":")[2]) * int(value("--y", "0:0:1").split(":")[2])
+    items = int(value("--n-items", "10000"))
+    train_rate, eval_rate = measured_rates(cfg, device, cache)
+    hessian = int(value("--hessian-iters", "20")) * items * 2 / train_rate if "--hessian" in flags else 0.0
+    return points * items / eval_rate + hessian
+
+
+def predict_profile(profile, device, cache):
+    """Seconds per phase. Phase 1 is the plan itself; phases 2 and 3 assume the best grid configuration is a
+    standard (the slower) ResVGG16, so the estimate errs long."""
+    flags = reproduce.PROFILES[profile]
+    t1 = train_config(shlex.split(flags["t1"]) + ["--arch", "standard"])
+    t2 = train_config(shlex.split(flags["t2"]), task2=True)
+    with tempfile.TemporaryDirectory() as out:
+        best = reproduce.run_dir(out, reproduce.grid_name("standard", "relu", "ce", "sgd"))
+        os.makedirs(best)
+        common.write_json(os.path.join(best, "result.json"), dict(best_val_acc=1.0, config=t1))
+        seconds = {phase: sum(training_seconds(job, device, cache) for job in reproduce.plan(phase, profile, out, "."))
+                   for phase in ("train", "analysis")}
+    surface = ["--x", flags["grid"], "--y", flags["grid"], "--hessian", *shlex.split(flags["landscape"])]
+    interp = ["--x", flags["interp"], *shlex.split(flags["landscape"])]
+    seconds["landscapes"] = 2 * surface_seconds(t1, surface, device, cache) + \
+        surface_seconds(t1, interp, device, cache) + \
+        sum(surface_seconds(dict(t2, model=m), surface, device, cache) for m in ("vgg_a", "vgg_a_bn"))
+    return seconds
+
+
+def bench_predict(args, device):
+    cache, results = {}, []
+    for profile in args.profiles:
+        seconds = predict_profile(profile, device, cache)
+        results.append(dict(what="predict", profile=profile, seconds=round(sum(seconds.values())),
+                            wall=common.format_seconds(sum(seconds.values())),
+                            phases={k: round(v) for k, v in seconds.items()}))
+    return results
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -150,7 +283,9 @@ def sync(device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["train", "landscape"])
+    p.add_argument("what", choices=["train", "landscape", "predict"])
+    p.add_argument("--profiles", nargs="+", default=["quick", "cpu"], choices=sorted(reproduce.PROFILES),
+                   help="predict: the run_all.sh profiles to predict")
     p.add_argument("--model", default="resvgg16", choices=common.MODELS)
     p.add_argument("--arch", default="light", choices=sorted(common.RESVGG16_ARCHS))
     p.add_argument("--width", type=float, default=1.0)
@@ -160,10 +295,11 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive pipeline")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-naive", action="store_true", help="train: time only our pipeline")
     p.add_argument("--out", help="also write the results as a JSON list here")
     args = p.parse_args()
     device = common.resolve_device(args.device)
-    results = (bench_train if args.what == "train" else bench_landscape)(args, device)
+    results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict)[args.what](args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     for r in results:
         r.update(device=name, model=args.model, arch=args.arch, width=args.width, torch=torch.__version__)

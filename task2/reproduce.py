@@ -15,12 +15,15 @@ tables.md: six tables (hyper-parameter search, grid, loss functions, Task 2, BN 
 row linking its run folder; figures/: curves of every run, filters, surfaces, interpolation, BN figures.
 """
 import argparse
+import collections
+import glob
 import itertools
 import os
 import re
 import runpy
 import shlex
 import shutil
+import statistics
 import sys
 import time
 
@@ -30,20 +33,26 @@ import numpy as np  # noqa: E402
 
 import bn_analysis  # noqa: E402
 import common  # noqa: E402
-from bn_analysis import percent  # noqa: E402
 
 # -- the experiment plan -----------------------------------------------------------------------
 
 PHASES = ["train", "analysis", "landscapes"]
-PROFILES = {  # epochs per task, surface grid, evaluation images, interpolation, Hessian iterations, extra flags
-    "full": dict(t1_epochs=60, t2_epochs=20, bn_epochs=20, grid="-1:1:51", items=10000, interp="-0.5:1.5:41",
-                 hessian_iters=20, train_flags=[], bn_flags=[], cpu_flags=[]),
-    "quick": dict(t1_epochs=10, t2_epochs=10, bn_epochs=5, grid="-1:1:21", items=2000, interp="-0.5:1.5:21",
-                  hessian_iters=20, train_flags=[], bn_flags=["--probe-every", "25"], cpu_flags=[]),
-    "smoke": dict(t1_epochs=1, t2_epochs=1, bn_epochs=1, grid="-1:1:5", items=100, interp="-0.5:1.5:5",
-                  hessian_iters=3, train_flags=["--device", "cpu", "--width", "0.125", "--subset", "200", "--val",
-                                                "100", "--test-subset", "500", "--batch-size", "32"],
-                  bn_flags=["--probe-every", "2"], cpu_flags=["--device", "cpu"]),
+SMOKE = "--device cpu --width 0.125 --subset 200 --val 100 --test-subset 500 --batch-size 32"
+PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface grid, interpolation range;
+    # best_seeds: seeds of the best grid configuration in all (the extra ones run in phase 2)
+    "full": dict(t1="--epochs 60", t2="--epochs 20", bn="--epochs 20", landscape="--n-items 10000 --hessian-iters 20",
+                 visualize="", grid="-1:1:51", interp="-0.5:1.5:41", best_seeds=1),
+    "quick": dict(t1="--epochs 10", t2="--epochs 10", bn="--epochs 5 --probe-every 25",
+                  landscape="--n-items 2000 --hessian-iters 20", visualize="", grid="-1:1:21", interp="-0.5:1.5:21",
+                  best_seeds=1),
+    "cpu": dict(t1="--device cpu --width 0.25 --subset 10000 --epochs 4",
+                t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
+                bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25",
+                landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
+                grid="-1:1:21", interp="-0.5:1.5:21", best_seeds=3),
+    "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1", bn=f"{SMOKE} --epochs 1 --probe-every 2",
+                  landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
+                  grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1),
 }
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
     ["adam", "sgd"]
@@ -86,78 +95,104 @@ def run_dir(out, name):
     return os.path.join(out, "runs", name)
 
 
+def seed_name(name, seed):
+    """Seed 0 keeps the plain run name, so a one-seed plan and its folders never change."""
+    return name if seed == 0 else f"{name}_s{seed}"
+
+
 def read_result(folder):
     """result.json of a run folder, or None when it has none yet."""
     path = os.path.join(folder, "result.json")
     return common.load_json(path) if os.path.exists(path) else None
 
 
+def seed_results(out, name):
+    """The result.json of every seed of a run that has one, seed 0 first."""
+    folders = glob.glob(os.path.join(glob.escape(run_dir(out, name)) + "_s*"))
+    seeds = sorted(int(m.group(1)) for m in (re.fullmatch(r".*_s(\d+)", f) for f in folders) if m)
+    return [r for r in (read_result(run_dir(out, seed_name(name, k))) for k in [0] + seeds) if r]
+
+
+def mean_val_acc(results):
+    accs = [r["best_val_acc"] for r in results if r["best_val_acc"] is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
 def best_grid_run(out, opt=None):
-    """The grid run folder with the highest validation accuracy (never the test set), optionally only
-    `opt` runs; ties go to the earlier row (ce before its identical nll twin)."""
+    """The seed-0 folder of the grid configuration with the highest mean validation accuracy over its seeds
+    (never the test set), optionally only `opt` runs; ties go to the earlier row (ce before its nll twin)."""
     best, best_acc = None, -1.0
     for *_, run_opt, name in grid():
-        result = read_result(run_dir(out, name))
-        if (opt is None or run_opt == opt) and result and result["best_val_acc"] is not None \
-                and result["best_val_acc"] > best_acc:
-            best, best_acc = run_dir(out, name), result["best_val_acc"]
+        acc = mean_val_acc(seed_results(out, name))
+        if (opt is None or run_opt == opt) and read_result(run_dir(out, name)) and acc is not None and acc > best_acc:
+            best, best_acc = run_dir(out, name), acc
     return best
 
 
-def plan(phase, profile, out, data_dir):
-    """The job lines of one phase (a script and its flags, --out last); later phases read earlier results."""
-    p, data = PROFILES[profile], ["--data-dir", data_dir]
-    return {"train": train_jobs, "analysis": analysis_jobs, "landscapes": landscape_jobs}[phase](p, out, data)
+def plan(phase, profile, out, data_dir, seeds=1):
+    """The job lines of one phase (a script and its flags, --out last); later phases read earlier results.
+    Every Task 1 and Task 2 job runs with seeds 0 .. seeds-1, one run folder per seed."""
+    p = {k: shlex.split(v) if isinstance(v, str) else v for k, v in PROFILES[profile].items()}
+    p.update(data=["--data-dir", data_dir], seeds=range(seeds))
+    return {"train": train_jobs, "analysis": analysis_jobs, "landscapes": landscape_jobs}[phase](p, out)
 
 
-def training_job(script, p, data, epochs, flags, out):
-    return [script, *data, *p["train_flags"], "--epochs", str(p[epochs]), *flags, "--out", out]
+def training_jobs(script, flags, out, name, seeds):
+    """One job per seed; seed 0 runs with the script's default --seed."""
+    return [[script, *flags, *(["--seed", str(k)] if k else []), "--out", run_dir(out, seed_name(name, k))]
+            for k in seeds]
 
 
-def train_jobs(p, out, data):
+def train_jobs(p, out):
     """Phase 1: the hyper-parameter search, the 24-configuration grid, the six Task 2 runs."""
-    def t1(flags, name):
-        return training_job("task1/train.py", p, data, "t1_epochs", flags, run_dir(out, name))
-    jobs = [t1(shlex.split(flags), name) for _, name, flags in HP_RUNS if flags]
-    jobs += [t1(["--arch", a, "--act", act, "--loss", loss, "--opt", opt], name)
-             for _, a, act, loss, opt, name in grid()]
-    return jobs + [training_job("task2/train.py", p, data, "t2_epochs", ["--model", model, "--opt", opt],
-                                run_dir(out, t2_name(model, opt))) for model in T2_MODELS for opt in T2_OPTS]
+    t1, t2 = [*p["data"], *p["t1"]], [*p["data"], *p["t2"]]
+    jobs = [job for _, name, flags in HP_RUNS if flags
+            for job in training_jobs("task1/train.py", t1 + shlex.split(flags), out, name, p["seeds"])]
+    for _, arch, act, loss, opt, name in grid():
+        flags = ["--arch", arch, "--act", act, "--loss", loss, "--opt", opt]
+        jobs += training_jobs("task1/train.py", t1 + flags, out, name, p["seeds"])
+    for model, opt in itertools.product(T2_MODELS, T2_OPTS):
+        jobs += training_jobs("task2/train.py", t2 + ["--model", model, "--opt", opt], out, t2_name(model, opt),
+                              p["seeds"])
+    return jobs
 
 
-def analysis_jobs(p, out, data):
-    """Phase 2: the best grid configuration (by validation accuracy) with other losses; the BN analysis."""
-    best = read_result(best_grid_run(out) or "")
-    jobs = []
+def analysis_jobs(p, out):
+    """Phase 2: more seeds of the best grid configuration (by mean validation accuracy) up to the profile's
+    best_seeds, that configuration with other losses, and the BN analysis."""
+    best = best_grid_run(out)
+    bn = ["task2/bn_analysis.py", *p["data"], *p["bn"], "--out", os.path.join(out, BN_DIR)]
     if best is None:
-        print("plan: no finished grid run, so no loss-function runs", file=sys.stderr)
-    else:
-        cfg = best["config"]
-        jobs = [training_job("task1/train.py", p, data, "t1_epochs", ["--arch", cfg["arch"], "--act", cfg["act"],
-                                                                      "--opt", cfg["opt"], *shlex.split(flags)],
-                             run_dir(out, name)) for _, name, flags in LOSS_RUNS]
-    return jobs + [training_job("task2/bn_analysis.py", p, data, "bn_epochs", p["bn_flags"], os.path.join(out, BN_DIR))]
+        print("plan: no finished grid run, so no extra seeds and no loss-function runs", file=sys.stderr)
+        return [bn]
+    cfg = read_result(best)["config"]
+    t1 = [*p["data"], *p["t1"], "--arch", cfg["arch"], "--act", cfg["act"], "--opt", cfg["opt"]]
+    extra_seeds = range(len(p["seeds"]), p["best_seeds"])
+    jobs = training_jobs("task1/train.py", t1 + ["--loss", cfg["loss"]], out, os.path.basename(best), extra_seeds)
+    for _, name, flags in LOSS_RUNS:
+        jobs += training_jobs("task1/train.py", t1 + shlex.split(flags), out, name, p["seeds"])
+    return jobs + [bn]
 
 
-def landscape_jobs(p, out, data):
+def landscape_jobs(p, out):
     """Phase 3: surfaces with the Hessian of the best SGD / Adam grid models and of VGG-A with and without
-    BN, the interpolation from the best SGD model to its Adam twin, the best model's filters."""
+    BN, the interpolation from the best SGD model to its Adam twin, the best model's filters (seed 0)."""
     def surface(ckpt, name, *flags):
-        return ["task2/landscape.py", *data, *p["cpu_flags"], "--n-items", str(p["items"]), "--hessian-iters",
-                str(p["hessian_iters"]), "--ckpt", ckpt, *flags, "--out", os.path.join(out, "landscapes", name)]
-    square = ["--x", p["grid"], "--y", p["grid"], "--hessian"]
+        return ["task2/landscape.py", *p["data"], *p["landscape"], "--ckpt", ckpt, *flags,
+                "--out", os.path.join(out, "landscapes", name)]
+    square = ["--x", p["grid"][0], "--y", p["grid"][0], "--hessian"]
     best = {kind: best_grid_run(out, opt) for kind, opt in (("any", None), ("sgd", "sgd"), ("adam", "adam"))}
     jobs = [surface(f"{best[kind]}/best.pt", f"best_{kind}", *square) for kind in ("sgd", "adam") if best[kind]]
     twin = best["sgd"] and best["sgd"][:-len("_sgd")] + "_adam"
     if twin and os.path.exists(f"{twin}/best.pt"):
-        jobs.append(surface(f"{best['sgd']}/best.pt", INTERP, "--interp", f"{twin}/best.pt", "--x", p["interp"]))
+        jobs.append(surface(f"{best['sgd']}/best.pt", INTERP, "--interp", f"{twin}/best.pt", "--x", p["interp"][0]))
     for model in ("vgg_a", "vgg_a_bn"):
         ckpt = os.path.join(run_dir(out, t2_name(model, "adam")), "best.pt")
         if os.path.exists(ckpt):
             jobs.append(surface(ckpt, model, *square))
     if best["any"]:
-        jobs.append(["task1/visualize.py", *data, *p["cpu_flags"], "--ckpt", f"{best['any']}/best.pt", "--n", "16",
-                     "--out", os.path.join(out, VISUALIZE)])
+        jobs.append(["task1/visualize.py", *p["data"], *p["visualize"], "--ckpt", f"{best['any']}/best.pt",
+                     "--n", "16", "--out", os.path.join(out, VISUALIZE)])
     missing = [name for name, needed in (("best SGD / Adam surfaces", best["sgd"] and best["adam"]),
                                          ("filters", best["any"])) if not needed]
     if missing:
@@ -248,13 +283,27 @@ def missing_row(cells, status_at, name):
     return row(cells)
 
 
+def stat(results, field, scale=100, digits=2):
+    """A table cell over the seeds of a run: the value (one seed) or 'mean ± sample std (n=N)'; '–' if none."""
+    values = [r[field] * scale for r in results if r[field] is not None]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "–"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+
+
+def common_value(results, field):
+    """The field when every seed agrees (status, epochs run), else each value with its count."""
+    counts = collections.Counter(str(r[field]) for r in results)
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{v} ×{n}" for v, n in counts.items())
+
+
 def hp_table(out):
     md = ["### 1. Hyper-parameter search (ResVGG16-standard, ReLU, cross-entropy, cosine schedule)", "",
           *table_head("config", "status", "best val acc", "test acc at best val", "epochs run", "run")]
     for label, name, _ in HP_RUNS:
-        r = read_result(run_dir(out, name))
-        md.append(row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]),
-                       r["epochs_run"], link(out, run_dir(out, name))]) if r else
+        rs = seed_results(out, name)
+        md.append(row([label, common_value(rs, "status"), stat(rs, "best_val_acc"), stat(rs, "test_acc_at_best_val"),
+                       common_value(rs, "epochs_run"), link(out, run_dir(out, name))]) if rs else
                   missing_row([label, *["–"] * 5], 1, name))
     return md
 
@@ -264,15 +313,17 @@ def grid_table(out, best):
         "#", "arch", "act", "loss", "opt", "params", "best val acc", "test acc at best val", "train time", "status",
         "run")]
     for k, arch, act, loss, opt, name in grid():
-        r, folder = read_result(run_dir(out, name)), run_dir(out, name)
-        md.append(row([k, arch, act, loss, opt, f"{r['params']:,}", percent(r["best_val_acc"]),
-                       percent(r["test_acc_at_best_val"]), common.format_seconds(r["train_seconds"]), r["status"],
-                       link(out, folder)], bold=folder == best) if r else
+        rs, folder = seed_results(out, name), run_dir(out, name)
+        train_time = common.format_seconds(statistics.mean(r["train_seconds"] for r in rs)) if rs else "–"
+        md.append(row([k, arch, act, loss, opt, f"{rs[0]['params']:,}", stat(rs, "best_val_acc"),
+                       stat(rs, "test_acc_at_best_val"), train_time, common_value(rs, "status"),
+                       link(out, folder)], bold=folder == best) if rs else
                   missing_row([k, arch, act, loss, opt, *["–"] * 6], 9, name))
-    return md + ["", "Bold: the best validation accuracy. `nll` is log_softmax + NLLLoss, which is exactly how "
-                 "cross-entropy is computed, so every ce row and its nll twin are the same training run up to "
-                 "floating-point nondeterminism (a test checks loss and gradients agree to 1e-6). "
-                 + twin_differences(out)]
+    return md + ["", "Bold: the best mean validation accuracy over a configuration's seeds (n = 1 unless "
+                 "stated; ± is the sample standard deviation over seeds; train time is the mean). `nll` is "
+                 "log_softmax + NLLLoss, which is exactly how cross-entropy is computed, so every ce row and its "
+                 "nll twin are the same training run up to floating-point nondeterminism (a test checks loss and "
+                 "gradients agree to 1e-6). " + twin_differences(out)]
 
 
 def twin_differences(out):
@@ -294,19 +345,22 @@ def twin_differences(out):
     return f"Largest difference measured over the {len(diffs['final train loss'])} pairs: {measured}."
 
 
-def loss_table(out, best):
+def loss_table(out):
+    """The loss-function runs beside the ce run of the configuration they were trained on (seed 0)."""
     md = ["### 3. Loss functions beyond the report (best grid configuration)", ""]
-    if not best:
-        return md + ["No finished grid run yet."]
-    cfg = read_result(best)["config"]
-    md += [f"Configuration: {cfg['arch']}, {cfg['act']}, {cfg['opt']} (the best validation accuracy above).", "",
+    trained = [r for r in (read_result(run_dir(out, name)) for _, name, _ in LOSS_RUNS) if r]
+    if not trained:
+        return md + ["Not run yet (it needs a finished grid run)."]
+    cfg = trained[0]["config"]
+    md += [f"Configuration: {cfg['arch']}, {cfg['act']}, {cfg['opt']} (the best mean validation accuracy of the "
+           "grid when these runs were planned).", "",
            *table_head("loss", "status", "best val acc", "test acc at best val", "final test acc", "epochs run", "run")]
     ce_twin = grid_name(cfg["arch"], cfg["act"], "ce", cfg["opt"])
     for label, name in [("ce", ce_twin)] + [(label, name) for label, name, _ in LOSS_RUNS]:
-        r = read_result(run_dir(out, name))
-        md.append(row([label, r["status"], percent(r["best_val_acc"]), percent(r["test_acc_at_best_val"]),
-                       percent(r["final_test_acc"]), r["epochs_run"], link(out, run_dir(out, name))]) if r else
-                  missing_row([label, *["–"] * 6], 1, name))
+        rs = seed_results(out, name)
+        md.append(row([label, common_value(rs, "status"), stat(rs, "best_val_acc"), stat(rs, "test_acc_at_best_val"),
+                       stat(rs, "final_test_acc"), common_value(rs, "epochs_run"), link(out, run_dir(out, name))])
+                  if rs else missing_row([label, *["–"] * 6], 1, name))
     return md
 
 
@@ -314,14 +368,12 @@ def task2_table(out):
     md = ["### 4. Task 2: VGG-A with and without BatchNorm", "", *table_head(
         "model", "optimizer", "lr", "test acc at best val", "final test acc", "best val acc", "convergence epoch",
         "params", "status", "run")]
-    for model in T2_MODELS:
-        for opt in T2_OPTS:
-            folder = run_dir(out, t2_name(model, opt))
-            r = read_result(folder)
-            md.append(row([model, opt, f"{r['config']['lr']:g}", percent(r["test_acc_at_best_val"]),
-                           percent(r["final_test_acc"]), percent(r["best_val_acc"]), r["convergence_epoch"],
-                           f"{r['params']:,}", r["status"], link(out, folder)]) if r else
-                      missing_row([model, opt, *["–"] * 8], 8, t2_name(model, opt)))
+    for model, opt in itertools.product(T2_MODELS, T2_OPTS):
+        folder, rs = run_dir(out, t2_name(model, opt)), seed_results(out, t2_name(model, opt))
+        md.append(row([model, opt, f"{rs[0]['config']['lr']:g}", stat(rs, "test_acc_at_best_val"),
+                       stat(rs, "final_test_acc"), stat(rs, "best_val_acc"), stat(rs, "convergence_epoch", 1, 0),
+                       f"{rs[0]['params']:,}", common_value(rs, "status"), link(out, folder)]) if rs else
+                  missing_row([model, opt, *["–"] * 8], 8, t2_name(model, opt)))
     return md + ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
                      f"{common.CONVERGED_FRACTION:.0%} of the run's best."]
 
@@ -401,7 +453,7 @@ def write_report(out, profile=""):
           f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
           "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
           "best-validation epoch."]
-    for section in (hp_table(out), grid_table(out, best), loss_table(out, best), task2_table(out), bn_section(out),
+    for section in (hp_table(out), grid_table(out, best), loss_table(out), task2_table(out), bn_section(out),
                     sharpness_table(out), figures_section(out)):
         md += [""] + section
     text = "\n".join(md) + "\n"
@@ -459,6 +511,7 @@ def parse_args(argv=None):
     pl.add_argument("--profile", required=True, choices=sorted(PROFILES))
     pl.add_argument("--out", required=True)
     pl.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", "data"))
+    pl.add_argument("--seeds", type=int, default=1, help="train every Task 1 and Task 2 job with seeds 0 .. N-1")
     j = sub.add_parser("jobs", help="run the jobs of a file")
     j.add_argument("file")
     j.add_argument("--worker", default="", help="a prefix for progress lines (e.g. the GPU)")
@@ -473,7 +526,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "plan":
-        for job in plan(args.phase, args.profile, args.out, args.data_dir):
+        if args.seeds < 1:
+            return common.fail(common.UsageError("--seeds must be at least 1"))
+        for job in plan(args.phase, args.profile, args.out, args.data_dir, args.seeds):
             print(shlex.join(job))
         return 0
     if args.command == "jobs":
