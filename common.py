@@ -44,8 +44,7 @@ DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
 TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
 TASK2_DEFAULTS = dict(model="vgg_a", opt="adam", epochs=20, dropout=0.0)
 
-# keys of the config that do not change what is trained, so --resume may take new values for them
-RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}
+RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}  # --resume takes new ones
 EVAL_BATCH = 1000
 LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each check syncs a GPU)
 PROGRESS_EVERY_S = 30.0
@@ -356,7 +355,7 @@ def add_train_args(parser, default_lr=None):
     g.add_argument("--width", type=float, default=1.0, help="multiplies every channel and FC width")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier")
     g = parser.add_argument_group("loss and optimizer")
-    g.add_argument("--loss", default="ce", choices=LOSSES, help="ce, nll (log_softmax+NLLLoss), mse (softmax vs one-hot)")
+    g.add_argument("--loss", default="ce", choices=LOSSES, help="nll = log_softmax + NLLLoss; mse: softmax vs one-hot")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for --loss ce")
     g.add_argument("--opt", default="sgd", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr})")
@@ -438,8 +437,7 @@ def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, bf
             logits = model(x)
         loss_sum += criterion(logits.float(), y).double() * len(y)
         correct += (logits.argmax(1) == y).sum()
-    n = max(len(labels), 1)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / max(len(labels), 1), correct.item() / max(len(labels), 1)
 
 
 def rng_state(device):
@@ -469,8 +467,7 @@ def load_checkpoint(path, device="cpu"):
 
 def write_json(path, obj):
     with open(path + ".tmp", "w") as f:
-        json.dump(json_safe(obj), f, indent=2)
-        f.write("\n")
+        f.write(json.dumps(json_safe(obj), indent=2) + "\n")
     os.replace(path + ".tmp", path)
 
 
@@ -497,6 +494,10 @@ def json_safe(obj):
 def format_seconds(s):
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def percent(v):  # an accuracy in table cells
+    return "–" if v is None else f"{100 * v:.2f}"
 
 
 class GracefulStop:
@@ -580,8 +581,7 @@ class Run:
         torch_rng, cuda_rng = rng_state(self.device)
         return dict(model=self.model.state_dict(), config=self.cfg, epoch=self.state["epoch"],
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                    torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(),
-                    progress=dict(self.state))
+                    torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(), progress=dict(self.state))
 
     def load_data(self):
         """The run's training, validation and test images and labels, uint8 and int64 on its device."""

@@ -12,8 +12,9 @@ import torch
 import common
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(ROOT, "task1"), os.path.join(ROOT, "task2")]
+sys.path[:0] = [os.path.join(ROOT, "task1"), os.path.join(ROOT, "task2"), os.path.join(ROOT, "bench")]
 import bn_analysis  # noqa: E402
+import cuda_checks  # noqa: E402
 import landscape  # noqa: E402
 import reproduce  # noqa: E402
 import visualize  # noqa: E402
@@ -21,6 +22,7 @@ import visualize  # noqa: E402
 TRAIN = os.path.join(ROOT, "task1", "train.py")
 TIMING_KEYS = {"img_per_s", "epoch_seconds", "elapsed"}
 TINY = ["--arch", "light", "--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download"]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs them there)")
 SLOW = pytest.mark.skipif(os.environ.get("FAST") == "1", reason="FAST=1 skips the slowest tests; CI runs them")
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
                     [255, 255, 255], [0, 0, 0], [128, 64, 0], [0, 128, 64]], dtype=np.float64)
@@ -694,6 +696,22 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert again.stdout.count("[gpu 0] ") > 0 and again.stdout.count("[gpu 1] ") > 0
     worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))
     assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
+    check_sharded_phase_1(data, tables, tmp_path / "sharded", env)
+
+
+def check_sharded_phase_1(data, tables, sharded, env):
+    """Phase 1 as two shards in sequence into one folder reports what the unsharded run reported."""
+    for shard in ("0/2", "1/2"):
+        proc = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--data-dir", data,
+                               "--out", str(sharded), "--phase", "1", "--shard", shard], capture_output=True,
+                              text=True, env=env)
+        assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 17 jobs" in proc.stdout, proc.stdout[-2000:]
+    reproduce.write_report(str(sharded), "smoke")
+    sharded_tables = (sharded / "tables.md").read_text()
+    for heading in ("1. Hyper-parameter search", "4. Task 2"):
+        assert table_rows(sharded_tables, heading) == table_rows(tables, heading), heading
+    grid_rows = [[r[:8] + r[9:] for r in table_rows(t, "2. The 24")] for t in (sharded_tables, tables)]
+    assert len(grid_rows[0]) == 24 and grid_rows[0] == grid_rows[1]  # column 8, train time, is left out
 
 
 def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path):
@@ -706,3 +724,58 @@ def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path
     assert (tmp_path / "failed").read_text().split() == [f"{tmp_path}/bad"]
     assert read_json(tmp_path / "good" / "result.json")["status"] == "completed"
     assert "[1/2]" in proc.stdout and "FAILED (exit 2)" in proc.stdout
+
+
+def fake_result(folder, val_acc, status="completed", **config):
+    os.makedirs(folder, exist_ok=True)
+    common.write_json(os.path.join(folder, "result.json"), dict(
+        status=status, best_val_acc=val_acc, test_acc_at_best_val=val_acc - 0.1, final_test_acc=val_acc - 0.1,
+        epochs_run=1, train_seconds=1.0, params=10, convergence_epoch=1, device="cpu", config=config))
+
+
+def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
+    jobs = reproduce.plan("train", "smoke", str(tmp_path), "data", seeds=3)
+    outs = [job[-1] for job in jobs]
+    assert len(jobs) == 3 * 34 and len(set(outs)) == len(outs)
+    seed_two = [job for job in jobs if job[-1].endswith("grid_light_tanh_nll_sgd_s2")]
+    assert len(seed_two) == 1 and seed_two[0][-4:-2] == ["--seed", "2"]
+    assert sum("--seed" in job for job in jobs) == 2 * 34  # seed 0 keeps the script's default
+    # three seeds of grid row 1 (val 0.5, 0.6, 0.7) against one seed of row 2 (0.65): the mean decides
+    first, second = (reproduce.run_dir(str(tmp_path), reproduce.grid()[i][-1]) for i in (0, 1))
+    for k, acc in enumerate([0.5, 0.6, 0.7]):
+        fake_result(first + (f"_s{k}" if k else ""), acc)
+    fake_result(second, 0.65)
+    assert reproduce.best_grid_run(str(tmp_path)) == second
+    rows = table_rows("\n".join(reproduce.grid_table(str(tmp_path), second)), "2. The 24")
+    assert rows[0][6:8] == ["60.00 ± 10.00 (n=3)", "50.00 ± 10.00 (n=3)"] and rows[1][6] == "**65.00**"
+    assert rows[2][9] == "missing"
+    fake_result(first + "_s2", 0.7, status="diverged")
+    assert reproduce.grid_table(str(tmp_path), second)[4].count("completed ×2, diverged ×1") == 1
+
+
+# ---------------------------------------------------------------------------------------- CUDA and the GPU check
+
+@CUDA
+@pytest.mark.parametrize("check", cuda_checks.CHECKS, ids=lambda check: check.__name__)
+def test_cuda(check, tmp_path):
+    """bf16 + channels_last, --compile, landscape vs CPU, probe, resume, CUDA checkpoints on the CPU."""
+    check(torch.device("cuda"), str(tmp_path))
+
+
+@SLOW
+def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    data = write_fake_cifar(tmp_path / "data")
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run", data, str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert sorted(os.listdir(out)) == sorted(["summary.md", "summary.json", "env.txt", "cuda_checks.log", "steps.log",
+                                              "throughput.jsonl", "default_curves.png", "surface_3d.png"])
+    summary = read_json(out / "summary.json")
+    assert [s["status"] for s in summary["steps"]] == ["ok"] * 11, summary["steps"]
+    assert summary["cuda_checks"] == f"{len(cuda_checks.CHECKS)} passed, 0 failed"
+    assert {(r["arch"], r["pipeline"]) for r in summary["throughput"]} == {
+        (arch, pipeline) for arch in ("light", "standard") for pipeline in ("ours", "naive")}
+    assert all(r["tflop_per_s"] > 0 and r["mfu_percent"] is None for r in summary["throughput"])  # no peak on a CPU
+    assert all(r["status"] == "completed" and r["test_acc_at_best_val"] is not None for r in summary["runs"].values())
+    assert summary["surface"]["status"] == "complete" and summary["surface"]["torchrun_equals_single"] is True

@@ -109,10 +109,6 @@ def bn_run_stats(run):
                 beta=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_betas"], 1))))
 
 
-def percent(v):
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
 def short_number(v):
     return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
@@ -122,14 +118,16 @@ def bn_summary_table(runs, link_prefix=""):
     folder (run["dir"], relative to the analysis folder, behind `link_prefix`); below it, per model,
     the mean width of the min..max training-loss band over the learning rates."""
     lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
-             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) | run |",
+             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) | "
+             "run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         res, st = r["result"], bn_run_stats(r)
-        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {percent(res['final_val_acc'])} | "
-                     f"{percent(res['test_acc_at_best_val'])} | {percent(res['final_test_acc'])} | "
+        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {common.percent(res['final_val_acc'])} | "
+                     f"{common.percent(res['test_acc_at_best_val'])} | {common.percent(res['final_test_acc'])} | "
                      f"{res['convergence_epoch'] if res['convergence_epoch'] is not None else '–'} | "
-                     f"{short_number(st['loss_band'])} | {short_number(st['grad_dist'])} | {short_number(st['beta'])} | "
+                     f"{short_number(st['loss_band'])} | {short_number(st['grad_dist'])} | "
+                     f"{short_number(st['beta'])} | "
                      f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']}) |")
     lines.append("")
     for model in dict.fromkeys(r["model"] for r in runs):
