@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import signal
 import sys
 import time
@@ -50,6 +51,7 @@ LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each chec
 PROGRESS_EVERY_S = 30.0
 CONVERGED_FRACTION = 0.95  # convergence epoch: the first to reach this share of the best val accuracy
 NORMS = ["filter", "layer", "none"]
+RUN_FILES = ["config.json", "metrics.jsonl", "result.json", "best.pt", "last.pt", "curves.png"]
 
 
 class DataError(Exception):
@@ -216,9 +218,7 @@ class ResVGG16(nn.Module):
 
     def __init__(self, arch="standard", act="relu", residual=True, width=1.0, dropout=0.5, num_classes=10):
         super().__init__()
-        channels, hidden = RESVGG16_ARCHS[arch]
-        channels = [scaled(c, width) for c in channels]
-        hidden = [scaled(h, width) for h in hidden]
+        channels, hidden = ([scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
         act_cls = ACTIVATIONS[act]
         block = ResidualBlock if residual else conv_bn_act
         layers = [conv_bn_act(3, channels[0], act_cls)]
@@ -314,11 +314,8 @@ class ScratchSGD(torch.optim.Optimizer):
                 d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
                 if group["momentum"]:
                     state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d.clone()
-                    else:
-                        state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                    buf = state["momentum_buffer"]
+                    buf = state.get("momentum_buffer")
+                    buf = state["momentum_buffer"] = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
                     d = d.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
                 p.add_(d, alpha=-group["lr"])
 
@@ -523,14 +520,16 @@ class GracefulStop:
 
 def prepare_run_dir(cfg):
     """--resume needs last.pt; a folder that holds a run needs --resume or --overwrite."""
-    out = cfg["out"]
-    last = os.path.join(out, "last.pt")
+    out, last = cfg["out"], os.path.join(cfg["out"], "last.pt")
     if cfg["resume"]:
         if not os.path.exists(last):
             raise UsageError(f"--resume but {last} does not exist")
     elif os.path.exists(last) and not cfg["overwrite"]:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
     os.makedirs(out, exist_ok=True)
+    for name in RUN_FILES if cfg["overwrite"] and not cfg["resume"] else []:  # nothing old to resume or report
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
 
 
 def train_main(script, argv=None, defaults=None, default_lr=None):
@@ -543,8 +542,10 @@ def train_main(script, argv=None, defaults=None, default_lr=None):
         result = train(cfg)
     except USER_ERRORS as e:
         return fail(e)
-    if result["status"] == "interrupted":
-        print(f"Resume with:\n  python {script} --out {cfg['out']} --resume", flush=True)
+    if result["status"] == "interrupted":  # the same flags (data dir, device, ...) and --out, plus --resume
+        flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+        flags += [] if "--out" in flags else ["--out", cfg["out"]]
+        print(f"Resume with:\n  python {script} {shlex.join(flags)} --resume", flush=True)
         return 130
     return 0
 
@@ -848,13 +849,13 @@ def landscape_tensors(model):
 def random_direction(model, generator, norm="filter", include_bn_bias=False):
     """A Gaussian {name: tensor} per parameter, drawn on the CPU (one seed, one direction on any device).
     norm='filter' scales each filter (slice along dim 0) to the weights' filter norm, 'layer' each tensor to
-    its norm, 'none' keeps it raw. dim <= 1 (biases, BN) get zero unless include_bn_bias (then like weights)."""
+    its norm, 'none' keeps it raw. dim <= 1 (biases, BN): zero, or with include_bn_bias the weights."""
     direction = {}
     for name, w in model.named_parameters():
         w = w.detach().float().cpu()
         d = torch.randn(w.shape, generator=generator)
-        if w.dim() <= 1 and not include_bn_bias:
-            d.zero_()
+        if w.dim() <= 1:  # as Li et al.'s code: zero, or the weights themselves (one value per "filter")
+            d = w.clone() if include_bn_bias else d.zero_()
         elif norm == "filter":
             rows, w_rows = d.view(len(d), -1), w.reshape(len(w), -1)
             rows.mul_((w_rows.norm(dim=1) / (rows.norm(dim=1) + 1e-10))[:, None])
@@ -907,9 +908,8 @@ def evaluate_at(model, base, terms, images, labels, criterion, device, bf16=True
 
 def rank_and_world():
     """(rank, world size) under torch.distributed, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    dist = torch.distributed
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def compute_surface(model, base, axes, images, labels, criterion, device, surface, save, bf16=True,

@@ -1,6 +1,7 @@
 """Tests: `python -m pytest -q` (about 2.5 min on 2 cores; `FAST=1` skips the three slowest). CPU, tiny fake data."""
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -352,10 +353,11 @@ def test_sigint_saves_and_resume_finishes_identically(fake_data, tmp_path):
     proc = subprocess.run([sys.executable, "-c", child, *args, "--out", out], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 130, proc.stderr
-    assert "Resume with:" in proc.stdout and f"--out {out} --resume" in proc.stdout
     assert read_json(os.path.join(out, "result.json"))["status"] == "interrupted"
     assert len(metrics(out)) == 1
-    proc = run_cli([*args, "--out", out, "--resume"])
+    printed = shlex.split(proc.stdout.split("Resume with:\n  python ")[1].splitlines()[0])
+    assert printed[-1] == "--resume" and printed[printed.index("--data-dir") + 1] == fake_data  # runtime flags kept
+    proc = subprocess.run([sys.executable, *printed], capture_output=True, text=True, cwd=ROOT)  # the printed command
     assert proc.returncode == 0, proc.stderr
     assert metrics(out) == metrics(tmp_path / "ref")
     assert read_json(os.path.join(out, "result.json"))["final_test_acc"] == reference["final_test_acc"]
@@ -520,8 +522,8 @@ def test_random_direction_invariants():
     again = common.random_direction(model, torch.Generator().manual_seed(3))
     assert all(torch.equal(d[k], again[k]) for k in d)
     with_bn = common.random_direction(model, torch.Generator().manual_seed(3), include_bn_bias=True)
-    bn_weight = next(n for n, w in params.items() if w.dim() == 1 and w.abs().sum() > 0)
-    assert torch.allclose(with_bn[bn_weight].abs(), params[bn_weight].detach().abs())  # each "filter" is one value
+    for name, w in params.items():  # as in Li et al.'s code: a 1-d tensor's direction is the tensor itself
+        assert torch.equal(with_bn[name], w.detach()) if w.dim() <= 1 else torch.equal(with_bn[name], d[name]), name
     layer = common.random_direction(model, torch.Generator().manual_seed(3), norm="layer")
     conv = next(n for n, w in params.items() if w.dim() == 4)
     assert layer[conv].norm().item() == pytest.approx(params[conv].norm().item(), rel=1e-5)
@@ -779,3 +781,29 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert all(r["tflop_per_s"] > 0 and r["mfu_percent"] is None for r in summary["throughput"])  # no peak on a CPU
     assert all(r["status"] == "completed" and r["test_acc_at_best_val"] is not None for r in summary["runs"].values())
     assert summary["surface"]["status"] == "complete" and summary["surface"]["torchrun_equals_single"] is True
+
+
+def test_overwrite_clears_the_old_run_before_anything_else(fake_data, tmp_path):
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(tmp_path)]
+    common.train(parse(args))
+    dies = run_cli([*TINY, "--data-dir", str(tmp_path / "absent"), "--epochs", "1", "--out", str(tmp_path),
+                    "--overwrite"])  # the new run stops before its first step
+    assert dies.returncode == 2 and "Traceback" not in dies.stderr
+    assert [n for n in common.RUN_FILES if os.path.exists(tmp_path / n)] == ["config.json"]  # the new run's
+    proc = run_cli([*args, "--resume"])  # nothing of the old run can be resumed
+    assert proc.returncode == 2 and "last.pt does not exist" in proc.stderr
+
+
+def test_refused_landscape_resume_changes_nothing(checkpoints, fake_data, tmp_path):
+    args = ["--ckpt", checkpoints[0], "--x", "-1:1:3", "--y", "-1:1:3", "--n-items", "50", "--data-dir", fake_data,
+            "--no-download", "--device", "cpu", "--out", str(tmp_path)]
+    assert landscape.main(args) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("directions.pt", "surface.npz", "surface.json")}
+    assert landscape.main([*args, "--seed", "3", "--resume"]) == 2  # other directions: refused
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items())
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "report",
+                           str(tmp_path / "absent")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "holds no runs" in proc.stderr and not (tmp_path / "absent").exists()

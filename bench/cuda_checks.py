@@ -117,8 +117,8 @@ def check_probe_leaves_training_alone(device, tmp):
 
 
 def check_resume_and_cpu_load(device, tmp):
-    """last.pt of an interrupted run resumes on the device to the uninterrupted run's metrics (1e-3 relative
-    on CUDA), and the device's best.pt loads on the CPU with the same test accuracy."""
+    """last.pt of an interrupted run resumes on the device to the uninterrupted run's metrics (test loss within
+    1% on CUDA), and the device's best.pt loads on the CPU with the same test loss (2%: bf16 on CUDA)."""
     reference = common.train(config(tmp, device, "ref", "--epochs", "2", "--overwrite"))
     real_make_optimizer = common.make_optimizer
 
@@ -137,17 +137,17 @@ def check_resume_and_cpu_load(device, tmp):
     finally:
         common.make_optimizer = real_make_optimizer
     resumed = common.train(config(tmp, device, "cut", "--epochs", "2", "--resume"))
-    rel = 0.0 if device.type == "cpu" else 1e-3
-    for key in ("best_val_acc", "final_test_loss"):
-        assert close(resumed[key], reference[key], rel), f"{key}: resumed {resumed[key]} vs {reference[key]}"
+    exact = device.type == "cpu"
+    for key in ("best_val_acc", "final_test_loss") if exact else ("final_test_loss",):  # accuracy may flip on CUDA
+        assert close(resumed[key], reference[key], 0 if exact else 0.01), (key, resumed[key], reference[key])
     model, _ = common.load_checkpoint(os.path.join(tmp, "ref", "best.pt"), "cpu")
     data = common.load_cifar10(fake_data(tmp), download=False)
-    _, acc = common.evaluate(model, data["test_x"], data["test_y"], common.loss_fn("ce"), torch.device("cpu"))
-    assert abs(acc - reference["test_acc_at_best_val"]) <= (0 if device.type == "cpu" else 0.02), acc
+    loss, _ = common.evaluate(model, data["test_x"], data["test_y"], common.loss_fn("ce"), torch.device("cpu"))
+    assert close(loss, reference["test_loss_at_best_val"], 1e-9 if exact else 0.02), (loss, reference)
 
 
-CHECKS = [check_bf16_channels_last_step, check_compile_trains, check_landscape_matches_cpu,
-          check_probe_leaves_training_alone, check_resume_and_cpu_load]
+CHECKS = [check_bf16_channels_last_step, check_landscape_matches_cpu, check_probe_leaves_training_alone,
+          check_resume_and_cpu_load, check_compile_trains]  # compiling takes longest: last, in case of the cap
 
 
 def main(argv=None):

@@ -538,6 +538,8 @@ def main(argv=None):
                 f.writelines(name + "\n" for name in failures)
         return 1 if failures else 0
     try:
+        if not os.path.isdir(os.path.join(args.out, "runs")):  # never replace README's tables with "missing" rows
+            raise common.UsageError(f"{args.out} holds no runs ({os.path.join(args.out, 'runs')} is missing)")
         tables = write_report(args.out, args.profile)
         print(f"wrote {os.path.join(args.out, 'tables.md')} and {os.path.join(args.out, 'figures')}/")
         if args.update_readme:
