@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder")
     p.add_argument("--norm", default="filter", choices=common.NORMS, help="direction normalization")
     p.add_argument("--include-bn-bias", action="store_true",
-                   help="give biases and BN weights/biases a direction too (zero by default)")
+                   help="biases and BN weights/biases move along their own values (default: they stay)")
     p.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
                    help="eval: the checkpoint's BN running statistics; train: re-estimate them at every point")
     p.add_argument("--dir-file", help="reuse directions.pt of another surface (same architecture, same plane)")
