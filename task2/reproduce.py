@@ -1,18 +1,19 @@
 """Every table and figure of the report: the experiment plan (the one place that names every run), the job
 runner behind run_all.sh, and the report.
 
-    python task2/reproduce.py plan PHASE --profile P --out OUT [--data-dir D]   # one job line per run
+    python task2/reproduce.py plan PHASE --profile P --out OUT [--data-dir D --seeds N]   # one line per job
     python task2/reproduce.py jobs FILE            # run every job of FILE, skipping finished ones
     python task2/reproduce.py report OUT [--update-readme --profile P]   # OUT/tables.md and OUT/figures/
 
-Phases: train (hyper-parameter search, 24-run grid, Task 2 models), analysis (loss functions on the best
-grid configuration, BN analysis) and landscapes (surfaces, interpolation, filters); later phases read the
-earlier phases' results. Jobs run in-process (runpy), so many short runs pay for one Python start. A
+Phases: train (hyper-parameter search, 24-run grid, Task 2 models), analysis (more seeds and other losses
+for the best grid configuration, BN analysis) and landscapes (surfaces, interpolation, filters); later
+phases read the earlier phases' results. Seed k > 0 of a run lives in <run name>_s<k>. Jobs run in-process (runpy), so many short runs pay for one Python start. A
 training job whose result.json is finished is skipped, an interrupted one resumed; a landscape job whose
 surface.json is complete is skipped. Model selection uses validation accuracy only.
 
 tables.md: six tables (hyper-parameter search, grid, loss functions, Task 2, BN analysis, sharpness), every
-row linking its run folder; figures/: curves of every run, filters, surfaces, interpolation, BN figures.
+row linking its run folder, cells over several seeds as mean ± sample std (n); figures/ (seed 0): curves of
+every run, filters, surfaces, interpolation, BN figures.
 """
 import argparse
 import collections
