@@ -151,8 +151,7 @@ def split_train_val(x, y, n_val, subset=0):
 def augment(images, gen):
     """Random crop with 4 pixels of zero padding and a random horizontal flip, for a whole uint8 batch
     on its device. Random numbers come from the CPU generator `gen`, so every device sees the same ones."""
-    n, c, h, w = images.shape
-    device = images.device
+    (n, c, h, w), device = images.shape, images.device
     shifts = torch.randint(0, 9, (2, n), generator=gen).to(device)
     flips = (torch.rand(n, generator=gen) < 0.5).to(device)
     padded = F.pad(images, (4, 4, 4, 4))
@@ -166,8 +165,7 @@ def augment(images, gen):
 
 def normalize(images, channels_last=False):
     """uint8 [N, 3, H, W] -> float, standardized with the CIFAR-10 mean/std."""
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
     x = (images.float() / 255 - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -901,6 +899,8 @@ def evaluate_at(model, base, terms, images, labels, criterion, device, bf16=True
     """The one "model at θ + δ" evaluation: every landscape tensor = base + Σ scale·direction (no drift), BN
     statistics re-estimated on the images if bn_mode='train'; (loss, acc) in eval mode. See `preserved`."""
     set_tensors([t for _, t in landscape_tensors(model)], base, terms)
+    for bn in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        bn.running_var.clamp_(min=0)  # extrapolating (interpolation beyond [0, 1]) can give a negative variance
     if bn_mode == "train":
         reestimate_bn(model, images, device, batch_size, bf16)
     return evaluate(model, images, labels, criterion, device, batch_size, bf16)

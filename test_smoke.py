@@ -807,3 +807,23 @@ def test_report_refuses_a_folder_without_runs(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "report",
                            str(tmp_path / "absent")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "holds no runs" in proc.stderr and not (tmp_path / "absent").exists()
+
+
+def test_interpolation_beyond_the_checkpoints_reports_non_finite_points(checkpoints, fake_data, tmp_path, capsys):
+    """At α = 1.5 the interpolated running variance (1 − α)·v₁ + α·v₂ is negative wherever v₂ < v₁ / 3. It is
+    clamped at 0 (no NaN from a negative variance), and a loss that still overflows is counted in surface.json
+    and on stdout; --bn-mode train re-estimates the statistics and stays finite."""
+    ckpt = torch.load(checkpoints[1], weights_only=True)
+    for name in [n for n in ckpt["model"] if n.endswith("running_var")]:
+        ckpt["model"][name] = ckpt["model"][name] * 0.1
+    torch.save(ckpt, tmp_path / "low_variance.pt")
+    args = ["--ckpt", checkpoints[0], "--interp", str(tmp_path / "low_variance.pt"), "--x", "0:1.5:4", "--n-items",
+            "50", "--data-dir", fake_data, "--no-download", "--device", "cpu"]
+    for mode in ("eval", "train"):
+        assert landscape.main([*args, "--bn-mode", mode, "--out", str(tmp_path / mode)]) == 0
+        with np.load(tmp_path / mode / "surface.npz") as s:
+            loss = s["loss"]
+        non_finite = int((~np.isfinite(loss)).sum())
+        assert read_json(tmp_path / mode / "surface.json")["non_finite_points"] == non_finite
+        assert (f"warning: {non_finite} points have a non-finite loss" in capsys.readouterr().out) == (non_finite > 0)
+        assert non_finite == 0 if mode == "train" else np.isfinite(loss[0])  # α = 0 is checkpoint 1 itself

@@ -155,8 +155,10 @@ class SurfaceFiles:
         seconds = (self.ended or time.time()) - self.started
         n_done, n_points = int(surface["done"].sum()), int(surface["done"].size)
         rate = (n_done - self.done_before) / max(seconds, 1e-9)
+        self.non_finite = int((surface["done"] & ~np.isfinite(surface["loss"])).sum())
         common.write_json(self.json, dict(
             status=status, settings=self.settings, **self.info, points=n_points, points_done=n_done,
+            non_finite_points=self.non_finite,
             seconds=self.seconds_before + seconds, points_per_s=rate, torch_version=torch.__version__,
             **(extra or {})))
         if self.ended is None and (time.time() - self.last_print > 5 or n_done == n_points):
@@ -269,6 +271,8 @@ def landscape(args):
         return 0 if finished else 130
     extra = dict(hessian=hessian(model, images, labels, criterion, args, device)) if args.hessian else {}
     files.save(surface, "complete", extra)
+    if files.non_finite:
+        print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
     with np.load(files.npz) as saved:
         title = f"{cfg['model']} {os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))}"
         written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
