@@ -44,7 +44,9 @@ step() {
   [ $code -ne 0 ] && status="exit $code"
   [ $code -eq 124 ] && status="hit its ${cap} s cap"
   tail -n 25 "$work/$name.log" >> "$work/steps.log"
-  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - started ))" "$*" >> "$work/steps.tsv"
+  local command="$*"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - started ))" "${command//[$'\t\n']/ }" \
+    >> "$work/steps.tsv"
   echo "   $name: $status in $(( $(date +%s) - started )) s"
 }
 

@@ -50,7 +50,7 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                 t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
                 bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25",
                 landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
-                grid="-1:1:21", interp="-0.5:1.5:21", best_seeds=3),
+                grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3),
     "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1", bn=f"{SMOKE} --epochs 1 --probe-every 2",
                   landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1),
