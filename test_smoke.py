@@ -695,9 +695,9 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     again = subprocess.run(command + ["--gpus", "0,1"], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:]
     n_surfaces = sum(job[0].endswith("landscape.py") for job in jobs["landscapes"])
-    assert again.stdout.count("already complete, skipped") == len(runs) + n_surfaces == 36 + 5
-    assert again.stdout.count("[gpu 0] ") > 0 and again.stdout.count("[gpu 1] ") > 0
-    worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))
+    worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))  # stdout only echoes them live
+    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 36 + 5
+    assert worker_logs.count("[gpu 0] ") > 0 and worker_logs.count("[gpu 1] ") > 0
     assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
     check_sharded_phase_1(data, tables, tmp_path / "sharded", env)
 
@@ -775,7 +775,7 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert sorted(os.listdir(out)) == sorted(["summary.md", "summary.json", "env.txt", "cuda_checks.log", "steps.log",
                                               "throughput.jsonl", "default_curves.png", "surface_3d.png"])
     summary = read_json(out / "summary.json")
-    assert [s["status"] for s in summary["steps"]] == ["ok"] * 11, summary["steps"]
+    assert [s["status"] for s in summary["steps"]] == ["ok"] * 10, summary["steps"]
     assert summary["cuda_checks"] == f"{len(cuda_checks.CHECKS)} passed, 0 failed"
     assert {(r["arch"], r["pipeline"]) for r in summary["throughput"]} == {
         (arch, pipeline) for arch in ("light", "standard") for pipeline in ("ours", "naive")}
