@@ -7,9 +7,9 @@ runner behind run_all.sh, and the report.
 
 Phases: train (hyper-parameter search, 24-run grid, Task 2 models), analysis (more seeds and other losses
 for the best grid configuration, BN analysis) and landscapes (surfaces, interpolation, filters); later
-phases read the earlier phases' results. Seed k > 0 of a run lives in <run name>_s<k>. Jobs run in-process (runpy), so many short runs pay for one Python start. A
-training job whose result.json is finished is skipped, an interrupted one resumed; a landscape job whose
-surface.json is complete is skipped. Model selection uses validation accuracy only.
+phases read the earlier phases' results. Seed k > 0 of a run lives in <run name>_s<k>. Jobs run
+in-process (runpy), so many short runs pay for one Python start. A training job whose result.json is
+finished is skipped, an interrupted one resumed; a landscape job whose surface.json is complete is skipped. Model selection uses validation accuracy only.
 
 tables.md: six tables (hyper-parameter search, grid, loss functions, Task 2, BN analysis, sharpness), every
 row linking its run folder, cells over several seeds as mean ± sample std (n); figures/ (seed 0): curves of
