@@ -312,25 +312,11 @@ def test_existing_run_needs_resume_or_overwrite(fake_data, tmp_path):
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def interrupt_at_step(real_make_optimizer, n):
-    """make_optimizer whose optimizer sends this process a real SIGINT right after its n-th step."""
-    def make(cfg, params):
-        optimizer, steps = real_make_optimizer(cfg, params), [0]
-
-        def hook(*_):
-            steps[0] += 1
-            if steps[0] == n:
-                os.kill(os.getpid(), signal.SIGINT)
-        optimizer.register_step_post_hook(hook)
-        return optimizer
-    return make
-
-
 def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch):
     args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam"]
     reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
     with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (270 images // 32 = 8 steps per epoch)
-        m.setattr(common, "make_optimizer", interrupt_at_step(common.make_optimizer, 12))
+        m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 12))
         stopped = common.train(parse([*args, "--out", str(tmp_path / "cut")]))
     assert stopped["status"] == "interrupted" and len(metrics(tmp_path / "cut")) == 1
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
@@ -348,8 +334,8 @@ def test_sigint_saves_and_resume_finishes_identically(fake_data, tmp_path):
     args = [*TINY, "--data-dir", fake_data, "--epochs", "4"]
     reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
     out = str(tmp_path / "cut")
-    child = ("import sys, common, test_smoke; "
-             "common.make_optimizer = test_smoke.interrupt_at_step(common.make_optimizer, 12); "
+    child = ("import sys; sys.path.insert(0, 'bench'); import common, cuda_checks; "
+             "common.make_optimizer = cuda_checks.interrupt_at_step(common.make_optimizer, 12); "
              "sys.exit(common.train_main('task1/train.py', sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", child, *args, "--out", out], capture_output=True, text=True,
                           cwd=ROOT)

@@ -10,6 +10,7 @@ bitwise equal on the CPU are compared to a relative tolerance here (stated with 
 """
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -116,22 +117,27 @@ def check_probe_leaves_training_alone(device, tmp):
             assert diff <= rel * max(tensor.abs().max().item(), 1e-12), f"{name} differs by {diff}"
 
 
+def interrupt_at_step(real_make_optimizer, n):
+    """make_optimizer whose optimizer sends this process a real SIGINT right after its n-th step."""
+    def make(cfg, params):
+        optimizer, steps = real_make_optimizer(cfg, params), [0]
+
+        def hook(*_):
+            steps[0] += 1
+            if steps[0] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+        optimizer.register_step_post_hook(hook)
+        return optimizer
+    return make
+
+
 def check_resume_and_cpu_load(device, tmp):
     """last.pt of an interrupted run resumes on the device to the uninterrupted run's metrics (test loss within
     1% on CUDA), and the device's best.pt loads on the CPU with the same test loss (2%: bf16 on CUDA)."""
     reference = common.train(config(tmp, device, "ref", "--epochs", "2", "--overwrite"))
     real_make_optimizer = common.make_optimizer
 
-    def interrupting(cfg, params):  # a stop request after the 5th step (of 9 per epoch), as Ctrl-C would make it
-        optimizer, steps = real_make_optimizer(cfg, params), [0]
-
-        def hook(*_):
-            steps[0] += 1
-            if steps[0] == 5:
-                os.kill(os.getpid(), __import__("signal").SIGINT)
-        optimizer.register_step_post_hook(hook)
-        return optimizer
-    common.make_optimizer = interrupting
+    common.make_optimizer = interrupt_at_step(real_make_optimizer, 5)  # of 9 steps per epoch
     try:
         assert common.train(config(tmp, device, "cut", "--epochs", "2", "--overwrite"))["status"] == "interrupted"
     finally:
