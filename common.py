@@ -4,12 +4,14 @@ here and own their outputs. One training loop (`train`), one "model at θ + δ" 
 """
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
 import pickle
 import shlex
 import signal
+import socket
 import sys
 import time
 
@@ -29,8 +31,16 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 VAL_SPLIT_SEED = 0  # the validation split is the same for every run, whatever --seed is
 
-MODELS = ["resvgg16", "vgg_a", "vgg_a_bn", "vgg_a_res_bn"]
+MODELS = ["resvgg16", "vgg16", "vgg_a", "vgg_a_bn", "vgg_a_res_bn"]
+VGG_A_MODELS = ("vgg_a", "vgg_a_bn", "vgg_a_res_bn")  # Task 2
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+INITS = ["default", "xavier", "kaiming", "kaiming_all"]
+NORMALIZATIONS = {  # input (mean, std) per channel
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "report": (CIFAR10_MEAN, (0.2023, 0.1994, 0.2010)),  # the report's Task 1 code
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the report's Task 2 code
+}
+RECIPES = ["ours", "report"]
 RESVGG16_ARCHS = {  # stage channels, hidden FC widths
     "standard": ([64, 128, 256, 512, 512], [4096, 4096]),
     "light": ([32, 64, 128, 256, 256], [1024, 512]),
@@ -43,7 +53,7 @@ OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_scratch"]
 DEFAULT_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-4, "adamw": 1e-4}
 DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
 TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
-TASK2_DEFAULTS = dict(model="vgg_a", opt="adam", epochs=20, dropout=0.0)
+TASK2_DEFAULTS = dict(model="vgg_a", opt="adam")  # epochs 20, dropout 0: with_recipe
 
 RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}  # --resume takes new ones
 EVAL_BATCH = 1000
@@ -164,9 +174,8 @@ def augment(images, gen):
 
 
 def normalize(images, channels_last=False):
-    """uint8 [N, 3, H, W] -> float, standardized with the CIFAR-10 mean/std."""
-    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
-    x = (images.float() / 255 - mean) / std
+    """uint8 [N, 3, H, W] -> float in [0, 1]; each model standardizes its input itself (see Standardize)."""
+    x = images.float() / 255
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -174,6 +183,36 @@ def normalize(images, channels_last=False):
 
 def scaled(n, width):
     return max(1, round(n * width))
+
+
+def activation(name, leaky_slope=0.01):
+    """A factory of the activation module `name` (LeakyReLU with its negative slope)."""
+    return functools.partial(nn.LeakyReLU, leaky_slope) if name == "leaky_relu" else ACTIVATIONS[name]
+
+
+class Standardize(nn.Module):
+    """The input standardization the model was trained with, as the model's first step, so whatever evaluates
+    a checkpoint feeds it [0, 1] images. Its buffers are not saved: the config rebuilds them."""
+
+    def __init__(self, normalization):
+        super().__init__()
+        for name, values in zip(("mean", "std"), NORMALIZATIONS[normalization]):
+            self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class ConvNet(nn.Module):
+    """standardize -> features -> pool -> classifier; the subclasses build the three parts."""
+
+    def __init__(self, normalization):
+        super().__init__()
+        self.standardize = Standardize(normalization)
+        self.pool = nn.Identity()
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(self.standardize(x))))
 
 
 def conv_bn_act(c_in, c_out, act):
@@ -200,24 +239,28 @@ class ResidualBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-def mlp_classifier(c_in, hidden, num_classes, act, dropout):
+def mlp_classifier(c_in, hidden, num_classes, act, dropout, bn=False):
+    """Flatten, then per hidden width Linear-act-Dropout, or with bn Dropout-Linear-BatchNorm1d-act (the
+    report's Task 2 BN models), then Linear to the classes."""
     layers = [nn.Flatten()]
     for h in hidden:
-        layers += [nn.Linear(c_in, h), act(), nn.Dropout(dropout)]
+        layers += [nn.Dropout(dropout), nn.Linear(c_in, h), nn.BatchNorm1d(h), act()] if bn else \
+            [nn.Linear(c_in, h), act(), nn.Dropout(dropout)]
         c_in = h
     layers.append(nn.Linear(c_in, num_classes))
     return nn.Sequential(*layers)
 
 
-class ResVGG16(nn.Module):
+class ResVGG16(ConvNet):
     """The report's ResVGG16: stem conv-BN-act, five stages of [2, 2, 3, 3, 3] blocks, each stage followed
-    by a 2x2 max-pool, global average pool, MLP classifier with dropout. residual=False: one conv-BN-act
-    per block (stem + 13 = 14 convs)."""
+    by a 2x2 max-pool, global average pool, MLP classifier with dropout. residual=False: no shortcuts, one
+    conv-BN-act per block (stem + 13 = 14 convs, with BN; the author's plain VGG16 is VGG16)."""
 
-    def __init__(self, arch="standard", act="relu", residual=True, width=1.0, dropout=0.5, num_classes=10):
-        super().__init__()
+    def __init__(self, arch="standard", act="relu", residual=True, width=1.0, dropout=0.5, num_classes=10,
+                 normalization="cifar10", leaky_slope=0.01):
+        super().__init__(normalization)
         channels, hidden = ([scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
-        act_cls = ACTIVATIONS[act]
+        act_cls = activation(act, leaky_slope)
         block = ResidualBlock if residual else conv_bn_act
         layers = [conv_bn_act(3, channels[0], act_cls)]
         c_in = channels[0]
@@ -230,18 +273,36 @@ class ResVGG16(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
 
-    def forward(self, x):
-        return self.classifier(self.pool(self.features(x)))
+
+class VGG16(ConvNet):
+    """The report author's plain VGG16 (the network its code trained the grid with): 13 conv3x3 with bias and
+    act, no BN, no shortcuts, stages of [2, 2, 3, 3, 3] each followed by a 2x2 max-pool, classifier
+    Linear-act-Dropout x2 + Linear on the 1x1 map; widths of --arch standard / light."""
+
+    def __init__(self, arch="standard", act="relu", width=1.0, dropout=0.5, num_classes=10, normalization="report",
+                 leaky_slope=0.1):
+        super().__init__(normalization)
+        channels, hidden = ([scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
+        act_cls, layers, c_in = activation(act, leaky_slope), [], 3
+        for c_out, n_convs in zip(channels, RESVGG16_BLOCKS):
+            for _ in range(n_convs):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), act_cls()]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
 
 
-class VGGA(nn.Module):
+class VGGA(ConvNet):
     """The course's VGG-A for 32x32: conv3x3 + act stages 64 | 128 | 256,256 | 512,512 | 512,512, a 2x2
-    max-pool after each, classifier 512-512-512-10, Xavier-normal weights, zero biases. bn=True adds
-    BatchNorm after every conv and nothing else; residual=True makes each conv a residual block."""
+    max-pool after each, classifier 512-512-512-10. bn=True adds BatchNorm after every conv and nothing
+    else (classifier_bn: also the report's Dropout-Linear-BN1d-act classifier); residual=True makes each
+    conv a residual block."""
 
-    def __init__(self, bn=False, residual=False, act="relu", width=1.0, dropout=0.0, num_classes=10):
-        super().__init__()
-        act_cls = ACTIVATIONS[act]
+    def __init__(self, bn=False, residual=False, act="relu", width=1.0, dropout=0.0, num_classes=10,
+                 normalization="cifar10", leaky_slope=0.01, classifier_bn=False):
+        super().__init__(normalization)
+        act_cls = activation(act, leaky_slope)
         layers, c_in = [], 3
         for stage in VGG_A_STAGES:
             for c_out in (scaled(c, width) for c in stage):
@@ -255,27 +316,45 @@ class VGGA(nn.Module):
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         hidden = scaled(512, width)
-        self.classifier = mlp_classifier(c_in, [hidden, hidden], num_classes, act_cls, dropout)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.classifier = mlp_classifier(c_in, [hidden, hidden], num_classes, act_cls, dropout, classifier_bn)
 
-    def forward(self, x):
-        return self.classifier(self.features(x))
+
+def initialize(model, init, act):
+    """'default': PyTorch's own; 'xavier': Xavier-normal conv and linear weights; 'kaiming': the report's Task 1
+    VGG16 code, Kaiming-normal (fan_out) convs and N(0, 0.01) linears; 'kaiming_all': its Task 2 code,
+    Kaiming-normal (fan_out, relu) convs and linears. Biases zero."""
+    if init == "default":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "xavier":
+                nn.init.xavier_normal_(m.weight)
+            elif init == "kaiming" and isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+            else:
+                relu = init == "kaiming_all" or act != "tanh"
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu" if relu else "tanh")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def build_model(cfg):
     """The model a config describes; `cfg` is the dict stored in config.json and in every checkpoint."""
-    name = cfg["model"]
+    cfg = with_recipe(cfg)
+    name, common_args = cfg["model"], dict(act=cfg["act"], width=cfg["width"], dropout=cfg["dropout"],
+                                           num_classes=cfg["num_classes"], normalization=cfg["normalization"],
+                                           leaky_slope=cfg["leaky_slope"])
     if name == "resvgg16":
-        return ResVGG16(cfg["arch"], cfg["act"], cfg["residual"], cfg["width"], cfg["dropout"],
-                        cfg["num_classes"])
-    if name in ("vgg_a", "vgg_a_bn", "vgg_a_res_bn"):
-        return VGGA(bn=name != "vgg_a", residual=name == "vgg_a_res_bn", act=cfg["act"], width=cfg["width"],
-                    dropout=cfg["dropout"], num_classes=cfg["num_classes"])
-    raise ValueError(f"unknown model {name!r}; known: {MODELS}")
+        model = ResVGG16(cfg["arch"], residual=cfg["residual"], **common_args)
+    elif name == "vgg16":
+        model = VGG16(cfg["arch"], **common_args)
+    elif name in VGG_A_MODELS:
+        model = VGGA(bn=name != "vgg_a", residual=name == "vgg_a_res_bn", classifier_bn=cfg["classifier_bn"],
+                     **common_args)
+    else:
+        raise ValueError(f"unknown model {name!r}; known: {MODELS}")
+    initialize(model, cfg["init"], cfg["act"])
+    return model
 
 
 def count_params(model):
@@ -328,10 +407,18 @@ def make_optimizer(cfg, params):
     raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
 
 
-def cosine_schedule(optimizer, total_steps):
-    """Cosine annealing from the base lr to 0 over the whole run, stepped once per batch."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+SCHEDULES = ["cosine_step", "cosine_epoch", "none"]
+
+
+def lr_schedule(optimizer, kind, epochs, steps_per_epoch):
+    """Stepped once per batch. cosine_step: cosine from the base lr to 0 over the run, batch by batch;
+    cosine_epoch: the same curve held constant within each epoch (CosineAnnealingLR(T_max=epochs) stepped per
+    epoch, as the report's code); none: constant."""
+    total = epochs * steps_per_epoch
+    factors = {"cosine_step": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+               "cosine_epoch": lambda step: 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs) / epochs)),
+               "none": lambda step: 1.0}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[kind])
 
 
 # -- train / evaluate / checkpoint -------------------------------------------------------------
@@ -346,9 +433,12 @@ def add_train_args(parser, default_lr=None):
                    help="ResVGG16 widths: standard [64..512] + FC 4096x2, light [32..256] + FC 1024/512")
     g.add_argument("--act", default="relu", choices=sorted(ACTIVATIONS), help="activation everywhere")
     g.add_argument("--no-residual", dest="residual", action="store_false",
-                   help="plain VGG16: one conv-BN-act per block instead of a residual block")
+                   help="ResVGG16 without shortcuts: stem + 13 conv-BN-act (the report's plain VGG16: --model vgg16)")
+    g.add_argument("--init", default=None, choices=INITS,
+                   help="weights: default (PyTorch), xavier, kaiming, kaiming_all (default: per model and --recipe)")
+    g.add_argument("--leaky-slope", type=float, default=None, help="LeakyReLU slope (default 0.1 vgg16, else 0.01)")
     g.add_argument("--width", type=float, default=1.0, help="multiplies every channel and FC width")
-    g.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier")
+    g.add_argument("--dropout", type=float, default=None, help="dropout in the classifier (default 0.5; Task 2: 0)")
     g = parser.add_argument_group("loss and optimizer")
     g.add_argument("--loss", default="ce", choices=LOSSES, help="nll = log_softmax + NLLLoss; mse: softmax vs one-hot")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for --loss ce")
@@ -357,8 +447,10 @@ def add_train_args(parser, default_lr=None):
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
     g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
-    g.add_argument("--epochs", type=int, default=60)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=None, help="default 60; 100 with --recipe report")
+    g.add_argument("--batch-size", type=int, default=None, help="default 128; 64 for Task 2 with --recipe report")
+    g.add_argument("--recipe", default="ours", choices=RECIPES,
+                   help="report: the settings the report author's code ran (README: what the report's code did)")
     g = add_data_args(parser.add_argument_group("data and device"))
     g.add_argument("--val", type=int, default=5000,
                    help="training images held out for validation (at most a tenth of them)")
@@ -379,7 +471,7 @@ def config_from_args(args, default_lr=None):
     """The run's config (what config.json stores): every flag, per-optimizer defaults filled in."""
     cfg = vars(args).copy()
     cfg["lr"] = (default_lr or DEFAULT_LR)[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
-    cfg["wd"] = DEFAULT_WD[cfg["opt"]] if cfg["wd"] is None else cfg["wd"]
+    cfg = with_recipe(cfg)
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise UsageError("--label-smoothing applies to --loss ce only")
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["width"] <= 0:
@@ -389,11 +481,38 @@ def config_from_args(args, default_lr=None):
     return cfg
 
 
+def with_recipe(cfg):
+    """cfg with every setting --recipe decides filled in where it is missing or None (flags given win). Configs
+    saved before a setting existed get the value they were trained with, which is the 'ours' one."""
+    cfg = dict(cfg)
+    report, task2 = cfg.setdefault("recipe", "ours") == "report", cfg["model"] in VGG_A_MODELS
+    sgd, bn_model = cfg.get("opt") in ("sgd", "sgd_scratch"), cfg["model"] in ("vgg_a_bn", "vgg_a_res_bn")
+    if not report:
+        settings = dict(epochs=20 if task2 else 60, batch_size=128, dropout=0.0 if task2 else 0.5,
+                        wd=DEFAULT_WD.get(cfg.get("opt"), 0.0), schedule="cosine_step", normalization="cifar10",
+                        augment=True, classifier_bn=False,
+                        init={"resvgg16": "default", "vgg16": "kaiming"}.get(cfg["model"], "xavier"))
+    elif task2:  # the author's task2/task2_better_train.py
+        settings = dict(epochs=50, batch_size=64, dropout=0.5 if bn_model else 0.0, wd=0.0, schedule="none",
+                        normalization="half", augment=False, classifier_bn=bn_model, init="kaiming_all")
+    else:  # the author's task1/run.sh -> newvgg16.py
+        settings = dict(epochs=100, batch_size=128, dropout=0.5, wd=1e-4 if sgd else 0.0,
+                        schedule="cosine_epoch" if sgd else "none", normalization="report", augment=True,
+                        classifier_bn=False, init="xavier" if cfg["model"] == "resvgg16" else "kaiming")
+    settings["leaky_slope"] = 0.1 if cfg["model"] == "vgg16" else 0.01
+    for key, value in settings.items():
+        if cfg.get(key) is None:
+            cfg[key] = value
+    return cfg
+
+
 def run_name(cfg):
-    arch = [cfg["arch"]] if cfg["model"] == "resvgg16" else []
+    arch = [cfg["arch"]] if cfg["model"] in ("resvgg16", "vgg16") else []
     parts = [cfg["model"], *arch, cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
-    if not cfg["residual"]:
+    if not cfg["residual"] and cfg["model"] == "resvgg16":
         parts.append("plain")
+    if cfg.get("recipe") == "report":
+        parts.append("report")
     if cfg["width"] != 1:
         parts.append(f"w{cfg['width']:g}")
     if cfg["subset"]:
@@ -453,10 +572,17 @@ def save_checkpoint(path, payload):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model rebuilt from the checkpoint's own config, with its weights; the checkpoint dict)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    """(model rebuilt from the checkpoint's own config, with its weights; the checkpoint dict). A missing,
+    truncated or foreign file is a UsageError naming it."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = build_model(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except FileNotFoundError:
+        raise UsageError(f"{path}: checkpoint not found") from None
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise UsageError(f"{path} is not a checkpoint of this repository (or is truncated): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
     return model.to(device), ckpt
 
 
@@ -516,6 +642,50 @@ class GracefulStop:
         print(f"\n{self.signal_name}: stopping after the current step ...", flush=True)
 
 
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Only one process writes into `folder`: .lock holds the writer's pid and host. A lock whose process is
+    gone (same host) is taken over; a live one refuses with a UsageError naming it. A folder this call
+    created is removed again if it is still empty on exit (nothing left behind by a refused or failed call)."""
+    path, me = os.path.join(folder, ".lock"), f"{os.getpid()} {socket.gethostname()}"
+    created, parent = [], os.path.abspath(folder)
+    while not os.path.isdir(parent):  # the folders this call creates, deepest first
+        created.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(folder, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid, _, host = open(path).read().partition(" ")
+            if host != socket.gethostname() or process_alive(int(pid or 0)):
+                raise UsageError(f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it, or "
+                                 "delete the lock if that process is gone") from None
+            print(f"note: taking over {path} of process {pid}, which is gone", flush=True)
+            os.remove(path)
+    os.write(fd, me.encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        if os.path.exists(path) and open(path).read() == me:
+            os.remove(path)
+        for made in created:
+            if os.path.isdir(made) and not os.listdir(made):
+                os.rmdir(made)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return pid > 0
+
+
 def prepare_run_dir(cfg):
     """--resume needs last.pt; a folder that holds a run needs --resume or --overwrite."""
     out, last = cfg["out"], os.path.join(cfg["out"], "last.pt")
@@ -530,11 +700,16 @@ def prepare_run_dir(cfg):
             os.remove(os.path.join(out, name))
 
 
-def train_main(script, argv=None, defaults=None, default_lr=None):
-    """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
+def train_parser(script, defaults=None, default_lr=None):
     parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."),
                             default_lr)
     parser.set_defaults(**(defaults or {}))
+    return parser
+
+
+def train_main(script, argv=None, defaults=None, default_lr=None):
+    """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
+    parser = train_parser(script, defaults, default_lr)
     try:
         cfg = config_from_args(parser.parse_args(argv), default_lr)
         result = train(cfg)
@@ -552,15 +727,17 @@ def train(cfg, step_hook=None):
     """The one training loop: trains the model `cfg` describes, writes the run folder, returns result.json's
     dict. torch's RNG (init, dropout) and a CPU generator (data order, augmentation) are seeded by
     cfg['seed'] and saved in last.pt, mid-epoch if interrupted, so --resume continues bit-exactly.
-    step_hook(model, x, y, loss, step) runs between backward and optimizer step (Task 2's probes)."""
-    run = setup_run(cfg)
-    status = "completed"  # the run's one status: completed, diverged or interrupted
-    with GracefulStop() as stop:
-        while status == "completed" and run.state["epoch"] < run.cfg["epochs"]:
-            status = train_epoch(run, stop, step_hook)
-            if status == "completed":
-                status = finish_epoch(run, stop)
-    return finish_run(run, status, stop.signal_name)
+    step_hook(run, x, y, loss, step) runs between backward and optimizer step (Task 2's probes); `step`
+    counts optimizer steps from the start of training."""
+    with folder_lock(cfg["out"]):
+        run = setup_run(cfg)
+        status = "completed"  # the run's one status: completed, diverged or interrupted
+        with GracefulStop() as stop:
+            while status == "completed" and run.state["epoch"] < run.cfg["epochs"]:
+                status = train_epoch(run, stop, step_hook)
+                if status == "completed":
+                    status = finish_epoch(run, stop)
+        return finish_run(run, status, stop.signal_name)
 
 
 class Run:
@@ -609,7 +786,7 @@ class Run:
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
         self.criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
         self.optimizer = make_optimizer(cfg, self.model.parameters())
-        self.scheduler = cosine_schedule(self.optimizer, cfg["epochs"] * self.steps_per_epoch)
+        self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], cfg["epochs"], self.steps_per_epoch)
 
 
 def setup_run(cfg):
@@ -619,10 +796,11 @@ def setup_run(cfg):
     ckpt = None
     if cfg["resume"]:
         ckpt = torch.load(os.path.join(cfg["out"], "last.pt"), map_location="cpu", weights_only=True)
-        changed = sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and ckpt["config"].get(k) != v)
+        saved = with_recipe(ckpt["config"])
+        changed = sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v)
         if changed:
             print(f"note: --resume keeps the saved config; ignoring {changed}")
-        cfg = {**ckpt["config"], **{k: cfg[k] for k in RUNTIME_KEYS}}
+        cfg = {**saved, **{k: cfg[k] for k in RUNTIME_KEYS}}
     else:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
     run = Run(cfg, device)
@@ -683,7 +861,7 @@ def train_step(run, step, step_hook):
     """One optimizer step on batch `step` of the epoch's order; returns (loss, correct count, batch size)."""
     batch = run.cfg["batch_size"]
     idx = run.state["perm"][step * batch:(step + 1) * batch].to(run.device)
-    x = normalize(augment(run.train_x[idx], run.gen), run.channels_last)
+    x = normalize(augment(run.train_x[idx], run.gen) if run.cfg["augment"] else run.train_x[idx], run.channels_last)
     y = run.train_y[idx]
     with autocast(run.device):
         logits = run.forward(x)
@@ -691,7 +869,7 @@ def train_step(run, step, step_hook):
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if step_hook is not None:
-        step_hook(run.forward, x, y, loss, run.state["epoch"] * run.steps_per_epoch + step)
+        step_hook(run, x, y, loss, run.state["epoch"] * run.steps_per_epoch + step)
     run.optimizer.step()
     run.scheduler.step()
     return loss, (logits.argmax(1) == y).sum(), len(y)
@@ -809,11 +987,12 @@ def tensors_norm(tensors):
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
-def probe_along_gradient(model, loss_closure, etas):
+def probe_along(model, loss_closure, etas, direction=None):
     """The probe of Santurkar et al. 2018 at the current weights θ. loss_closure() is the loss on one fixed
-    batch (torch's RNG is reset before each call, so dropout draws one mask). With g = ∇L(θ), for each
-    step size η: L(θ − ηg), ‖∇L(θ) − ∇L(θ − ηg)‖ and that over ‖ηg‖ (β). The model (weights, BN statistics,
-    RNG) is left as found. Returns floats loss, grad_norm and per-η lists losses, grad_dists, betas."""
+    batch (torch's RNG is reset before each call, so dropout draws one mask). Along d (per-parameter tensors;
+    default d = −g, g = ∇L(θ)), for each step size η: L(θ + ηd), ‖∇L(θ) − ∇L(θ + ηd)‖ and that over ‖ηd‖ (β).
+    The model (weights, BN statistics, RNG) is left as found. Returns floats loss, grad_norm, step_norm (‖d‖)
+    and per-η lists losses, grad_dists, betas."""
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     with preserved(model):
@@ -826,17 +1005,19 @@ def probe_along_gradient(model, loss_closure, etas):
 
         theta = [p.detach().clone() for p in params]
         loss0, g = loss_and_grad()
+        direction = [-t for t in g] if direction is None else direction
         losses, dists = [], []
         for eta in etas:
-            set_tensors(params, theta, [(-eta, g)])
+            set_tensors(params, theta, [(eta, direction)])
             loss_eta, g_eta = loss_and_grad()
             losses.append(loss_eta)
             dists.append(tensors_norm([a - b for a, b in zip(g, g_eta)]))
-        values = torch.stack([loss0.double(), tensors_norm(g)] + [v.double() for v in losses + dists]).tolist()
+        norms = [tensors_norm(g), tensors_norm(direction)]
+        values = torch.stack([loss0.double(), *norms] + [v.double() for v in losses + dists]).tolist()
     n = len(etas)
-    loss0, g_norm, losses, dists = values[0], values[1], values[2:2 + n], values[2 + n:]
-    betas = [d / (eta * g_norm) if eta * g_norm > 0 else float("nan") for d, eta in zip(dists, etas)]
-    return dict(loss=loss0, grad_norm=g_norm, losses=losses, grad_dists=dists, betas=betas)
+    loss0, g_norm, d_norm, losses, dists = values[0], values[1], values[2], values[3:3 + n], values[3 + n:]
+    betas = [dist / (eta * d_norm) if eta * d_norm > 0 else float("nan") for dist, eta in zip(dists, etas)]
+    return dict(loss=loss0, grad_norm=g_norm, step_norm=d_norm, losses=losses, grad_dists=dists, betas=betas)
 
 
 def landscape_tensors(model):
@@ -942,28 +1123,44 @@ def compute_surface(model, base, axes, images, labels, criterion, device, surfac
     return True
 
 
-def hessian_top_eigenvalue(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0):
-    """Largest-magnitude Hessian eigenvalue of the mean loss (power iteration on Hessian-vector products);
-    batch_losses() yields each batch's summed loss, n_items their count. Returns (eigenvalue, iterations)."""
+def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0):
+    """Largest and smallest (most negative) Hessian eigenvalue of the mean loss: Lanczos with full
+    reorthogonalization on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
+    their count. Stops when both Ritz residuals ‖Hv − λv‖ (exact for Lanczos) are ≤ tol·max|λ|, or when the
+    Krylov space is exhausted. Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
-    norm = tensors_norm(v)
-    v, eigenvalue = [t / norm for t in v], None
-    for it in range(1, iters + 1):
-        hv = [torch.zeros_like(p) for p in params]
-        for loss in batch_losses():
-            grads = torch.autograd.grad(loss / n_items, params, create_graph=True)
-            for acc, h in zip(hv, torch.autograd.grad(grads, params, grad_outputs=v)):
-                acc.add_(h)
-        new = sum((a * b).sum() for a, b in zip(hv, v)).item()
-        norm = tensors_norm(hv)
-        v = [t / norm for t in hv]
-        converged = eigenvalue is not None and abs(new - eigenvalue) <= tol * abs(new)
-        eigenvalue = new
-        if converged:
-            return eigenvalue, it
-    return eigenvalue, iters
+    basis = torch.zeros(iters + 1, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    basis[0] = torch.randn(basis.shape[1], generator=torch.Generator().manual_seed(seed)).to(basis)
+    basis[0] /= basis[0].norm()
+    alphas, betas = [], []
+    for j in range(iters):
+        w = hessian_vector_product(params, batch_losses, n_items, basis[j])
+        alphas.append(float(w.double() @ basis[j].double()))
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
+        beta = float(w.norm())
+        off = torch.tensor(betas, dtype=torch.float64)
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + off.diag(1) + off.diag(-1)
+        ritz, vectors = torch.linalg.eigh(tridiagonal)
+        residuals = (beta * vectors[-1]).abs()
+        scale = max(float(ritz.abs().max()), 1e-30)
+        exhausted = beta <= 1e-10 * scale
+        converged = exhausted or max(residuals[0], residuals[-1]) <= tol * scale
+        if converged or j == iters - 1:
+            return dict(top=float(ritz[-1]), bottom=float(ritz[0]), residual_top=float(residuals[-1]),
+                        residual_bottom=float(residuals[0]), converged=bool(converged), iterations=j + 1)
+        betas.append(beta)
+        basis[j + 1] = w / beta
+
+
+def hessian_vector_product(params, batch_losses, n_items, vector):
+    """H·vector for the mean loss, flat, summed over batch_losses()'s batches (double backward)."""
+    pieces = [t.view_as(p) for t, p in zip(vector.split([p.numel() for p in params]), params)]
+    out = torch.zeros_like(vector)
+    for loss in batch_losses():
+        grads = torch.autograd.grad(loss / n_items, params, create_graph=True)
+        out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, grad_outputs=pieces)])
+    return out
 
 
 # -- the plot every run writes -----------------------------------------------------------------

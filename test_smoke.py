@@ -1,8 +1,10 @@
 """Tests: `python -m pytest -q` (about 2.5 min on 2 cores; `FAST=1` skips the three slowest). CPU, tiny fake data."""
+import math
 import os
 import pickle
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 
@@ -230,16 +232,100 @@ def test_sgd_scratch_equals_torch_sgd(nesterov):
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(weights[1], start) if a.dim() > 1)  # the steps moved
 
 
-def test_cosine_schedule_is_per_batch_and_ends_at_zero():
+def schedule_lrs(kind, epochs, steps_per_epoch):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = common.cosine_schedule(opt, total_steps=10)
+    sched = common.lr_schedule(opt, kind, epochs, steps_per_epoch)
     lrs = []
-    for _ in range(10):
+    for _ in range(epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.05)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    return lrs
+
+
+def test_schedules():
+    per_batch = schedule_lrs("cosine_step", 2, 5)
+    assert per_batch[0] == pytest.approx(0.1) and per_batch[5] == pytest.approx(0.05) and per_batch[9] < per_batch[8]
+    per_epoch = schedule_lrs("cosine_epoch", 4, 3)  # CosineAnnealingLR(T_max=4) stepped once per epoch
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4) for _ in range(3)]
+    assert per_epoch == pytest.approx(expected)
+    assert schedule_lrs("none", 2, 3) == [0.1] * 6
+
+
+def vgg16_param_count(channels, hidden):
+    """Closed form: 13 conv3x3 with bias, no BN, then the linear layers on the 1x1 map."""
+    total, c_in = 0, 3
+    for c_out, n_convs in zip(channels, [2, 2, 3, 3, 3]):
+        for _ in range(n_convs):
+            total += c_in * c_out * 9 + c_out
+            c_in = c_out
+    for h in hidden + [10]:
+        total += c_in * h + h
+        c_in = h
+    return total
+
+
+@pytest.mark.parametrize("arch, expected", [("standard", 33_638_218), ("light", 4_473_258)])
+def test_the_report_authors_plain_vgg16(arch, expected):
+    model = common.build_model(common.with_recipe(dict(model="vgg16", arch=arch, act="leaky_relu", width=1.0,
+                                                       dropout=0.5, num_classes=10, opt="sgd", recipe="report")))
+    assert common.count_params(model) == vgg16_param_count(*common.RESVGG16_ARCHS[arch]) == expected
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in model.modules()) == 13
+    assert all(m.negative_slope == 0.1 for m in model.modules() if isinstance(m, torch.nn.LeakyReLU))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(abs(m.weight.std().item() - 0.01) < 0.002 and not m.bias.any() for m in linears)  # N(0, 0.01)
+    conv = model.features[0]  # kaiming_normal fan_out: std = sqrt(2 / (c_out · 9))
+    assert conv.weight.std().item() == pytest.approx((2 / (conv.out_channels * 9)) ** 0.5, rel=0.1)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_report_classifier_of_the_task2_bn_models():
+    counts = {name: common.count_params(common.build_model(common.with_recipe(dict(
+        model=name, act="relu", width=1.0, dropout=0.5, num_classes=10, opt="sgd", recipe="report"))))
+        for name in ("vgg_a_bn", "vgg_a_res_bn")}
+    assert counts == {"vgg_a_bn": 9_758_474, "vgg_a_res_bn": 20_736_522}
+
+
+def test_recipe_report_resolves_to_the_authors_settings():
+    t1 = lambda *a: parse([*TINY, *a])  # noqa: E731
+    sgd, adam = t1("--model", "vgg16", "--opt", "sgd", "--recipe", "report"), t1("--opt", "adam", "--recipe", "report")
+    assert {k: sgd[k] for k in ("epochs", "batch_size", "wd", "lr", "momentum", "schedule", "normalization", "augment",
+                                "init", "leaky_slope")} == dict(
+        epochs=100, batch_size=32, wd=1e-4, lr=0.01, momentum=0.9, schedule="cosine_epoch", normalization="report",
+        augment=True, init="kaiming", leaky_slope=0.1)  # batch 32: TINY's flag wins over the recipe
+    assert (adam["lr"], adam["wd"], adam["schedule"], adam["init"]) == (1e-4, 0.0, "none", "xavier")
+    ours = t1("--opt", "sgd")
+    assert (ours["epochs"], ours["wd"], ours["schedule"], ours["init"], ours["normalization"]) == (
+        60, 5e-4, "cosine_step", "default", "cifar10")
+    t2 = parse(["--model", "vgg_a_bn", "--opt", "sgd", "--recipe", "report"])
+    assert {k: t2[k] for k in ("epochs", "batch_size", "wd", "dropout", "schedule", "normalization", "augment", "init",
+                               "classifier_bn")} == dict(
+        epochs=50, batch_size=64, wd=0.0, dropout=0.5, schedule="none", normalization="half", augment=False,
+        init="kaiming_all", classifier_bn=True)
+    plain = parse(["--model", "vgg_a", "--recipe", "report"])
+    assert (plain["dropout"], plain["classifier_bn"]) == (0.0, False)  # the author's VGG_A: no dropout, no BN1d
+    assert common.NORMALIZATIONS["report"][1] == (0.2023, 0.1994, 0.2010)
+
+
+def test_configs_saved_before_the_recipe_rebuild_the_same_model():
+    """An old config.json has no recipe keys: the model it rebuilds is the one it trained (VGG-A Xavier, ResVGG16
+    PyTorch default), with CIFAR-10 standardization inside."""
+    old = dict(model="vgg_a_bn", act="relu", width=0.25, dropout=0.0, num_classes=10, opt="adam", residual=True)
+    torch.manual_seed(0)
+    model = common.build_model(old)
+    torch.manual_seed(0)
+    reference = common.VGGA(bn=True, width=0.25)
+    for m in reference.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.xavier_normal_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (common.CIFAR10_MEAN, common.CIFAR10_STD))
+    model.eval()
+    assert torch.equal(model(x), model.classifier(model.features((x - mean) / std)))
 
 
 # ---------------------------------------------------------------------------------------- training runs
@@ -394,13 +480,16 @@ def test_task2_defaults_and_convergence_epoch(fake_data, tmp_path):
                                      dict(epoch=3, val_acc=1.0)]) == 2
 
 
-def test_probe_does_not_perturb_training(fake_data, tmp_path):
-    args = [*TINY, "--model", "vgg_a_bn", "--dropout", "0.5", "--data-dir", fake_data, "--epochs", "1"]
+@pytest.mark.parametrize("opt, direction", [("sgd", "grad"), ("adam", "update")])
+def test_probe_does_not_perturb_training(fake_data, tmp_path, opt, direction):
+    args = [*TINY, "--model", "vgg_a_bn", "--dropout", "0.5", "--opt", opt, "--data-dir", fake_data, "--epochs", "1"]
     common.train(parse([*args, "--out", str(tmp_path / "plain")]))
     cfg = parse([*args, "--out", str(tmp_path / "probed")])
-    probe = bn_analysis.BNProbe(common.loss_fn("ce"), [1e-3, 1e-2, 1e-1], every=1, device=torch.device("cpu"))
+    probe = bn_analysis.BNProbe(common.loss_fn("ce"), [1e-3, 1e-2, 1e-1], every=1, device=torch.device("cpu"),
+                                direction=direction, lr=cfg["lr"], sharpness_every=3, sharpness_images=16,
+                                sharpness_iters=3)
     common.train(cfg, step_hook=probe)
-    assert len(probe.probes) == 8 and len(probe.step_losses) == 8  # every step was probed
+    assert len(probe.probes) == 8 and len(probe.step_losses) == 8 and len(probe.sharpness) == 3
     plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
     probed = torch.load(tmp_path / "probed" / "last.pt", weights_only=True)
     for name, tensor in plain["model"].items():  # weights and BN running statistics
@@ -409,10 +498,68 @@ def test_probe_does_not_perturb_training(fake_data, tmp_path):
     assert metrics(tmp_path / "plain") == metrics(tmp_path / "probed")
 
 
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+                                  lambda ps: torch.optim.Adam(ps, lr=1e-2), lambda ps: torch.optim.AdamW(ps, lr=1e-2)])
+def test_next_update_is_the_optimizers_next_step(make):
+    """next_update after a few steps (momentum / moments built up) equals what a real step() then does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    optimizer, x = make(model.parameters()), torch.randn(16, 5)
+    for k in range(4):
+        optimizer.zero_grad()
+        (model(x + k) ** 2).mean().backward()
+        if k < 3:
+            optimizer.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: v for k, v in optimizer.state_dict()["state"][0].items()}
+    update = bn_analysis.next_update(optimizer)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # weights untouched
+    assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(optimizer.state_dict()["state"][0][k]))
+               for k, v in state.items())  # optimizer state untouched
+    optimizer.step()
+    for p, b, u in zip(model.parameters(), before, update):
+        assert torch.allclose(p.detach() - b, u, rtol=1e-6, atol=1e-9)
+        assert u.abs().max() > 0
+
+
+def test_probe_scale_and_direction_set_the_step():
+    """relative: θ + η·lr·d; absolute: θ + η·d; 'update' with η = 1 (relative) lands on the next training step."""
+    a = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    model = Bowl(torch.tensor([1.0, -2.0], dtype=torch.float64), a)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(None).backward()
+        if _ < 2:
+            optimizer.step()
+    theta, g = model.theta.detach().clone(), (a @ model.theta).detach()
+    probe = bn_analysis.BNProbe(lambda out, y: out, [1.0 * 0.1], every=1, device=torch.device("cpu"),
+                                direction="update", lr=0.1)  # relative η = 1: etas = η × lr, as analysis_run makes
+    moved = theta + bn_analysis.next_update(optimizer)[0]
+    relative = probe.probe(model, optimizer, None, None)  # θ + 0.1 × update / 0.1
+    assert relative["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)  # the probe's loss is cast to fp32
+    assert not torch.allclose(moved, theta - 0.1 * g)  # momentum: the update is not the gradient step
+    probe.direction, probe.etas = "grad", [0.25]  # absolute: exactly 0.25 along -g
+    along_g = probe.probe(model, optimizer, None, None)
+    moved = theta - 0.25 * g
+    assert along_g["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)  # the probe's loss is cast to fp32
+    assert along_g["step_norm"] == pytest.approx(g.norm().item(), rel=1e-6)  # the probe's loss is cast to fp32
+
+
 class Quadratic(torch.nn.Module):
     def __init__(self, theta):
         super().__init__()
         self.theta = torch.nn.Parameter(theta.clone())
+
+
+class Bowl(Quadratic):
+    """A model whose output is its loss ½θᵀAθ (criterion: the identity)."""
+    def __init__(self, theta, a):
+        super().__init__(theta)
+        self.a = a
+
+    def forward(self, x):
+        return 0.5 * self.theta @ self.a @ self.theta
 
 
 def test_probe_formulas_on_a_quadratic():
@@ -423,7 +570,7 @@ def test_probe_formulas_on_a_quadratic():
     theta = torch.randn(6, generator=gen, dtype=torch.float64)
     model = Quadratic(theta)
     etas = [1e-3, 1e-2, 0.1]
-    out = common.probe_along_gradient(model, lambda: 0.5 * model.theta @ a @ model.theta, etas)
+    out = common.probe_along(model, lambda: 0.5 * model.theta @ a @ model.theta, etas)
     g = a @ theta
     assert out["loss"] == pytest.approx(0.5 * (theta @ a @ theta).item(), rel=1e-12)
     assert out["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-12)
@@ -600,8 +747,8 @@ def test_interpolation_ends_are_the_two_checkpoints(checkpoints, fake_data, tmp_
     assert os.path.getsize(out / "loss_1d.png") > 0
 
 
-def test_hessian_top_eigenvalue_of_least_squares():
-    """L(w) = mean ½(xᵀw − t)² has Hessian XᵀX / n; power iteration must find its top eigenvalue."""
+def test_hessian_extremes_of_least_squares():
+    """L(w) = mean ½(xᵀw − t)² has Hessian XᵀX / n: Lanczos must find its largest and smallest eigenvalue."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, 8, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 3, 8, dtype=torch.float64)
     t = torch.randn(200, generator=gen, dtype=torch.float64)
@@ -610,9 +757,26 @@ def test_hessian_top_eigenvalue_of_least_squares():
     def batch_losses():
         for i in range(0, 200, 64):
             yield 0.5 * ((model(x[i:i + 64]).squeeze(1) - t[i:i + 64]) ** 2).sum()
-    eigenvalue, iters = common.hessian_top_eigenvalue(model, batch_losses, 200, iters=500, tol=1e-12)
-    assert eigenvalue == pytest.approx(torch.linalg.eigvalsh(x.T @ x / 200).max().item(), rel=1e-6)
-    assert iters < 500
+    h = common.hessian_extremes(model, batch_losses, 200, iters=20, tol=1e-9)
+    exact = torch.linalg.eigvalsh(x.T @ x / 200)
+    assert h["converged"] and h["iterations"] <= 8
+    assert (h["top"], h["bottom"]) == (pytest.approx(exact[-1].item(), rel=1e-9), pytest.approx(exact[0].item(),
+                                                                                               rel=1e-9))
+
+
+def test_hessian_extremes_find_a_saddle_and_say_when_not_converged():
+    """Eigenvalues +1 and −1 (a saddle): power iteration reported 0.4567 as converged; Lanczos finds both, and
+    with too few iterations it says it has not converged, with a residual that shows it."""
+    gen = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64))
+    values = torch.tensor([1.0, -1.0, 0.9, -0.8, 0.5, 0.3, 0.1, -0.05, 0.02, 0.0, -0.4, 0.6], dtype=torch.float64)
+    a = q @ torch.diag(values) @ q.T
+    model = Quadratic(torch.randn(12, generator=gen, dtype=torch.float64))
+    losses = lambda: iter([0.5 * model.theta @ a @ model.theta])  # noqa: E731
+    h = common.hessian_extremes(model, losses, 1, iters=30, tol=1e-8)
+    assert h["converged"] and h["top"] == pytest.approx(1.0, rel=1e-9) and h["bottom"] == pytest.approx(-1.0, rel=1e-9)
+    short = common.hessian_extremes(model, losses, 1, iters=3, tol=1e-8)
+    assert not short["converged"] and short["iterations"] == 3 and short["residual_top"] > 1e-3
 
 
 def test_landscape_rejects_a_direction_file_of_another_architecture(checkpoints, fake_data, tmp_path):
@@ -658,7 +822,8 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert "no failures" in proc.stdout
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
-                "3. Loss functions": (3, 7), "4. Task 2": (6, 10), "5. How BN helps": (8, 11), "6. Sharpness": (4, 5)}
+                "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
+                "5. How BN helps": (4 * 4 + 1, 7), "6. Sharpness": (4, 6)}
     for heading, (n_rows, n_cols) in expected.items():
         rows = table_rows(tables, heading)
         assert len(rows) == n_rows and all(len(r) == n_cols for r in rows), heading
@@ -666,14 +831,16 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     # the one experiment plan: every training run it names is a linked row of the tables
     jobs = {phase: reproduce.plan(phase, "smoke", str(out), data) for phase in reproduce.PHASES}
     runs = [job[-1] for job in jobs["train"] + jobs["analysis"] if job[0].endswith("train.py")]
-    assert len(runs) == 36 and f"[{len(jobs['train'])}/{len(jobs['train'])}]" in proc.stdout
+    assert len(runs) == 66 and f"[{len(jobs['train'])}/{len(jobs['train'])}]" in proc.stdout
     for run in runs:
         assert f"[{os.path.basename(run)}](runs/{os.path.basename(run)})" in tables, run
     grid = table_rows(tables, "2. The 24-configuration grid")
     assert sum(r[0].startswith("**") for r in grid) == 1  # exactly one best row, in bold
     assert [r[0] for r in grid if not r[0].startswith("**")][:3] == ["1", "2", "3"]
     for name in ["filters.png", "feature_maps.png", "surface_best_sgd.png", "surface_best_adam.png",
-                 "interp_sgd_adam.png", "vgg_a_vs_bn.png"] + [f"bn_{n}" for n in bn_analysis.BN_FIGURES]:
+                 "interp_sgd_adam.png", "vgg_a_vs_bn.png", "vgg_a_vs_bn_bn_modes.png"] + \
+            [f"bn_analysis_{n}" for n in bn_analysis.BN_FIGURES] + \
+            [f"bn_analysis_paper_{n}" for n in bn_analysis.BN_FIGURES if n != "sharpness.png"]:
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"(figures/{name})" in tables
     assert len(os.listdir(out / "figures" / "curves")) == len(runs)  # every run's curves
@@ -682,7 +849,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     n_surfaces = sum(job[0].endswith("landscape.py") for job in jobs["landscapes"])
     worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))  # stdout only echoes them live
-    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 36 + 5
+    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 66 + 6
     assert worker_logs.count("[gpu 0] ") > 0 and worker_logs.count("[gpu 1] ") > 0
     assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
     check_sharded_phase_1(data, tables, tmp_path / "sharded", env)
@@ -694,7 +861,7 @@ def check_sharded_phase_1(data, tables, sharded, env):
         proc = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--data-dir", data,
                                "--out", str(sharded), "--phase", "1", "--shard", shard], capture_output=True,
                               text=True, env=env)
-        assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 17 jobs" in proc.stdout, proc.stdout[-2000:]
+        assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 32 jobs" in proc.stdout, proc.stdout[-2000:]
     reproduce.write_report(str(sharded), "smoke")
     sharded_tables = (sharded / "tables.md").read_text()
     for heading in ("1. Hyper-parameter search", "4. Task 2"):
@@ -715,6 +882,48 @@ def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path
     assert "[1/2]" in proc.stdout and "FAILED (exit 2)" in proc.stdout
 
 
+def test_a_folder_has_one_writer(fake_data, tmp_path):
+    """A live lock refuses train, landscape and bn_analysis with one line naming the holder; a lock of a process
+    that is gone is taken over; a refused call leaves no folder behind."""
+    out, host = tmp_path / "run", socket.gethostname()
+    out.mkdir()
+    (out / ".lock").write_text(f"{os.getpid()} {host}")  # held by this very test process, alive
+    commands = [[TRAIN, *TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(out)],
+                [LANDSCAPE, "--ckpt", str(tmp_path / "none.pt"), "--out", str(out)],
+                [os.path.join(ROOT, "task2", "bn_analysis.py"), "--out", str(out)]]
+    for command in commands:
+        proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and f"is in use by process {os.getpid()} on {host}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and os.listdir(out) == [".lock"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(f"{gone.stdout.strip()} {host}")
+    proc = subprocess.run([sys.executable, *commands[0]], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "taking over" in proc.stdout and not (out / ".lock").exists()
+    missing = tmp_path / "absent" / "run" / "best.pt"
+    proc = subprocess.run([sys.executable, LANDSCAPE, "--ckpt", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 2 and not (tmp_path / "absent").exists()  # no folder next to a missing checkpoint
+
+
+def test_job_runner_refuses_other_settings_and_unreadable_results(fake_data, tmp_path):
+    """A folder that holds a run of other settings is not taken as done (the smoke results labelled
+    'quick'), and a corrupt result.json is a failed job, listed by name, not a crash."""
+    out = tmp_path / "run"
+    flags = [*TINY, "--data-dir", fake_data, "--out", str(out)]
+    common.train(parse([*flags, "--epochs", "1"]))
+    jobs, failures = tmp_path / "jobs", tmp_path / "failed"
+    jobs.write_text(f"task1/train.py {shlex.join([*flags, '--epochs', '2'])}\ntask1/train.py {shlex.join([*flags, '--epochs', '1'])}\n")
+    command = [sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "jobs", str(jobs), "--failures", str(failures)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "holds a run made with other settings (epochs)" in proc.stdout
+    assert "[2/2]" in proc.stdout and "already complete, skipped" in proc.stdout
+    assert read_json(out / "result.json")["epochs"] == 1  # nothing of it was overwritten
+    (out / "result.json").write_text("{ truncated")
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert failures.read_text().count("result.json is unreadable") == 2  # listed by name, each time it ran
+    assert reproduce.read_result(str(out)) is None
+
+
 def fake_result(folder, val_acc, status="completed", **config):
     os.makedirs(folder, exist_ok=True)
     common.write_json(os.path.join(folder, "result.json"), dict(
@@ -725,21 +934,21 @@ def fake_result(folder, val_acc, status="completed", **config):
 def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
     jobs = reproduce.plan("train", "smoke", str(tmp_path), "data", seeds=3)
     outs = [job[-1] for job in jobs]
-    assert len(jobs) == 3 * 34 and len(set(outs)) == len(outs)
+    assert len(jobs) == 3 * 64 and len(set(outs)) == len(outs)  # both recipes in the smoke profile
     seed_two = [job for job in jobs if job[-1].endswith("grid_light_tanh_nll_sgd_s2")]
     assert len(seed_two) == 1 and seed_two[0][-4:-2] == ["--seed", "2"]
-    assert sum("--seed" in job for job in jobs) == 2 * 34  # seed 0 keeps the script's default
+    assert sum("--seed" in job for job in jobs) == 2 * 64  # seed 0 keeps the script's default
     # three seeds of grid row 1 (val 0.5, 0.6, 0.7) against one seed of row 2 (0.65): the mean decides
     first, second = (reproduce.run_dir(str(tmp_path), reproduce.grid()[i][-1]) for i in (0, 1))
     for k, acc in enumerate([0.5, 0.6, 0.7]):
         fake_result(first + (f"_s{k}" if k else ""), acc)
     fake_result(second, 0.65)
     assert reproduce.best_grid_run(str(tmp_path)) == second
-    rows = table_rows("\n".join(reproduce.grid_table(str(tmp_path), second)), "2. The 24")
+    rows = table_rows("\n".join(reproduce.grid_table(str(tmp_path), second, "ours")), "2. The 24")
     assert rows[0][6:8] == ["60.00 ± 10.00 (n=3)", "50.00 ± 10.00 (n=3)"] and rows[1][6] == "**65.00**"
     assert rows[2][9] == "missing"
     fake_result(first + "_s2", 0.7, status="diverged")
-    assert reproduce.grid_table(str(tmp_path), second)[4].count("completed ×2, diverged ×1") == 1
+    assert reproduce.grid_table(str(tmp_path), second, "ours")[4].count("completed ×2, diverged ×1") == 1
 
 
 # ---------------------------------------------------------------------------------------- CUDA and the GPU check

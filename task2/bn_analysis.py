@@ -1,15 +1,21 @@
 """How BatchNorm helps optimization (Task 2.3): VGG-A with and without BN, trained from scratch at
-every learning rate of --lrs, with the loss recorded at every step and Santurkar et al.'s probe
-(loss variation, gradient predictiveness, effective β-smoothness) every --probe-every steps.
+every learning rate of --lrs, with the loss recorded at every step, Santurkar et al.'s probe (loss
+variation, gradient predictiveness, effective β-smoothness) every --probe-every steps along -∇L or the
+optimizer's own next update, and optionally the top Hessian eigenvalue every --sharpness-every steps.
 
     python task2/bn_analysis.py                        # 2 models x 4 learning rates, Adam, 20 epochs
-    python task2/bn_analysis.py --replot runs/bn_analysis   # redraw figures and table from raw numbers
+    python task2/bn_analysis.py --paper --sharpness-every 50    # the paper's SGD settings, plus sharpness
+    python task2/bn_analysis.py --probe-direction update        # probe along Adam's real step
+    python task2/bn_analysis.py --replot runs/bn_analysis   # redraw figures and summary from raw numbers
 
 Writes to --out (default runs/bn_analysis): runs/<model>_lr<lr>/ (ordinary run folders plus probe.npz),
-bn_analysis.json + bn_analysis.npz (raw numbers), summary.md and the figures. A finished run is reused
-when the command is repeated, so an interrupted analysis resumes where it stopped.
+bn_analysis.json + bn_analysis.npz (raw numbers), summary.md (per claim of the paper: holds or not, with
+the numbers) and the figures. A finished run made with the same settings is reused when the command is
+repeated; an interrupted or differently made one is trained again from its start.
 """
 import argparse
+import copy
+import json
 import math
 import os
 import sys
@@ -21,57 +27,123 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
-ANALYSIS_KEYS = ("models", "lrs", "probe_every", "probe_etas", "smooth", "replot")
-BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "curves.png"]
+ANALYSIS_KEYS = ("models", "lrs", "probe_every", "probe_etas", "probe_direction", "probe_scale", "paper",
+                 "sharpness_every", "sharpness_images", "sharpness_iters", "smooth", "replot")
+PROBE_KEYS = ("probe_every", "probe_etas", "probe_direction", "probe_scale", "sharpness_every", "sharpness_images",
+              "sharpness_iters")  # a saved probe.npz is reused only when these match
+BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "sharpness.png",
+              "curves.png"]
 MODEL_COLOURS = {"vgg_a": "tab:orange", "vgg_a_bn": "tab:blue", "vgg_a_res_bn": "tab:green", "resvgg16": "tab:purple"}
+# Santurkar et al. 2018 as we read it: VGG trained with plain SGD at batch 128, learning rates 0.1 and 0.5 (their
+# Figure 1), the probe along the gradient at absolute step sizes up to 0.4 (their Figure 4)
+PAPER = dict(opt="sgd", momentum=0.0, lrs=[0.1, 0.5], batch_size=128, probe_direction="grad", probe_scale="absolute",
+             probe_etas=[0.05, 0.1, 0.2, 0.3, 0.4])
 
 
 def parse_args(argv=None):
     parser = common.add_train_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), common.TASK2_LR)
     parser.set_defaults(**common.TASK2_DEFAULTS, diverge_patience=0)
     g = parser.add_argument_group("BN analysis")
-    g.add_argument("--models", nargs="+", default=["vgg_a", "vgg_a_bn"], choices=common.MODELS)
+    g.add_argument("--models", nargs="+", default=["vgg_a", "vgg_a_bn"], choices=common.MODELS,
+                   help="the first is the baseline the summary's claims compare the others with")
     g.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 1e-4, 5e-4], help="one run per model and lr")
     g.add_argument("--probe-every", type=int, default=50, help="probe every K training steps")
-    g.add_argument("--probe-etas", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0],
-                   help="probe step sizes as multiples of each run's lr")
+    g.add_argument("--probe-direction", default="grad", choices=["grad", "update"],
+                   help="grad: along -∇L; update: along the step the run's optimizer takes next (Adam's, momentum's)")
+    g.add_argument("--probe-scale", default="relative", choices=["relative", "absolute"],
+                   help="relative: θ + η·lr·d, so η = 1 is one step (exactly the next one with 'update'); "
+                        "absolute: θ + η·d; d is -∇L or the update divided by the lr")
+    g.add_argument("--probe-etas", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0], help="step sizes η")
+    g.add_argument("--paper", action="store_true",
+                   help="Santurkar et al.'s settings: " + ", ".join(f"{k} {v}" for k, v in PAPER.items())
+                        + " (flags given beside it win)")
+    g.add_argument("--sharpness-every", type=int, default=0,
+                   help="top Hessian eigenvalue on a fixed training batch every K steps (0: never)")
+    g.add_argument("--sharpness-images", type=int, default=256, help="the fixed batch: the first N training images")
+    g.add_argument("--sharpness-iters", type=int, default=20, help="Lanczos iterations at most")
     g.add_argument("--smooth", type=int, default=1, help="moving-average window of the loss-band figure")
     g.add_argument("--replot", metavar="DIR", help="only redraw figures and summary.md from DIR's raw numbers")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--paper" in argv:
+        parser.set_defaults(**PAPER)
     args = parser.parse_args(argv)
     if args.lr is not None:
         parser.error("use --lrs: the analysis runs every learning rate given there")
-    if args.probe_every < 1:
-        parser.error("--probe-every must be at least 1")
+    if args.probe_every < 1 or args.sharpness_every < 0 or args.sharpness_images < 1 or args.sharpness_iters < 1:
+        parser.error("--probe-every, --sharpness-images and --sharpness-iters must be at least 1, "
+                     "--sharpness-every at least 0")
+    if not all(math.isfinite(v) and v > 0 for v in args.probe_etas + args.lrs):
+        parser.error("--probe-etas and --lrs must be positive numbers")
     return args
 
 
 # -- the probe, a step hook of common.train ----------------------------------------------------
 
+def next_update(optimizer):
+    """The change the optimizer's next step() would make to each parameter, computed on a deep copy (its
+    momentum / Adam moments and the current gradients), so the real optimizer and weights stay untouched."""
+    shadow = copy.deepcopy(optimizer)
+    pairs = [(p, q) for group, copied in zip(optimizer.param_groups, shadow.param_groups)
+             for p, q in zip(group["params"], copied["params"])]
+    for p, q in pairs:
+        q.grad = None if p.grad is None else p.grad.detach().clone()
+    shadow.step()
+    return [(q - p).detach() for p, q in pairs]
+
+
 class BNProbe:
-    """A train() step hook for Task 2: records the training loss of every step and, every `every`
-    steps, runs probe_along_gradient on the current batch (BN in train mode, batch statistics, as in
-    the training step) with step sizes `etas`."""
+    """A train() step hook for Task 2: records the training loss of every step; every `every` steps runs
+    probe_along on the current batch (BN in train mode, batch statistics, as in the training step) along
+    -∇L or the optimizer's next update; every `sharpness_every` steps the extreme Hessian eigenvalues on a
+    fixed batch of training images (train mode, no augmentation)."""
 
-    def __init__(self, criterion, etas, every, device):
+    def __init__(self, criterion, etas, every, device, direction="grad", lr=1.0, sharpness_every=0,
+                 sharpness_images=256, sharpness_iters=20):
         self.criterion, self.etas, self.every, self.device = criterion, list(etas), every, device
-        self.step_losses, self.probes = [], []
+        self.direction, self.lr = direction, lr
+        self.sharpness_every, self.sharpness_images, self.sharpness_iters = sharpness_every, sharpness_images, \
+            sharpness_iters
+        self.step_losses, self.probes, self.sharpness, self.steps_per_epoch = [], [], [], 0
 
-    def __call__(self, model, x, y, loss, step):
+    def __call__(self, run, x, y, loss, step):
+        self.steps_per_epoch = run.steps_per_epoch
         self.step_losses.append(loss.detach())
         if step % self.every == 0:
-            def loss_closure():
-                with common.autocast(self.device):
-                    logits = model(x)
-                return self.criterion(logits.float(), y)
-            self.probes.append(dict(step=step, **common.probe_along_gradient(model, loss_closure, self.etas)))
+            self.probes.append(dict(step=step, **self.probe(run.forward, run.optimizer, x, y)))
+        if self.sharpness_every and step % self.sharpness_every == 0:
+            self.sharpness.append(dict(step=step, **self.hessian(run)))
+
+    def probe(self, model, optimizer, x, y):
+        def loss_closure():
+            with common.autocast(self.device):
+                logits = model(x)
+            return self.criterion(logits.float(), y)
+        direction = None if self.direction == "grad" else [d / self.lr for d in next_update(optimizer)]
+        return common.probe_along(model, loss_closure, self.etas, direction)
+
+    def hessian(self, run):
+        """Lanczos on the first `sharpness_images` training images in one batch, fp32, weights left as found."""
+        x = common.normalize(run.train_x[:self.sharpness_images], run.channels_last)
+        y = run.train_y[:self.sharpness_images]
+        with common.preserved(run.model):
+            rng = common.rng_state(run.device)
+
+            def batch_losses():
+                common.set_rng_state(rng, run.device)  # one dropout mask for every product
+                yield self.criterion(run.model(x).float(), y) * len(y)
+            return common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters)
 
     def arrays(self):
-        """Everything recorded, as numpy arrays (probe_* are [n_probes] or [n_probes, n_etas])."""
+        """Everything recorded, as numpy arrays (probe_* are [n_probes] or [n_probes, n_etas], sharpness_*
+        [n_measurements])."""
         losses = torch.stack(self.step_losses).double().cpu().numpy() if self.step_losses else np.zeros(0)
-        arrays = dict(step_loss=losses, etas=np.array(self.etas), probe_every=np.array(self.every))
-        for key in ("step", "loss", "grad_norm", "losses", "grad_dists", "betas"):
+        arrays = dict(step_loss=losses, etas=np.array(self.etas), probe_every=np.array(self.every),
+                      steps_per_epoch=np.array(self.steps_per_epoch))
+        for key in ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas"):
             arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
                 len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
+        for key in ("step", "top", "bottom", "residual_top", "converged"):
+            arrays[f"sharpness_{key}"] = np.array([h[key] for h in self.sharpness], dtype=np.float64)
         return arrays
 
 
@@ -98,15 +170,39 @@ def load_bn_analysis(out):
     return runs, saved["settings"]
 
 
+def after_first_epoch(run, steps):
+    """Mask of the recorded steps after the first epoch (all of them when the run had only one)."""
+    late = steps >= int(run["arrays"].get("steps_per_epoch", 0))
+    return late if late.any() else np.ones_like(late, dtype=bool)
+
+
 def bn_run_stats(run):
-    """Headline numbers of one run's probes: mean over probed steps of the loss range over η, median
-    over probed steps of the largest gradient change, and median effective β-smoothness."""
-    a = run["arrays"]
-    if a["probe_losses"].size == 0:
-        return dict(loss_band=float("nan"), grad_dist=float("nan"), beta=float("nan"))
-    return dict(loss_band=float(np.nanmean(np.ptp(a["probe_losses"], axis=1))),
-                grad_dist=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_grad_dists"], 1))),
-                beta=float(np.nanmedian(nan_reduce(np.nanmax, a["probe_betas"], 1))))
+    """Headline numbers of one run, medians over the probed steps after the first epoch: the loss range over η,
+    the largest gradient change over η, the largest effective β over η, the top Hessian eigenvalue."""
+    a, nan = run["arrays"], float("nan")
+    stats = dict(loss_range=nan, grad_dist=nan, beta=nan, sharpness=nan)
+    if a["probe_losses"].size:
+        late = after_first_epoch(run, a["probe_step"])
+        stats.update(loss_range=median(np.ptp(a["probe_losses"][late], axis=1)),
+                     grad_dist=median(nan_reduce(np.nanmax, a["probe_grad_dists"][late], 1)),
+                     beta=median(nan_reduce(np.nanmax, a["probe_betas"][late], 1)))
+    if a.get("sharpness_top", np.zeros(0)).size:
+        stats["sharpness"] = median(a["sharpness_top"][after_first_epoch(run, a["sharpness_step"])])
+    return stats
+
+
+def median(values):
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.median(values)) if values.size and np.isfinite(values).all() else float("nan")
+
+
+def loss_band_width(runs, model):
+    """Mean over the steps after the first epoch of (max − min over the learning rates) of the training loss."""
+    model_runs = [r for r in runs if r["model"] == model]
+    losses = stack_padded([r["arrays"]["step_loss"] for r in model_runs])
+    width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
+    return float(np.nanmean(width[after_first_epoch(model_runs[0], np.arange(len(width)))])) if width.size \
+        else float("nan")
 
 
 def short_number(v):
@@ -118,38 +214,80 @@ def bn_summary_table(runs, link_prefix=""):
     folder (run["dir"], relative to the analysis folder, behind `link_prefix`); below it, per model,
     the mean width of the min..max training-loss band over the learning rates."""
     lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
-             "convergence epoch | loss range over η (mean) | grad-pred. distance (median) | β-smoothness (median) | "
+             "convergence epoch | loss range over η | grad-pred. distance | β-smoothness | top Hessian eigenvalue | "
              "run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         res, st = r["result"], bn_run_stats(r)
         lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {common.percent(res['final_val_acc'])} | "
                      f"{common.percent(res['test_acc_at_best_val'])} | {common.percent(res['final_test_acc'])} | "
                      f"{res['convergence_epoch'] if res['convergence_epoch'] is not None else '–'} | "
-                     f"{short_number(st['loss_band'])} | {short_number(st['grad_dist'])} | "
-                     f"{short_number(st['beta'])} | "
-                     f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']}) |")
-    lines.append("")
+                     + " | ".join(short_number(st[k]) for k in ("loss_range", "grad_dist", "beta", "sharpness"))
+                     + f" | [{os.path.basename(r['dir'])}]({link_prefix}{r['dir']}) |")
+    lines += ["", "Probe and Hessian columns: medians over the measured steps after the first epoch.", ""]
     for model in dict.fromkeys(r["model"] for r in runs):
-        losses = stack_padded([r["arrays"]["step_loss"] for r in runs if r["model"] == model])
-        width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
-        lines.append(f"- {model}: mean width of the training-loss band over the learning rates "
-                     f"(max_curve − min_curve, course 2.3.1): {short_number(float(np.nanmean(width)))}")
+        lines.append(f"- {model}: mean width of the training-loss band over the learning rates after the first "
+                     f"epoch (max_curve − min_curve, course 2.3.1): {short_number(loss_band_width(runs, model))}")
     return "\n".join(lines) + "\n"
 
 
-def write_bn_report(runs, out, smooth=1):
-    """Every Task 2 BN figure and summary.md, from the raw numbers alone."""
+CLAIMS = [  # (the paper's claim, bn_run_stats key): each holds when the BN model's number is the smaller
+    ("loss changes less along the probe direction (loss range over η)", "loss_range"),
+    ("the gradient is more predictive (largest ‖Δ∇L‖ over η)", "grad_dist"),
+    ("effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)", "beta"),
+    ("sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)", "sharpness"),
+]
+
+
+def verdict(baseline, bn):
+    if not (math.isfinite(baseline) and math.isfinite(bn)):
+        return "not measured (or not finite: diverged)"
+    return "holds at this scale" if bn < baseline else "does not hold at this scale"
+
+
+def claims_table(runs, settings):
+    """summary.md's answer: per claim and lr, the baseline (first model) vs each other model, their ratio and
+    whether the claim holds; then the learning-rate sensitivity of the loss band; then the settings."""
+    baseline = runs[0]["model"]
+    lines = [f"## Does BN help optimization? {baseline} vs " + ", ".join(dict.fromkeys(
+                 r["model"] for r in runs if r["model"] != baseline)), "",
+             "| claim | lr | model | without BN | with BN | ratio | verdict |", "|---|---|---|---|---|---|---|"]
+    for claim, key in CLAIMS:
+        for r in (r for r in runs if r["model"] != baseline):
+            base = next((b for b in runs if b["model"] == baseline and b["lr"] == r["lr"]), None)
+            a, b = (bn_run_stats(base)[key] if base else float("nan")), bn_run_stats(r)[key]
+            lines.append(f"| {claim} | {r['lr']:g} | {r['model']} | {short_number(a)} | {short_number(b)} | "
+                         f"{short_number(b / a if a else float('nan'))} | {verdict(a, b)} |")
+    a = loss_band_width(runs, baseline)
+    for model in dict.fromkeys(r["model"] for r in runs if r["model"] != baseline):
+        b = loss_band_width(runs, model)
+        lines.append(f"| the training loss depends less on the lr (loss-band width over all lrs) | all | {model} | "
+                     f"{short_number(a)} | {short_number(b)} | {short_number(b / a if a else float('nan'))} | "
+                     f"{verdict(a, b)} |")
+    lines += ["", "Numbers are medians over the measured steps after the first epoch (the band: its mean width). "
+              "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_bn_report(runs, out, settings, smooth=1):
+    """Every Task 2 BN figure and summary.md, from the raw numbers alone; returns the figures written."""
+    etas, unit = settings["probe_etas"], "" if settings.get("probe_scale") == "absolute" else "·lr"
+    d = "the update/lr" if settings.get("probe_direction") == "update" else "−g"
     plot_loss_band(runs, os.path.join(out, "loss_band.png"), smooth)
-    plot_probe(runs, os.path.join(out, "loss_variation.png"), "probe_losses", "L(θ − ηg)",
-               "loss variation: range of the loss along the gradient over step sizes η")
-    plot_probe(runs, os.path.join(out, "grad_predictiveness.png"), "probe_grad_dists", "‖∇L(θ) − ∇L(θ − ηg)‖",
-               "gradient predictiveness: change of the gradient along the gradient, range over η")
-    plot_probe(runs, os.path.join(out, "beta_smoothness.png"), "probe_betas", "max over η of ‖Δ∇L‖ / ‖ηg‖",
+    plot_probe(runs, os.path.join(out, "loss_variation.png"), "probe_losses", f"L(θ + ηd), d = {d}",
+               f"loss variation: range of the loss along d over η ∈ {etas}{unit}")
+    plot_probe(runs, os.path.join(out, "grad_predictiveness.png"), "probe_grad_dists", "‖∇L(θ) − ∇L(θ + ηd)‖",
+               f"gradient predictiveness: change of the gradient along d = {d}, range over η")
+    plot_probe(runs, os.path.join(out, "beta_smoothness.png"), "probe_betas", "max over η of ‖Δ∇L‖ / ‖ηd‖",
                "effective β-smoothness", log=True, band=False)
     plot_runs_curves(runs, os.path.join(out, "curves.png"))
+    figures = [n for n in BN_FIGURES if n != "sharpness.png"]
+    if any(r["arrays"].get("sharpness_top", np.zeros(0)).size for r in runs):
+        plot_sharpness(runs, os.path.join(out, "sharpness.png"))
+        figures.append("sharpness.png")
     with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(bn_summary_table(runs))
+        f.write(claims_table(runs, settings) + "\n" + bn_summary_table(runs))
+    return figures
 
 
 def stack_padded(arrays):
@@ -238,67 +376,109 @@ def plot_runs_curves(runs, path):
     common.save_figure(fig, path)
 
 
+def plot_sharpness(runs, path):
+    """Top Hessian eigenvalue over training, one panel per lr, with SGD's stability limit 2(1 + momentum)/lr_t
+    (lr_t: the cosine schedule's lr at that step; Cohen et al. 2021's edge of stability)."""
+    plt = common.pyplot()
+    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
+        for r in (r for r in runs if r["lr"] == lr and r["arrays"].get("sharpness_top", np.zeros(0)).size):
+            a = r["arrays"]
+            ax.plot(a["sharpness_step"], a["sharpness_top"], color=MODEL_COLOURS.get(r["model"]), marker=".",
+                    lw=1.2, label=r["model"])
+        cfg = runs[lrs.index(lr)]["result"]["config"]
+        if cfg["opt"] in ("sgd", "sgd_scratch"):
+            total = cfg["epochs"] * max(int(runs[0]["arrays"]["steps_per_epoch"]), 1)
+            steps = np.arange(total * 0.95)  # the limit grows without bound as the cosine lr reaches 0
+            lr_t = lr * 0.5 * (1 + np.cos(np.pi * steps / total))
+            ax.plot(steps, 2 * (1 + cfg["momentum"]) / lr_t, "k--", lw=1, label="2(1+μ)/lr_t")
+        ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel="top Hessian eigenvalue", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("sharpness over training (fixed training batch, BN in train mode)", fontsize=10)
+    common.save_figure(fig, path)
+
+
 # -- the analysis ------------------------------------------------------------------------------
 
 def analysis_run(args, base, model, lr, out):
-    """Train one model at one lr with the probe, or reuse a finished run of an earlier call with the
-    same settings."""
+    """Train one model at one lr with the probe, or reuse the finished run of an earlier call with the same
+    training config and probe settings; None when interrupted."""
     run_dir = os.path.join(out, "runs", f"{model}_lr{lr:g}")
-    probe_file, config_file = os.path.join(run_dir, "probe.npz"), os.path.join(run_dir, "config.json")
+    probe_file = os.path.join(run_dir, "probe.npz")
     cfg = common.config_from_args(argparse.Namespace(**{**base, "model": model, "lr": lr, "out": run_dir,
                                                          "resume": False, "overwrite": True}))
-    etas = [m * lr for m in args.probe_etas]
-    if os.path.exists(probe_file) and os.path.exists(os.path.join(run_dir, "result.json")):
-        saved = common.load_json(config_file)
-        with np.load(probe_file) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        same_training = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS)
-        same_probe = len(arrays["etas"]) == len(etas) and np.allclose(arrays["etas"], etas) and \
-            int(arrays.get("probe_every", -1)) == args.probe_every
-        if same_training and same_probe:
-            print(f"reusing {run_dir}", flush=True)
-            return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out),
-                        result=common.load_json(os.path.join(run_dir, "result.json")),
-                        history=common.read_metrics(run_dir), arrays=arrays)
-        print(f"{run_dir} was made with other settings; training it again", flush=True)
+    probe_settings = {k: getattr(args, k) for k in PROBE_KEYS}
+    reused = reusable_run(run_dir, cfg, probe_settings)
+    if reused is not None:
+        print(f"reusing {run_dir}", flush=True)
+        return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), **reused)
+    etas = [m * (lr if args.probe_scale == "relative" else 1.0) for m in args.probe_etas]
     probe = BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
-                    common.resolve_device(cfg["device"]))
+                    common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
+                    args.sharpness_images, args.sharpness_iters)
     result = common.train(cfg, step_hook=probe)
     if result["status"] == "interrupted":
         return None
     arrays = probe.arrays()
-    np.savez(probe_file, **arrays)
+    np.savez(probe_file, settings=np.array(json.dumps(probe_settings)), **arrays)
     return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), result=result,
                 history=common.read_metrics(run_dir), arrays=arrays)
+
+
+def reusable_run(run_dir, cfg, probe_settings):
+    """{result, history, arrays} of a finished run in run_dir made with this config and these probe settings,
+    else None (nothing there, interrupted, or other settings: it is trained again from the start)."""
+    files = [os.path.join(run_dir, n) for n in ("probe.npz", "result.json", "config.json")]
+    if not all(os.path.exists(f) for f in files):
+        return None
+    result, saved = common.load_json(files[1]), common.load_json(files[2])
+    with np.load(files[0]) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    saved = common.with_recipe(saved)
+    same_training = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS)
+    same_probe = "settings" in arrays and json.loads(str(arrays.pop("settings"))) == json.loads(
+        json.dumps(probe_settings))
+    if result.get("status") not in ("completed", "diverged") or not (same_training and same_probe):
+        print(f"{run_dir} is unfinished or was made with other settings; training it again", flush=True)
+        return None
+    return dict(result=result, history=common.read_metrics(run_dir), arrays=arrays)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
         runs, settings = load_bn_analysis(args.replot)
-        write_bn_report(runs, args.replot, args.smooth)
-        print(f"redrew {', '.join(BN_FIGURES)} and summary.md in {args.replot}")
+        figures = write_bn_report(runs, args.replot, settings, args.smooth)
+        print(f"redrew {', '.join(figures)} and summary.md in {args.replot}")
         return 0
     out = args.out or os.path.join("runs", "bn_analysis")
-    os.makedirs(out, exist_ok=True)
+    try:
+        with common.folder_lock(out):
+            return analysis(args, out)
+    except common.USER_ERRORS as e:
+        return common.fail(e)
+
+
+def analysis(args, out):
+    """Every (model, lr) run, then the raw numbers, figures and summary.md in `out`; the exit code."""
     base = {k: v for k, v in vars(args).items() if k not in ANALYSIS_KEYS}
     runs = []
     for i, (model, lr) in enumerate((m, lr) for m in args.models for lr in args.lrs):
         print(f"=== run {i + 1} of {len(args.models) * len(args.lrs)}: {model}, {args.opt} lr {lr:g}", flush=True)
-        try:
-            run = analysis_run(args, base, model, lr, out)
-        except common.USER_ERRORS as e:
-            return common.fail(e)
+        run = analysis_run(args, base, model, lr, out)
         if run is None:
-            print("interrupted; rerun the same command to resume (finished runs are reused)", flush=True)
+            print("interrupted; rerun the same command: finished runs are reused, the interrupted one starts over",
+                  flush=True)
             return 130
         runs.append(run)
-    settings = {k: getattr(args, k) for k in ("models", "lrs", "probe_every", "probe_etas", "opt", "epochs",
-                                              "batch_size", "subset", "width", "seed")}
+    settings = {k: getattr(args, k) for k in ("models", "lrs", "opt", "momentum", "epochs", "batch_size", "subset",
+                                              "width", "seed", "paper", *PROBE_KEYS)}
     save_bn_analysis(runs, out, settings)
-    write_bn_report(runs, out, args.smooth)
-    print(bn_summary_table(runs))
-    print(f"figures, summary.md and raw numbers in {out}")
+    figures = write_bn_report(runs, out, settings, args.smooth)
+    print(claims_table(runs, settings))
+    print(f"{', '.join(figures)}, summary.md and raw numbers in {out}")
     return 0
 
 

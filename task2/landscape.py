@@ -1,5 +1,5 @@
 """Loss landscape of a checkpoint along filter-normalized random directions (Li et al. 2018), or the
-linear interpolation between two checkpoints; optionally the top Hessian eigenvalue.
+linear interpolation between two checkpoints; optionally the extreme Hessian eigenvalues (Lanczos).
 
     python task2/landscape.py --ckpt runs/X/best.pt                         # 1D, x in -1:1:51
     python task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51             # 2D surface
@@ -9,12 +9,14 @@ linear interpolation between two checkpoints; optionally the top Hessian eigenva
 Files in --out (default <checkpoint folder>/landscape, or .../interp):
   surface.npz    x, y (empty in 1D), loss, acc, done; loss[i, j] belongs to (x[i], y[j]) on any grid
   surface.json   status (complete | partial), every setting, model, device, world size, points, seconds,
-                 points/s, and `hessian` (top_eigenvalue, iterations, tol, seconds) with --hessian
+                 points/s, and `hessian` with --hessian: top_eigenvalue, bottom_eigenvalue (most negative),
+                 residual_top/_bottom (‖Hv − λv‖), converged, iterations, tol, seconds
   directions.pt  {"x": {name: tensor}, "y": {...}}: reuse them with --dir-file to draw on the same plane
   loss_1d.png (1D) or contour.png, heatmap.png, surface_3d.png (2D)
 Ctrl-C saves after the current round of points; the same command plus --resume computes the rest.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -62,9 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="bf16 autocast applies on CUDA only")
     p.add_argument("--log", action="store_true", help="log10 z scale in the figures")
     p.add_argument("--zmax", type=float, help="clip the loss at this value in the figures")
-    p.add_argument("--hessian", action="store_true", help="also the top Hessian eigenvalue at the checkpoint")
-    p.add_argument("--hessian-iters", type=int, default=20)
-    p.add_argument("--hessian-tol", type=float, default=1e-3, help="relative change that ends power iteration")
+    p.add_argument("--hessian", action="store_true",
+                   help="also the largest and most negative Hessian eigenvalue at the checkpoint (Lanczos)")
+    p.add_argument("--hessian-iters", type=int, default=20, help="at most this many Lanczos iterations")
+    p.add_argument("--hessian-tol", type=float, default=1e-3,
+                   help="converged when the residuals ‖Hv − λv‖ are at most tol × max|λ|")
     p.add_argument("--resume", action="store_true", help="compute only the points --out does not have yet")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a surface")
     common.add_data_args(p)
@@ -216,10 +220,13 @@ def hessian(model, images, labels, criterion, args, device):
             x = common.normalize(images[i:i + args.batch_size], channels_last=device.type == "cuda")
             yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
     started = time.time()
-    eigenvalue, iters = common.hessian_top_eigenvalue(model, batch_losses, len(labels), args.hessian_iters,
-                                                      args.hessian_tol, args.seed)
-    print(f"top Hessian eigenvalue {eigenvalue:.4g} ({iters} iterations)", flush=True)
-    return dict(top_eigenvalue=eigenvalue, iterations=iters, tol=args.hessian_tol, seconds=time.time() - started)
+    h = common.hessian_extremes(model, batch_losses, len(labels), args.hessian_iters, args.hessian_tol, args.seed)
+    print(f"Hessian eigenvalues: top {h['top']:.4g}, most negative {h['bottom']:.4g} ({h['iterations']} Lanczos "
+          f"iterations, {'converged' if h['converged'] else 'NOT converged: raise --hessian-iters'}, residual "
+          f"{h['residual_top']:.2g})", flush=True)
+    return dict(top_eigenvalue=h["top"], bottom_eigenvalue=h["bottom"], residual_top=h["residual_top"],
+                residual_bottom=h["residual_bottom"], converged=h["converged"], iterations=h["iterations"],
+                tol=args.hessian_tol, seconds=time.time() - started)
 
 
 def main(argv=None):
@@ -234,8 +241,14 @@ def main(argv=None):
 
 
 def landscape(args):
-    """Compute (or finish) the surface in --out, then on rank 0 the Hessian and the figures; exit code."""
+    """Compute (or finish) the surface in --out, then on rank 0 the Hessian and the figures; exit code.
+    Rank 0 holds --out's lock throughout."""
     rank, device = setup_distributed(args.device)
+    with common.folder_lock(args.out) if rank == 0 else contextlib.nullcontext():
+        return landscape_in_folder(args, rank, device)
+
+
+def landscape_in_folder(args, rank, device):
     settings = {k: getattr(args, k) for k in SURFACE_KEYS}
     surface, seconds_before = start_surface(args, settings)
     model, ckpt = common.load_checkpoint(args.ckpt, device)

@@ -40,35 +40,52 @@ import common  # noqa: E402
 PHASES = ["train", "analysis", "landscapes"]
 SMOKE = "--device cpu --width 0.125 --subset 200 --val 100 --test-subset 500 --batch-size 32"
 PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface grid, interpolation range;
-    # best_seeds: seeds of the best grid configuration in all (the extra ones run in phase 2)
-    "full": dict(t1="--epochs 60", t2="--epochs 20", bn="--epochs 20", landscape="--n-items 10000 --hessian-iters 20",
-                 visualize="", grid="-1:1:51", interp="-0.5:1.5:41", best_seeds=1),
-    "quick": dict(t1="--epochs 10", t2="--epochs 10", bn="--epochs 5 --probe-every 25",
+    # best_seeds: seeds of the best grid configuration in all (the extra ones run in phase 2); recipes: the
+    # grids and Task 2 runs to train, "ours" (ResVGG16, as the report's text describes) and/or "report" (what
+    # the report's code ran: plain VGG16 for the grid, the author's Task 2 variant); epochs left out of t1 and
+    # t2 come from the recipe (60 ours, 100 report)
+    "full": dict(t1="", t2="", bn="--epochs 20 --probe-direction update --sharpness-every 100",
+                 bn_paper="--paper --epochs 20 --sharpness-every 100",
+                 landscape="--n-items 10000 --hessian-iters 20", visualize="", grid="-1:1:51", interp="-0.5:1.5:41",
+                 best_seeds=1, recipes=["ours", "report"]),
+    "quick": dict(t1="--epochs 10", t2="--epochs 10", bn="--epochs 5 --probe-every 25 --probe-direction update "
+                  "--sharpness-every 50", bn_paper="--paper --epochs 5 --probe-every 25 --sharpness-every 50",
                   landscape="--n-items 2000 --hessian-iters 20", visualize="", grid="-1:1:21", interp="-0.5:1.5:21",
-                  best_seeds=1),
+                  best_seeds=1, recipes=["ours"]),
     "cpu": dict(t1="--device cpu --width 0.25 --subset 10000 --epochs 4",
                 t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
-                bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25",
+                bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 --probe-direction update "
+                   "--sharpness-every 100",
+                bn_paper="--paper --device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 "
+                         "--sharpness-every 50",
                 landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
-                grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3),
-    "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1", bn=f"{SMOKE} --epochs 1 --probe-every 2",
+                grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3, recipes=["ours"]),
+    "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1",
+                  bn=f"{SMOKE} --epochs 1 --probe-every 2 --probe-direction update --sharpness-every 3 "
+                     "--sharpness-images 32 --sharpness-iters 3",
+                  bn_paper=f"--paper {SMOKE} --epochs 1 --probe-every 2 --lrs 0.1",
                   landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
-                  grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1),
+                  grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"]),
 }
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
     ["adam", "sgd"]
+GRIDS = {  # recipe: (run-name prefix, flags, what it is)
+    "ours": ("grid", [], "ResVGG16 (residual blocks with BN), our recipe: the network the report's text describes"),
+    "report": ("grid_vgg16_report", ["--model", "vgg16", "--recipe", "report"],
+               "the author's plain VGG16 (no BN, no shortcuts), the author's recipe: what the report's code ran"),
+}
 T2_MODELS, T2_OPTS = ["vgg_a", "vgg_a_bn", "vgg_a_res_bn"], ["adam", "sgd"]
 FINISHED = ("completed", "diverged")  # diverged is a result, not a failure
 
 
-def grid_name(arch, act, loss, opt):
-    return f"grid_{arch}_{act}_{loss}_{opt}"
+def grid_name(arch, act, loss, opt, recipe="ours"):
+    return f"{GRIDS[recipe][0]}_{arch}_{act}_{loss}_{opt}"
 
 
-def grid():
+def grid(recipe="ours"):
     """The 24 grid configurations in the report's order: (number, arch, act, loss, opt, run name)."""
     configs = itertools.product(GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS)
-    return [(k, *c, grid_name(*c)) for k, c in enumerate(configs, 1)]
+    return [(k, *c, grid_name(*c, recipe)) for k, c in enumerate(configs, 1)]
 
 
 HP_RUNS = [  # report 4.1: (label, run name, flags); two rows are grid runs with the same config (no flags)
@@ -85,11 +102,12 @@ LOSS_RUNS = [  # report beyond 4.3, on the best grid configuration: (label, run 
 ]
 SHARPNESS_ROWS = [("best SGD model", "best_sgd"), ("best Adam model", "best_adam"), ("VGG-A (Adam)", "vgg_a"),
                   ("VGG-A + BN (Adam)", "vgg_a_bn")]
-INTERP, BN_DIR, VISUALIZE = "interp_sgd_adam", "bn_analysis", "visualize"
+INTERP, VISUALIZE, BN_TRAIN_MODE = "interp_sgd_adam", "visualize", "vgg_a_bn_bntrain"
+BN_DIR, BN_PAPER_DIR = "bn_analysis", "bn_analysis_paper"  # the course's Adam rates; Santurkar et al.'s SGD
 
 
-def t2_name(model, opt):
-    return f"t2_{model}_{opt}"
+def t2_name(model, opt, recipe="ours"):
+    return f"t2_{model}_{opt}" + ("_report" if recipe == "report" else "")
 
 
 def run_dir(out, name):
@@ -102,9 +120,18 @@ def seed_name(name, seed):
 
 
 def read_result(folder):
-    """result.json of a run folder, or None when it has none yet."""
+    """result.json of a run folder, or None when it has none yet or it is unreadable (said on stderr, so the
+    jobs that needed the run are seen to be skipped because of it)."""
     path = os.path.join(folder, "result.json")
-    return common.load_json(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    try:
+        result = common.load_json(path)
+        return result if isinstance(result, dict) and "status" in result else None
+    except ValueError as e:
+        print(f"warning: {path} is unreadable ({e}); that run counts as missing and what needs it is skipped",
+              file=sys.stderr)
+        return None
 
 
 def seed_results(out, name):
@@ -145,16 +172,18 @@ def training_jobs(script, flags, out, name, seeds):
 
 
 def train_jobs(p, out):
-    """Phase 1: the hyper-parameter search, the 24-configuration grid, the six Task 2 runs."""
+    """Phase 1: the hyper-parameter search, the 24-configuration grid and the six Task 2 runs, once per recipe
+    of the profile."""
     t1, t2 = [*p["data"], *p["t1"]], [*p["data"], *p["t2"]]
     jobs = [job for _, name, flags in HP_RUNS if flags
             for job in training_jobs("task1/train.py", t1 + shlex.split(flags), out, name, p["seeds"])]
-    for _, arch, act, loss, opt, name in grid():
-        flags = ["--arch", arch, "--act", act, "--loss", loss, "--opt", opt]
-        jobs += training_jobs("task1/train.py", t1 + flags, out, name, p["seeds"])
-    for model, opt in itertools.product(T2_MODELS, T2_OPTS):
-        jobs += training_jobs("task2/train.py", t2 + ["--model", model, "--opt", opt], out, t2_name(model, opt),
-                              p["seeds"])
+    for recipe in p["recipes"]:
+        for _, arch, act, loss, opt, name in grid(recipe):
+            flags = [*GRIDS[recipe][1], "--arch", arch, "--act", act, "--loss", loss, "--opt", opt]
+            jobs += training_jobs("task1/train.py", t1 + flags, out, name, p["seeds"])
+    for recipe, model, opt in itertools.product(p["recipes"], T2_MODELS, T2_OPTS):
+        flags = ["--model", model, "--opt", opt, "--recipe", recipe]
+        jobs += training_jobs("task2/train.py", t2 + flags, out, t2_name(model, opt, recipe), p["seeds"])
     return jobs
 
 
@@ -162,17 +191,18 @@ def analysis_jobs(p, out):
     """Phase 2: more seeds of the best grid configuration (by mean validation accuracy) up to the profile's
     best_seeds, that configuration with other losses, and the BN analysis."""
     best = best_grid_run(out)
-    bn = ["task2/bn_analysis.py", *p["data"], *p["bn"], "--out", os.path.join(out, BN_DIR)]
+    bn = [["task2/bn_analysis.py", *p["data"], *p[flags], "--out", os.path.join(out, folder)]
+          for flags, folder in (("bn", BN_DIR), ("bn_paper", BN_PAPER_DIR))]
     if best is None:
         print("plan: no finished grid run, so no extra seeds and no loss-function runs", file=sys.stderr)
-        return [bn]
+        return bn
     cfg = read_result(best)["config"]
     t1 = [*p["data"], *p["t1"], "--arch", cfg["arch"], "--act", cfg["act"], "--opt", cfg["opt"]]
     extra_seeds = range(len(p["seeds"]), p["best_seeds"])
     jobs = training_jobs("task1/train.py", t1 + ["--loss", cfg["loss"]], out, os.path.basename(best), extra_seeds)
     for _, name, flags in LOSS_RUNS:
         jobs += training_jobs("task1/train.py", t1 + shlex.split(flags), out, name, p["seeds"])
-    return jobs + [bn]
+    return jobs + bn
 
 
 def landscape_jobs(p, out):
@@ -191,6 +221,9 @@ def landscape_jobs(p, out):
         ckpt = os.path.join(run_dir(out, t2_name(model, "adam")), "best.pt")
         if os.path.exists(ckpt):
             jobs.append(surface(ckpt, model, *square))
+    ckpt = os.path.join(run_dir(out, t2_name("vgg_a_bn", "adam")), "best.pt")
+    if os.path.exists(ckpt):  # BN statistics re-estimated at every point (VGG-A has no BN: one surface serves)
+        jobs.append(surface(ckpt, BN_TRAIN_MODE, "--x", p["grid"][0], "--y", p["grid"][0], "--bn-mode", "train"))
     if best["any"]:
         jobs.append(["task1/visualize.py", *p["data"], *p["visualize"], "--ckpt", f"{best['any']}/best.pt",
                      "--n", "16", "--out", os.path.join(out, VISUALIZE)])
@@ -208,21 +241,41 @@ def option(args, name):
 
 
 def job_state(script, args):
-    """'done', or the extra flags with which to (re)start the job."""
+    """'done', a reason the job cannot run (a str starting with 'refused'), or the extra flags with which
+    to (re)start it."""
     out = option(args, "--out")
     if out is None:
         return []
     if script.endswith("train.py"):
-        result = read_result(out)
-        if result and result["status"] in FINISHED:
-            return "done"
-        return ["--resume"] if os.path.exists(os.path.join(out, "last.pt")) else ["--overwrite"]
+        return train_job_state(script, args, out)
     if script.endswith("landscape.py"):
         info = os.path.join(out, "surface.json")
         if os.path.exists(info) and common.load_json(info)["status"] == "complete":
             return "done"
         return ["--resume"] if os.path.exists(os.path.join(out, "surface.npz")) else ["--overwrite"]
     return []
+
+
+def train_job_state(script, args, out):
+    """A finished run is done only if its saved config is the planned one; an unreadable result.json or
+    another config refuses the job (nothing of it is overwritten)."""
+    if os.path.exists(os.path.join(out, "result.json")) and read_result(out) is None:
+        return f"refused: {out}/result.json is unreadable; delete the folder to train the run again"
+    config = os.path.join(out, "config.json")
+    if os.path.exists(config):
+        task2 = script.startswith("task2")
+        parser = common.train_parser(script, common.TASK2_DEFAULTS if task2 else None,
+                                     common.TASK2_LR if task2 else None)
+        planned = common.config_from_args(parser.parse_args(args), common.TASK2_LR if task2 else None)
+        saved = common.with_recipe(common.load_json(config))
+        differ = sorted(k for k, v in planned.items() if k not in common.RUNTIME_KEYS and saved.get(k) != v)
+        if differ:
+            return (f"refused: {out} holds a run made with other settings ({', '.join(differ[:4])}"
+                    f"{', ...' if len(differ) > 4 else ''}); use another --out or delete that folder")
+    result = read_result(out)
+    if result and result["status"] in FINISHED:
+        return "done"
+    return ["--resume"] if os.path.exists(os.path.join(out, "last.pt")) else ["--overwrite"]
 
 
 def run_job(script, args):
@@ -249,6 +302,10 @@ def run_jobs(job_file, worker=""):
         name, state = option(args, "--out") or script, job_state(script, args)
         if state == "done":
             print(f"{worker}[{k}/{len(jobs)}] {name}: already complete, skipped", flush=True)
+            continue
+        if isinstance(state, str):
+            print(f"{worker}[{k}/{len(jobs)}] {name}: FAILED, {state}", flush=True)
+            failures.append(f"{name} ({state})")
             continue
         print(f"{worker}[{k}/{len(jobs)}] {name}: python {script} {shlex.join(args + state)}", flush=True)
         started = time.time()
@@ -309,17 +366,28 @@ def hp_table(out):
     return md
 
 
-def grid_table(out, best):
-    md = ["### 2. The 24-configuration grid", "", *table_head(
+def grid_tables(out, best):
+    """Table 2 for our grid; beside it, when it was trained, the grid as the report's code ran it."""
+    md = grid_table(out, best, "ours")
+    if any(seed_results(out, name) for *_, name in grid("report")):
+        md += [""] + grid_table(out, best, "report")
+    return md
+
+
+def grid_table(out, best, recipe):
+    md = [f"### 2{'' if recipe == 'ours' else 'b'}. The 24-configuration grid: {GRIDS[recipe][2]}", "", *table_head(
         "#", "arch", "act", "loss", "opt", "params", "best val acc", "test acc at best val", "train time", "status",
         "run")]
-    for k, arch, act, loss, opt, name in grid():
+    for k, arch, act, loss, opt, name in grid(recipe):
         rs, folder = seed_results(out, name), run_dir(out, name)
         train_time = common.format_seconds(statistics.mean(r["train_seconds"] for r in rs)) if rs else "–"
         md.append(row([k, arch, act, loss, opt, f"{rs[0]['params']:,}", stat(rs, "best_val_acc"),
                        stat(rs, "test_acc_at_best_val"), train_time, common_value(rs, "status"),
                        link(out, folder)], bold=folder == best) if rs else
                   missing_row([k, arch, act, loss, opt, *["–"] * 6], 9, name))
+    if recipe == "report":
+        return md + ["", "Epochs, schedule, weight decay, init and input standardization as the author's code "
+                     "(`--recipe report`); selection still on our validation split, never on the test set."]
     return md + ["", "Bold: the best mean validation accuracy over a configuration's seeds (n = 1 unless "
                  "stated; ± is the sample standard deviation over seeds; train time is the mean). `nll` is "
                  "log_softmax + NLLLoss, which is exactly how cross-entropy is computed, so every ce row and its "
@@ -367,43 +435,63 @@ def loss_table(out):
 
 def task2_table(out):
     md = ["### 4. Task 2: VGG-A with and without BatchNorm", "", *table_head(
-        "model", "optimizer", "lr", "test acc at best val", "final test acc", "best val acc", "convergence epoch",
-        "params", "status", "run")]
-    for model, opt in itertools.product(T2_MODELS, T2_OPTS):
-        folder, rs = run_dir(out, t2_name(model, opt)), seed_results(out, t2_name(model, opt))
-        md.append(row([model, opt, f"{rs[0]['config']['lr']:g}", stat(rs, "test_acc_at_best_val"),
+        "model", "optimizer", "recipe", "lr", "test acc at best val", "final test acc", "best val acc",
+        "convergence epoch", "params", "status", "run")]
+    recipes = [r for r in GRIDS if r == "ours" or any(seed_results(out, t2_name(m, o, r))
+                                                      for m, o in itertools.product(T2_MODELS, T2_OPTS))]
+    for recipe, model, opt in itertools.product(recipes, T2_MODELS, T2_OPTS):
+        name = t2_name(model, opt, recipe)
+        folder, rs = run_dir(out, name), seed_results(out, name)
+        md.append(row([model, opt, recipe, f"{rs[0]['config']['lr']:g}", stat(rs, "test_acc_at_best_val"),
                        stat(rs, "final_test_acc"), stat(rs, "best_val_acc"), stat(rs, "convergence_epoch", 1, 0),
                        f"{rs[0]['params']:,}", common_value(rs, "status"), link(out, folder)]) if rs else
-                  missing_row([model, opt, *["–"] * 8], 8, t2_name(model, opt)))
+                  missing_row([model, opt, recipe, *["–"] * 8], 9, name))
     return md + ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
-                     f"{common.CONVERGED_FRACTION:.0%} of the run's best."]
+                     f"{common.CONVERGED_FRACTION:.0%} of the run's best. Recipe `report`: the author's Task 2 "
+                     "variant (Dropout-Linear-BN1d classifier in the BN models, Kaiming init, no augmentation, "
+                     "0.5/0.5 standardization, batch 64, constant lr)."]
 
 
 def bn_section(out):
-    """Table 5 from the BN analysis' raw numbers; its figures are copied into figures/."""
-    md, folder = ["### 5. How BN helps optimization (task2/bn_analysis.py)", ""], os.path.join(out, BN_DIR)
-    if not os.path.exists(os.path.join(folder, "bn_analysis.json")):
-        return md + ["Not run yet."]
-    runs, settings = bn_analysis.load_bn_analysis(folder)
-    for name in bn_analysis.BN_FIGURES:
-        shutil.copy(os.path.join(folder, name), os.path.join(out, "figures", f"bn_{name}"))
-    return md + [f"{settings['opt']}, {settings['epochs']} epochs, probe every {settings['probe_every']} steps at "
-                 f"η = lr × {settings['probe_etas']}.", "",
-                 bn_analysis.bn_summary_table(runs, link_prefix=f"{BN_DIR}/")]
+    """Table 5 from the raw numbers of both BN analyses; their figures are copied into figures/."""
+    md = ["### 5. How BN helps optimization (task2/bn_analysis.py)", ""]
+    for folder_name, title in ((BN_DIR, "the course's Adam learning rates, probe along Adam's own update"),
+                               (BN_PAPER_DIR, "Santurkar et al.'s settings (`--paper`): SGD, probe along −∇L")):
+        folder = os.path.join(out, folder_name)
+        md += [f"#### 5{'a' if folder_name == BN_DIR else 'b'}. {title}", ""]
+        if not os.path.exists(os.path.join(folder, "bn_analysis.json")):
+            md += ["Not run yet.", ""]
+            continue
+        runs, settings = bn_analysis.load_bn_analysis(folder)
+        for name in bn_analysis.BN_FIGURES:
+            if os.path.exists(os.path.join(folder, name)):
+                shutil.copy(os.path.join(folder, name), os.path.join(out, "figures", f"{folder_name}_{name}"))
+        md += [bn_analysis.claims_table(runs, settings).replace("## ", "##### "), "",
+               bn_analysis.bn_summary_table(runs, link_prefix=f"{folder_name}/")]
+    return md
 
 
 def sharpness_table(out):
-    md = ["### 6. Sharpness: top Hessian eigenvalue at the checkpoint", "",
-          *table_head("model", "checkpoint", "top eigenvalue", "power iterations", "evaluation data")]
+    md = ["### 6. Sharpness: extreme Hessian eigenvalues at the checkpoint (Lanczos)", "",
+          *table_head("model", "checkpoint", "top eigenvalue", "most negative", "iterations", "evaluation data")]
     for label, name in SHARPNESS_ROWS:
         path = os.path.join(out, "landscapes", name, "surface.json")
         info = common.load_json(path) if os.path.exists(path) else {}
         h = info.get("hessian")
         ckpt = os.path.relpath(info["settings"]["ckpt"], out) if info else None
-        md.append(row([label, f"[{ckpt}]({ckpt})" if ckpt else "–", f"{h['top_eigenvalue']:.4g}" if h else "missing",
-                       h["iterations"] if h else "–",
+        md.append(row([label, f"[{ckpt}]({ckpt})" if ckpt else "–", hessian_cell(h, "top_eigenvalue"),
+                       hessian_cell(h, "bottom_eigenvalue"), h["iterations"] if h else "–",
                        f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
     return md
+
+
+def hessian_cell(h, key):
+    """An eigenvalue, marked when Lanczos did not converge; surfaces made before Lanczos (power iteration,
+    no residual test, no bottom eigenvalue) are marked as such."""
+    if not h or key not in h:
+        return "missing" if not h else "–"
+    note = {True: "", False: " (not converged)", None: " (power iteration, unchecked)"}[h.get("converged")]
+    return f"{h[key]:.4g}{note}"
 
 
 FIGURES = [  # (file under the results folder, name in figures/, caption)
@@ -428,17 +516,19 @@ def figures_section(out):
         if os.path.exists(os.path.join(out, src)):
             shutil.copy(os.path.join(out, src), os.path.join(figures, dst))
             listed.append((dst, caption))
-    pair = [os.path.join(out, "landscapes", m, "surface.npz") for m in ("vgg_a", "vgg_a_bn")]
-    if all(os.path.exists(p) for p in pair):
-        surfaces = []
-        for p in pair:
-            with np.load(p) as s:
-                surfaces.append(dict(s))
-        plot_surfaces_side_by_side(surfaces, ["VGG-A", "VGG-A + BN"], os.path.join(figures, "vgg_a_vs_bn.png"),
-                                   log=True)
+    surfaces = {m: load_surface(os.path.join(out, "landscapes", m)) for m in ("vgg_a", "vgg_a_bn", BN_TRAIN_MODE)}
+    if surfaces["vgg_a"] and surfaces["vgg_a_bn"]:
+        plot_surfaces_side_by_side([surfaces["vgg_a"], surfaces["vgg_a_bn"]], ["VGG-A", "VGG-A + BN"],
+                                   os.path.join(figures, "vgg_a_vs_bn.png"), log=True)
         listed.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same (log10) colour scale"))
-    listed += [(f"bn_{n}", f"Task 2: {n[:-4].replace('_', ' ')}") for n in bn_analysis.BN_FIGURES
-               if os.path.exists(os.path.join(figures, f"bn_{n}"))]
+    if all(surfaces.values()):
+        plot_bn_modes(surfaces["vgg_a"], surfaces["vgg_a_bn"], surfaces[BN_TRAIN_MODE],
+                      os.path.join(figures, "vgg_a_vs_bn_bn_modes.png"))
+        listed.append(("vgg_a_vs_bn_bn_modes.png", "VGG-A vs VGG-A + BN with BN's running statistics frozen (eval) "
+                       "and re-estimated at every point (train), one log10 colour scale"))
+    listed += [(f"{d}_{n}", f"Task 2 ({label}): {n[:-4].replace('_', ' ')}") for d, label in
+               ((BN_DIR, "Adam, probe along the update"), (BN_PAPER_DIR, "--paper, SGD")) for n in bn_analysis.BN_FIGURES
+               if os.path.exists(os.path.join(figures, f"{d}_{n}"))]
     return ["### Figures", "", "Training curves of every run: `figures/curves/`.", ""] + \
         [f"- {caption}: ![{caption}](figures/{name})" for name, caption in listed]
 
@@ -454,7 +544,7 @@ def write_report(out, profile=""):
           f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
           "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
           "best-validation epoch."]
-    for section in (hp_table(out), grid_table(out, best), loss_table(out), task2_table(out), bn_section(out),
+    for section in (hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
                     sharpness_table(out), figures_section(out)):
         md += [""] + section
     text = "\n".join(md) + "\n"
@@ -482,6 +572,35 @@ def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
         filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
         ax.set(xlabel="x", ylabel="y", aspect="equal")
     fig.colorbar(filled, ax=fig.axes[len(surfaces):], label="log10 loss" if log else "loss", shrink=0.8)
+    common.save_figure(fig, path, dpi=110, tight=False)
+
+
+def load_surface(folder):
+    """surface.npz of a landscape folder as a dict, or None when it has none."""
+    path = os.path.join(folder, "surface.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as s:
+        return dict(s)
+
+
+def plot_bn_modes(plain, bn_eval, bn_train, path):
+    """Filled log10-loss contours on one colour scale: VGG-A (no BN, so one surface for both modes) beside
+    VGG-A + BN with frozen running statistics (eval) and with statistics re-estimated at each point (train)."""
+    from matplotlib.colors import Normalize
+    plt = common.pyplot()
+    panels = [(plain, "VGG-A (no BN: both modes)"), (bn_eval, "VGG-A + BN, --bn-mode eval"),
+              (bn_train, "VGG-A + BN, --bn-mode train")]
+    zs = [np.log10(np.maximum(s["loss"], 1e-12)) for s, _ in panels]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
+    levels = np.linspace(finite.min(), finite.max(), 30)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (s, title), z in zip(axes, panels, zs):
+        gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
+        filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=Normalize(levels[0], levels[-1]),
+                             extend="both")
+        ax.set(title=title, xlabel="x", ylabel="y", aspect="equal")
+    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.85)
     common.save_figure(fig, path, dpi=110, tight=False)
 
 
