@@ -474,11 +474,24 @@ def config_from_args(args, default_lr=None):
     cfg = with_recipe(cfg)
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise UsageError("--label-smoothing applies to --loss ce only")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["width"] <= 0:
-        raise UsageError("--epochs, --batch-size and --width must be positive")
+    check_numbers(cfg)
     cfg["num_classes"] = 10
     cfg["out"] = cfg["out"] or os.path.join("runs", run_name(cfg))
     return cfg
+
+
+def check_numbers(cfg):
+    """UsageError naming the first flag whose value makes no sense."""
+    rules = [("--epochs", cfg["epochs"] >= 1), ("--batch-size", cfg["batch_size"] >= 1), ("--width", cfg["width"] > 0),
+             ("--lr", cfg["lr"] > 0), ("--wd", cfg["wd"] >= 0), ("--momentum", 0 <= cfg["momentum"] < 1),
+             ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
+             ("--leaky-slope", math.isfinite(cfg["leaky_slope"])), ("--val", cfg["val"] >= 0),
+             ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0)]
+    for flag, ok in rules:  # a NaN fails every comparison, so it lands here too
+        if not ok:
+            value = cfg[flag[2:].replace("-", "_")]
+            raise UsageError(f"{flag} {value}: out of range (positive sizes and lr; dropout, label smoothing and "
+                             "momentum in [0, 1); no negative counts)")
 
 
 def with_recipe(cfg):
@@ -795,7 +808,7 @@ def setup_run(cfg):
     prepare_run_dir(cfg)
     ckpt = None
     if cfg["resume"]:
-        ckpt = torch.load(os.path.join(cfg["out"], "last.pt"), map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(os.path.join(cfg["out"], "last.pt"))[1]  # a truncated file is one line
         saved = with_recipe(ckpt["config"])
         changed = sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v)
         if changed:

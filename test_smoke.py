@@ -882,6 +882,44 @@ def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path
     assert "[1/2]" in proc.stdout and "FAILED (exit 2)" in proc.stdout
 
 
+@pytest.mark.parametrize("flags", [["--val", "-1"], ["--subset", "-5"], ["--test-subset", "-1"], ["--lr", "nan"],
+                                   ["--lr", "-0.1"], ["--dropout", "1"], ["--label-smoothing", "1.5"],
+                                   ["--batch-size", "0"], ["--momentum", "nan"]])
+def test_bad_training_numbers_are_one_line(flags, tmp_path, capsys):
+    code = common.train_main("task1/train.py", [*TINY, *flags, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and flags[0] in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flags", [["--n-items", "0"], ["--batch-size", "0"], ["--x", "nan:1:3"],
+                                   ["--hessian-iters", "0"], ["--y", "-1:inf:3"]])
+def test_bad_landscape_flags_are_refused_before_any_work(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        landscape.main(["--ckpt", str(tmp_path / "x.pt"), *flags])
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_broken_checkpoints_and_inputs_are_one_line(checkpoints, fake_data, tmp_path, capsys):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(checkpoints[0], "rb").read()[:1000])
+    for ckpt in (truncated, tmp_path / "missing.pt", fake_data + "/cifar-10-batches-py/test_batch"):
+        assert landscape.main(["--ckpt", str(ckpt), "--x", "0:0:1", "--out", str(tmp_path / "o")]) == 2
+        assert str(ckpt) in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(run)]) == 0
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:2000])
+    assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--out", str(run), "--resume"]) == 2
+    assert "last.pt is not a checkpoint of this repository (or is truncated)" in capsys.readouterr().err
+    args = ["--ckpt", checkpoints[0], "--data-dir", fake_data, "--no-download", "--out", str(tmp_path / "v")]
+    assert visualize.main([*args, "--image-index", "100000"]) == 2 and "--image-index" in capsys.readouterr().err
+    assert visualize.main([*args[:2], "--data-dir", str(tmp_path / "nodata"), "--no-download", "--out",
+                           str(tmp_path / "v2")]) == 0  # no data: the filters alone
+    assert (tmp_path / "v2" / "filters.png").exists() and "no feature maps" in capsys.readouterr().out
+    assert bn_analysis.main(["--replot", str(tmp_path / "nothing")]) == 2
+
+
 def test_a_folder_has_one_writer(fake_data, tmp_path):
     """A live lock refuses train, landscape and bn_analysis with one line naming the holder; a lock of a process
     that is gone is taken over; a refused call leaves no folder behind."""

@@ -78,6 +78,8 @@ def main(argv=None):
     p.add_argument("--layer", help="module whose output to show (default: the first conv layer)")
     p.add_argument("--image-index", type=int, default=0, help="which test image")
     args = common.add_data_args(p).parse_args(argv)
+    if args.n is not None and args.n < 1:
+        p.error("--n must be at least 1")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "visualize")
     try:
         device = common.resolve_device(args.device)
@@ -94,7 +96,13 @@ def main(argv=None):
         shown = len(weight) if args.n is None else min(args.n, len(weight))
         plot_images_grid(filter_grid(weight, args.n), os.path.join(out, "filters.png"),
                          f"{first_conv}: {shown} of {len(weight)} filters (each min-max normalized)")
-        data = common.load_cifar10(args.data_dir, download=not args.no_download)
+        try:
+            data = common.load_cifar10(args.data_dir, download=not args.no_download)
+        except common.DataError as e:
+            print(f"wrote filters.png to {out}; no feature maps, they need a test image: {e}")
+            return 0
+        if not 0 <= args.image_index < len(data["test_y"]):
+            raise common.UsageError(f"--image-index {args.image_index}: the test set has {len(data['test_y'])} images")
         maps = feature_maps(model, layer, data["test_x"][args.image_index:args.image_index + 1].to(device))
     except common.USER_ERRORS as e:
         return common.fail(e)

@@ -160,6 +160,8 @@ def save_bn_analysis(runs, out, settings):
 
 def load_bn_analysis(out):
     """(runs with their arrays, settings) from the two raw-number files save_bn_analysis writes."""
+    if not os.path.exists(os.path.join(out, "bn_analysis.json")):
+        raise common.UsageError(f"{out} holds no bn_analysis.json (run the analysis first)")
     saved = common.load_json(os.path.join(out, "bn_analysis.json"))
     with np.load(os.path.join(out, "bn_analysis.npz")) as npz:
         arrays = {k: npz[k] for k in npz.files}
@@ -449,7 +451,10 @@ def reusable_run(run_dir, cfg, probe_settings):
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
-        runs, settings = load_bn_analysis(args.replot)
+        try:
+            runs, settings = load_bn_analysis(args.replot)
+        except common.USER_ERRORS as e:
+            return common.fail(e)
         figures = write_bn_report(runs, args.replot, settings, args.smooth)
         print(f"redrew {', '.join(figures)} and summary.md in {args.replot}")
         return 0

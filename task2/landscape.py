@@ -17,6 +17,7 @@ Ctrl-C saves after the current round of points; the same command plus --resume c
 """
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -39,8 +40,8 @@ def parse_axis(text):
         lo, hi, num = float(lo), float(hi), int(num)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not MIN:MAX:NUM (e.g. -1:1:51)") from None
-    if num < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: NUM must be at least 1")
+    if num < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN and MAX must be finite and NUM at least 1")
     return [lo + (hi - lo) * i / (num - 1) for i in range(num)] if num > 1 else [lo]
 
 
@@ -78,6 +79,9 @@ def parse_args(argv=None):
         if token in ("--x", "--y") and argv[i + 1].startswith("-"):
             argv[i:i + 2] = [f"{token}={argv[i + 1]}", ""]
     args = p.parse_args([a for a in argv if a != ""])
+    if args.n_items == 0 or args.n_items < -1 or args.batch_size < 1 or args.hessian_iters < 1 or \
+            not args.hessian_tol > 0:
+        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters and --hessian-tol positive")
     if args.interp and args.y:
         p.error("--interp is one-dimensional; drop --y")
     if args.interp and args.dir_file:
