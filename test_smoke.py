@@ -636,10 +636,25 @@ def checkpoints(fake_data, tmp_path_factory):
     return str(root / "s0" / "best.pt"), str(root / "s1" / "best.pt")
 
 
-def plain_loss(model, fake_data, n=100):
+def plain_loss(model, fake_data, n=100, split="train"):
+    """Loss and accuracy on the first n images of the fixture runs' own training (or validation) images."""
     data = common.load_cifar10(fake_data, download=False)
-    return common.evaluate(model, data["train_x"][:n], data["train_y"][:n], common.loss_fn("ce"),
+    order = torch.randperm(len(data["train_y"]), generator=torch.Generator().manual_seed(common.VAL_SPLIT_SEED))
+    n_val = len(order) // 10  # --val 5000 is capped at a tenth
+    idx = (order[n_val:] if split == "train" else order[:n_val])[:n]
+    return common.evaluate(model, data["train_x"][idx], data["train_y"][idx], common.loss_fn("ce"),
                            torch.device("cpu"), bf16=False)
+
+
+def test_landscape_splits_are_the_runs_own(checkpoints, fake_data, tmp_path):
+    """--split train never evaluates the run's validation images; --split val evaluates exactly them."""
+    model, _ = common.load_checkpoint(checkpoints[0])
+    for split in ("train", "val"):
+        out = tmp_path / split
+        assert landscape.main(["--ckpt", checkpoints[0], "--x", "0:0:1", "--split", split, "--n-items", "50",
+                               "--data-dir", fake_data, "--no-download", "--precision", "fp32", "--out", str(out)]) == 0
+        with np.load(out / "surface.npz") as s:
+            assert s["loss"][0] == pytest.approx(plain_loss(model, fake_data, 50, split)[0], abs=1e-5), split
 
 
 def test_random_direction_invariants():

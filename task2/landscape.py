@@ -59,7 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
                    help="eval: the checkpoint's BN running statistics; train: re-estimate them at every point")
     p.add_argument("--dir-file", help="reuse directions.pt of another surface (same architecture, same plane)")
-    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--split", default="train", choices=["train", "val", "test"],
+                   help="train / val: the checkpoint's own training / validation images (its --val and --subset)")
     p.add_argument("--n-items", type=int, default=10000, help="first N images of the split (-1: all)")
     p.add_argument("--batch-size", type=int, default=common.EVAL_BATCH, help="evaluation batch size")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="bf16 autocast applies on CUDA only")
@@ -195,11 +196,17 @@ def start_surface(args, settings):
         return {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}, saved["seconds"]
 
 
-def evaluation_data(args, device):
-    """The first --n-items images and labels of --split (no augmentation), on the device."""
+def evaluation_data(args, cfg, device):
+    """The first --n-items images and labels of --split (no augmentation), on the device; train and val are
+    split as the checkpoint's run split them, so 'train' never includes its validation images."""
     data = common.load_cifar10(args.data_dir, download=not args.no_download)
+    if args.split == "test":
+        x, y = data["test_x"], data["test_y"]
+    else:
+        train, val = common.split_train_val(data["train_x"], data["train_y"], cfg.get("val", 5000), cfg.get("subset", 0))
+        x, y = train if args.split == "train" else val
     n = None if args.n_items < 0 else args.n_items
-    return data[f"{args.split}_x"][:n].to(device), data[f"{args.split}_y"][:n].to(device)
+    return x[:n].to(device), y[:n].to(device)
 
 
 def make_directions(args, model, device):
@@ -258,7 +265,7 @@ def landscape_in_folder(args, rank, device):
     model, ckpt = common.load_checkpoint(args.ckpt, device)
     model.eval()
     cfg, world = ckpt["config"], common.rank_and_world()[1]
-    images, labels = evaluation_data(args, device)
+    images, labels = evaluation_data(args, cfg, device)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
     directions = make_directions(args, model, device)
