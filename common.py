@@ -416,7 +416,8 @@ def lr_schedule(optimizer, kind, epochs, steps_per_epoch):
     epoch, as the report's code); none: constant."""
     total = epochs * steps_per_epoch
     factors = {"cosine_step": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
-               "cosine_epoch": lambda step: 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs) / epochs)),
+               "cosine_epoch": lambda step: 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs)
+                                                                / epochs)),
                "none": lambda step: 1.0}
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[kind])
 
@@ -714,22 +715,38 @@ def prepare_run_dir(cfg):
 
 
 def train_parser(script, defaults=None, default_lr=None):
-    parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."),
-                            default_lr)
+    parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script}).",
+                                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter), default_lr)
     parser.set_defaults(**(defaults or {}))
     return parser
+
+
+def ignored_on_resume(cfg, argv):
+    """The flags given beside --resume whose value differs from the saved run's ('--epochs 5 (saved 3)')."""
+    path = os.path.join(cfg["out"], "config.json")
+    if not os.path.exists(path):
+        return []
+    saved = with_recipe(load_json(path))
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    given = {"residual" if k == "no_residual" else k for k in given} - RUNTIME_KEYS
+    return [f"--{k.replace('_', '-')} {cfg[k]} (saved {saved.get(k)})" for k in sorted(given)
+            if k in cfg and saved.get(k) != cfg[k]]
 
 
 def train_main(script, argv=None, defaults=None, default_lr=None):
     """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
     parser = train_parser(script, defaults, default_lr)
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = config_from_args(parser.parse_args(argv), default_lr)
+        ignored = ignored_on_resume(cfg, argv) if cfg["resume"] else []
+        if ignored:
+            print(f"note: --resume keeps the saved config; ignoring {', '.join(ignored)}", flush=True)
         result = train(cfg)
     except USER_ERRORS as e:
         return fail(e)
     if result["status"] == "interrupted":  # the same flags (data dir, device, ...) and --out, plus --resume
-        flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+        flags = [a for a in argv if a not in ("--overwrite", "--resume")]
         flags += [] if "--out" in flags else ["--out", cfg["out"]]
         print(f"Resume with:\n  python {script} {shlex.join(flags)} --resume", flush=True)
         return 130
@@ -809,11 +826,7 @@ def setup_run(cfg):
     ckpt = None
     if cfg["resume"]:
         ckpt = load_checkpoint(os.path.join(cfg["out"], "last.pt"))[1]  # a truncated file is one line
-        saved = with_recipe(ckpt["config"])
-        changed = sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v)
-        if changed:
-            print(f"note: --resume keeps the saved config; ignoring {changed}")
-        cfg = {**saved, **{k: cfg[k] for k in RUNTIME_KEYS}}
+        cfg = {**with_recipe(ckpt["config"]), **{k: cfg[k] for k in RUNTIME_KEYS}}
     else:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
     run = Run(cfg, device)
@@ -839,7 +852,7 @@ def train_epoch(run, stop, step_hook=None):
     state, device = run.state, run.device
     if state["step"] == 0:
         state.update(perm=torch.randperm(len(run.train_y), generator=run.gen), loss_sum=0.0, correct=0, seen=0,
-                     epoch_seconds=0.0)
+                     epoch_seconds=0.0, epoch_lr=run.optimizer.param_groups[0]["lr"])
     run.model.train()
     loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float64)
     correct = torch.tensor(state["correct"], device=device, dtype=torch.int64)
@@ -854,12 +867,12 @@ def train_epoch(run, stop, step_hook=None):
                 print(f"epoch {state['epoch'] + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
                 status = "diverged"
                 break
-            if time.time() - last_print > PROGRESS_EVERY_S:
-                last_print = time.time()
-                rate = state["seen"] / (state["epoch_seconds"] + last_print - started)
-                print(f"  epoch {state['epoch'] + 1} step {step + 1}/{run.steps_per_epoch} loss "
-                      f"{loss_sum.item() / state['seen']:.4f} {rate:.0f} img/s epoch ETA "
-                      f"{format_seconds((len(run.train_y) - state['seen']) / rate)}", flush=True)
+        if time.time() - last_print > PROGRESS_EVERY_S:  # checked every step: a slow CPU step can take seconds
+            last_print = time.time()
+            rate = state["seen"] / (state["epoch_seconds"] + last_print - started)
+            print(f"  epoch {state['epoch'] + 1} step {step + 1}/{run.steps_per_epoch} loss "
+                  f"{loss_sum.item() / state['seen']:.4f} {rate:.0f} img/s epoch ETA "
+                  f"{format_seconds((len(run.train_y) - state['seen']) / rate)}", flush=True)
         if stop.requested:
             break
     seconds = time.time() - started
@@ -896,7 +909,8 @@ def finish_epoch(run, stop):
     state["epoch"] += 1
     m = dict(epoch=state["epoch"], train_loss=state["loss_sum"] / state["seen"],
              train_acc=state["correct"] / state["seen"], val_loss=val_loss, val_acc=val_acc,
-             lr=run.optimizer.param_groups[0]["lr"], img_per_s=state["seen"] / max(state["epoch_seconds"], 1e-9),
+             lr=state.get("epoch_lr", run.optimizer.param_groups[0]["lr"]),  # the lr of the epoch's first step
+             img_per_s=state["seen"] / max(state["epoch_seconds"], 1e-9),
              epoch_seconds=state["epoch_seconds"], elapsed=state["train_seconds"])
     previous = state["history"][-1]["train_loss"] if state["history"] else math.nan
     flat = abs(m["train_loss"] - previous) <= 0.01 * abs(previous)  # and at chance: stuck
@@ -913,7 +927,8 @@ def finish_epoch(run, stop):
     run.session_epochs += 1
     eta = (time.time() - run.session_start) / run.session_epochs * (cfg["epochs"] - state["epoch"])
     print(f"epoch {m['epoch']:3d}/{cfg['epochs']} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
-          f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr {m['lr']:.2e} | {m['img_per_s']:.0f} img/s "
+          f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr at start {m['lr']:.2e} "
+          f"| {m['img_per_s']:.0f} img/s "
           f"| {format_seconds(m['elapsed'])} elapsed, ETA {format_seconds(eta)}", flush=True)
     if 0 < cfg["diverge_patience"] <= state["stuck_epochs"]:
         print(f"train accuracy at chance with a flat loss for {state['stuck_epochs']} epochs -> diverged", flush=True)
@@ -1204,6 +1219,7 @@ def plot_curves(history, path, title=""):
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=9)

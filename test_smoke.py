@@ -537,12 +537,12 @@ def test_probe_scale_and_direction_set_the_step():
                                 direction="update", lr=0.1)  # relative η = 1: etas = η × lr, as analysis_run makes
     moved = theta + bn_analysis.next_update(optimizer)[0]
     relative = probe.probe(model, optimizer, None, None)  # θ + 0.1 × update / 0.1
-    assert relative["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)  # the probe's loss is cast to fp32
+    assert relative["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)  # fp32 loss
     assert not torch.allclose(moved, theta - 0.1 * g)  # momentum: the update is not the gradient step
     probe.direction, probe.etas = "grad", [0.25]  # absolute: exactly 0.25 along -g
     along_g = probe.probe(model, optimizer, None, None)
     moved = theta - 0.25 * g
-    assert along_g["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)  # the probe's loss is cast to fp32
+    assert along_g["losses"][0] == pytest.approx(0.5 * (moved @ a @ moved).item(), rel=1e-6)
     assert along_g["step_norm"] == pytest.approx(g.norm().item(), rel=1e-6)  # the probe's loss is cast to fp32
 
 
@@ -901,7 +901,8 @@ def test_job_runner_continues_after_a_failure_and_reports_it(fake_data, tmp_path
                                    ["--lr", "-0.1"], ["--dropout", "1"], ["--label-smoothing", "1.5"],
                                    ["--batch-size", "0"], ["--momentum", "nan"]])
 def test_bad_training_numbers_are_one_line(flags, tmp_path, capsys):
-    code = common.train_main("task1/train.py", [*TINY, *flags, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    argv = [*TINY, *flags, "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
+    code = common.train_main("task1/train.py", argv)
     err = capsys.readouterr().err
     assert code == 2 and flags[0] in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
@@ -923,7 +924,8 @@ def test_broken_checkpoints_and_inputs_are_one_line(checkpoints, fake_data, tmp_
         assert landscape.main(["--ckpt", str(ckpt), "--x", "0:0:1", "--out", str(tmp_path / "o")]) == 2
         assert str(ckpt) in capsys.readouterr().err
     run = tmp_path / "run"
-    assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(run)]) == 0
+    assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--epochs", "1",
+                                                "--out", str(run)]) == 0
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:2000])
     assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--out", str(run), "--resume"]) == 2
     assert "last.pt is not a checkpoint of this repository (or is truncated)" in capsys.readouterr().err
@@ -933,6 +935,16 @@ def test_broken_checkpoints_and_inputs_are_one_line(checkpoints, fake_data, tmp_
                            str(tmp_path / "v2")]) == 0  # no data: the filters alone
     assert (tmp_path / "v2" / "filters.png").exists() and "no feature maps" in capsys.readouterr().out
     assert bn_analysis.main(["--replot", str(tmp_path / "nothing")]) == 2
+
+
+def test_resume_note_names_only_the_flags_given(fake_data, tmp_path, capsys):
+    run = [*TINY, "--data-dir", fake_data, "--out", str(tmp_path / "r")]
+    assert common.train_main("task1/train.py", [*run, "--epochs", "1", "--act", "tanh"]) == 0
+    capsys.readouterr()
+    assert common.train_main("task1/train.py", [*run, "--epochs", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "ignoring --epochs 3 (saved 1)" in out and "--act" not in out  # act was not given this time
+    assert read_json(tmp_path / "r" / "result.json")["epochs"] == 1
 
 
 def test_a_folder_has_one_writer(fake_data, tmp_path):
@@ -964,8 +976,9 @@ def test_job_runner_refuses_other_settings_and_unreadable_results(fake_data, tmp
     flags = [*TINY, "--data-dir", fake_data, "--out", str(out)]
     common.train(parse([*flags, "--epochs", "1"]))
     jobs, failures = tmp_path / "jobs", tmp_path / "failed"
-    jobs.write_text(f"task1/train.py {shlex.join([*flags, '--epochs', '2'])}\ntask1/train.py {shlex.join([*flags, '--epochs', '1'])}\n")
-    command = [sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "jobs", str(jobs), "--failures", str(failures)]
+    jobs.write_text("".join(f"task1/train.py {shlex.join([*flags, '--epochs', n])}\n" for n in ("2", "1")))
+    command = [sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "jobs", str(jobs), "--failures",
+               str(failures)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "holds a run made with other settings (epochs)" in proc.stdout
     assert "[2/2]" in proc.stdout and "already complete, skipped" in proc.stdout

@@ -7,7 +7,7 @@
 Files in the run folder (--out, default runs/<name from the config>):
   config.json    every flag, with the per-optimizer defaults filled in
   metrics.jsonl  one JSON object per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr (at the
-                 epoch's end), img_per_s, epoch_seconds, elapsed
+                 epoch's first step), img_per_s, epoch_seconds, elapsed
   result.json    status (completed | diverged | interrupted), best_val_acc, best_epoch,
                  test_acc_at_best_val, test_loss_at_best_val, final_test_acc, final_test_loss,
                  final_val_acc, convergence_epoch, epochs_run, epochs, test_images, params,

@@ -71,7 +71,8 @@ def feature_maps(model, layer, image):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", help="output folder")
     p.add_argument("--n", type=int, help="show only the first N filters (default: all)")

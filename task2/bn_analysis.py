@@ -41,7 +41,8 @@ PAPER = dict(opt="sgd", momentum=0.0, lrs=[0.1, 0.5], batch_size=128, probe_dire
 
 
 def parse_args(argv=None):
-    parser = common.add_train_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), common.TASK2_LR)
+    parser = common.add_train_args(argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter), common.TASK2_LR)
     parser.set_defaults(**common.TASK2_DEFAULTS, diverge_patience=0)
     g = parser.add_argument_group("BN analysis")
     g.add_argument("--models", nargs="+", default=["vgg_a", "vgg_a_bn"], choices=common.MODELS,
@@ -373,6 +374,7 @@ def plot_runs_curves(runs, path):
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7, ncol=2)
     common.save_figure(fig, path)

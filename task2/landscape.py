@@ -6,7 +6,7 @@ linear interpolation between two checkpoints; optionally the extreme Hessian eig
     python task2/landscape.py --ckpt runs/sgd/best.pt --interp runs/adam/best.pt --x -0.5:1.5:41
     torchrun --nproc_per_node 4 task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51   # sharded
 
-Files in --out (default <checkpoint folder>/landscape, or .../interp):
+Files in --out (default <checkpoint folder>/landscape_<NX> or landscape_<NX>x<NY>, or interp_<NX>):
   surface.npz    x, y (empty in 1D), loss, acc, done; loss[i, j] belongs to (x[i], y[j]) on any grid
   surface.json   status (complete | partial), every setting, model, device, world size, points, seconds,
                  points/s, and `hessian` with --hessian: top_eigenvalue, bottom_eigenvalue (most negative),
@@ -47,7 +47,8 @@ def parse_axis(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="any best.pt / last.pt of task1 or task2")
     p.add_argument("--x", default="-1:1:51", type=parse_axis, help="MIN:MAX:NUM along the x direction")
     p.add_argument("--y", type=parse_axis, help="MIN:MAX:NUM along y: a 2D surface")
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder")
     p.add_argument("--norm", default="filter", choices=common.NORMS, help="direction normalization")
     p.add_argument("--include-bn-bias", action="store_true",
-                   help="biases and BN weights/biases move along their own values (default: they stay)")
+                   help="biases and BN weights/biases move along their own values (else they stay)")
     p.add_argument("--bn-mode", default="eval", choices=["eval", "train"],
                    help="eval: the checkpoint's BN running statistics; train: re-estimate them at every point")
     p.add_argument("--dir-file", help="reuse directions.pt of another surface (same architecture, same plane)")
@@ -87,8 +88,9 @@ def parse_args(argv=None):
         p.error("--interp is one-dimensional; drop --y")
     if args.interp and args.dir_file:
         p.error("--interp takes its direction from the two checkpoints; drop --dir-file")
+    grid = f"{len(args.x)}" + (f"x{len(args.y)}" if args.y else "")  # 1D and 2D runs of one checkpoint never collide
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
-                                        "interp" if args.interp else "landscape")
+                                        f"interp_{grid}" if args.interp else f"landscape_{grid}")
     return args
 
 
@@ -121,6 +123,7 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x"):
         twin = ax.twinx()
         twin.plot(x, acc, color="tab:red", marker=".", label="accuracy")
         twin.set_ylabel("accuracy", color="tab:red")
+        ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="upper center", fontsize=8)
         common.save_figure(fig, os.path.join(out, "loss_1d.png"))
         return ["loss_1d.png"]
     grid_x, grid_y = np.meshgrid(x, y, indexing="ij")  # loss[i, j] belongs to (x[i], y[j])
@@ -203,7 +206,8 @@ def evaluation_data(args, cfg, device):
     if args.split == "test":
         x, y = data["test_x"], data["test_y"]
     else:
-        train, val = common.split_train_val(data["train_x"], data["train_y"], cfg.get("val", 5000), cfg.get("subset", 0))
+        train, val = common.split_train_val(data["train_x"], data["train_y"], cfg.get("val", 5000),
+                                            cfg.get("subset", 0))
         x, y = train if args.split == "train" else val
     n = None if args.n_items < 0 else args.n_items
     return x[:n].to(device), y[:n].to(device)
@@ -277,7 +281,8 @@ def landscape_in_folder(args, rank, device):
     os.makedirs(args.out, exist_ok=True)
     if rank == 0 and not args.interp:
         common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
-    info = dict(model=cfg["model"], device=common.device_name(device), world_size=world)
+    info = dict(model=cfg["model"], device=common.device_name(device), world_size=world,
+                precision_used="bf16" if device.type == "cuda" and args.precision == "bf16" else "fp32")
     files = SurfaceFiles(args, settings, info, surface, seconds_before)
     if rank == 0:
         what = f"interpolation to {args.interp}" if args.interp else f"{args.norm}-normalized directions"
@@ -298,7 +303,8 @@ def landscape_in_folder(args, rank, device):
     if files.non_finite:
         print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
     with np.load(files.npz) as saved:
-        title = f"{cfg['model']} {os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))}"
+        run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
+        title = f"{cfg['model']} {run_of(args.ckpt)}" + (f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
         written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "

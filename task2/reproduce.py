@@ -9,7 +9,9 @@ Phases: train (hyper-parameter search, 24-run grid, Task 2 models), analysis (mo
 for the best grid configuration, BN analysis) and landscapes (surfaces, interpolation, filters); later
 phases read the earlier phases' results. Seed k > 0 of a run lives in <run name>_s<k>. Jobs run
 in-process (runpy), so many short runs pay for one Python start. A training job whose result.json is
-finished is skipped, an interrupted one resumed; a landscape job whose surface.json is complete is skipped. Model selection uses validation accuracy only.
+finished with the planned config is skipped, an interrupted one resumed, one made with other settings or with
+an unreadable result.json refused (listed as failed); a landscape job whose surface.json is complete is
+skipped. Model selection uses validation accuracy only.
 
 tables.md: six tables (hyper-parameter search, grid, loss functions, Task 2, BN analysis, sharpness), every
 row linking its run folder, cells over several seeds as mean ± sample std (n); figures/ (seed 0): curves of
@@ -527,7 +529,8 @@ def figures_section(out):
         listed.append(("vgg_a_vs_bn_bn_modes.png", "VGG-A vs VGG-A + BN with BN's running statistics frozen (eval) "
                        "and re-estimated at every point (train), one log10 colour scale"))
     listed += [(f"{d}_{n}", f"Task 2 ({label}): {n[:-4].replace('_', ' ')}") for d, label in
-               ((BN_DIR, "Adam, probe along the update"), (BN_PAPER_DIR, "--paper, SGD")) for n in bn_analysis.BN_FIGURES
+               ((BN_DIR, "Adam, probe along the update"), (BN_PAPER_DIR, "--paper, SGD"))
+               for n in bn_analysis.BN_FIGURES
                if os.path.exists(os.path.join(figures, f"{d}_{n}"))]
     return ["### Figures", "", "Training curves of every run: `figures/curves/`.", ""] + \
         [f"- {caption}: ![{caption}](figures/{name})" for name, caption in listed]
@@ -571,7 +574,8 @@ def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
         ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
         filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
         ax.set(xlabel="x", ylabel="y", aspect="equal")
-    fig.colorbar(filled, ax=fig.axes[len(surfaces):], label="log10 loss" if log else "loss", shrink=0.8)
+    fig.subplots_adjust(right=0.88)  # the colour bar gets its own strip, clear of the 3D z ticks
+    fig.colorbar(filled, cax=fig.add_axes([0.91, 0.1, 0.015, 0.35]), label="log10 loss" if log else "loss")
     common.save_figure(fig, path, dpi=110, tight=False)
 
 
@@ -594,13 +598,13 @@ def plot_bn_modes(plain, bn_eval, bn_train, path):
     zs = [np.log10(np.maximum(s["loss"], 1e-12)) for s, _ in panels]
     finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
     levels = np.linspace(finite.min(), finite.max(), 30)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     for ax, (s, title), z in zip(axes, panels, zs):
         gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
         filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=Normalize(levels[0], levels[-1]),
                              extend="both")
         ax.set(title=title, xlabel="x", ylabel="y", aspect="equal")
-    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.85)
+    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.9)
     common.save_figure(fig, path, dpi=110, tight=False)
 
 
@@ -624,7 +628,8 @@ def update_readme(readme, tables, out):
 # -- command line ------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plan", help="print the job lines of one phase")
     pl.add_argument("phase", choices=PHASES)
