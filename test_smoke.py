@@ -3,6 +3,7 @@ import math
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,17 +144,23 @@ def test_bad_batch_file_gives_one_clear_line(tmp_path, damage, message):
         assert proc.stderr.strip().count("\n") == 0 and path in proc.stderr
 
 
-def test_missing_folder_is_downloaded_with_md5_check(tmp_path, monkeypatch):
+def test_missing_folder_is_downloaded_and_checked(tmp_path, monkeypatch):
+    """torchvision's real download path with only the network replaced: an archive whose MD5 is not CIFAR-10's
+    is refused with one line; with that archive's own MD5 in its place it is unpacked and read."""
+    import hashlib
+    import tarfile
     import torchvision.datasets.utils as tv_utils
-    calls = []
-
-    def fake_download(url, root, md5=None, **kwargs):  # stands in for the network
-        calls.append((url, md5))
-        write_fake_cifar(root, n_train=50, n_test=10)
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
-    data = common.load_cifar10(str(tmp_path), download=True)
-    assert calls == [(common.CIFAR10_URL, "c58f30108f718f92721af3b95e74349a")]
-    assert data["train_x"].shape == (50, 3, 32, 32)
+    write_fake_cifar(tmp_path / "src", n_train=50, n_test=10)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / common.CIFAR10_FOLDER, arcname=common.CIFAR10_FOLDER)
+    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(tv_utils, "_urlretrieve", lambda url, path, *a, **k: shutil.copy(archive, path))
+    with pytest.raises(common.DataError, match="download failed"):
+        common.load_cifar10(str(tmp_path / "bad"), download=True)  # the archive is not the real CIFAR-10
+    monkeypatch.setattr(common, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    data = common.load_cifar10(str(tmp_path / "good"), download=True)
+    assert data["train_x"].shape == (50, 3, 32, 32) and not (tmp_path / "good" / archive.name).exists()
 
 
 def test_missing_folder_without_download(tmp_path):
@@ -368,7 +375,21 @@ def test_each_activation_loss_optimizer_trains(fake_data, tmp_path, flags):
     assert result["status"] == "completed" and result["epochs_run"] == 1
     assert 0 <= result["final_test_acc"] <= 1 and 0 <= result["test_acc_at_best_val"] <= 1
     assert result["params"] == common.count_params(common.build_model(cfg))
-    assert read_json(os.path.join(tmp_path, "config.json"))["opt"] == cfg["opt"]
+    model, ckpt = common.load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    # each flag took effect: the activation modules, the blocks, the loss function, the optimizer's state
+    acts = {"leaky_relu": torch.nn.LeakyReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU}
+    kinds = {type(m) for m in model.modules()}
+    assert acts[cfg["act"]] in kinds and not kinds & ({torch.nn.ReLU, *acts.values()} - {acts[cfg["act"]]})
+    assert (common.ResidualBlock in kinds) == ("--no-residual" not in flags)
+    logits, p = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[2.0, 0.0, -1.0]]).softmax(1)[0]
+    by_hand = {"nll": -p[0].log(), "mse": ((p - torch.tensor([1.0, 0, 0])) ** 2).mean(),
+               "ce": 0.9 * -p[0].log() + 0.1 * -p.log().mean()}[ckpt["config"]["loss"]]  # ce with smoothing 0.1
+    criterion = common.loss_fn(ckpt["config"]["loss"], ckpt["config"]["label_smoothing"])
+    assert criterion(logits, torch.tensor([0])).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    state, group = ckpt["optimizer"]["state"][0], ckpt["optimizer"]["param_groups"][0]
+    assert ("exp_avg" in state) == (cfg["opt"] in ("adam", "adamw")) and ("momentum_buffer" in state) == (
+        cfg["opt"] == "sgd_scratch")
+    assert bool(group.get("decoupled_weight_decay")) == (cfg["opt"] == "adamw")
 
 
 def test_training_learns_an_easy_task(tmp_path):
@@ -473,11 +494,13 @@ def test_task2_defaults_and_convergence_epoch(fake_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     config, result = read_json(os.path.join(out, "config.json")), read_json(os.path.join(out, "result.json"))
     assert (config["opt"], config["lr"], config["dropout"]) == ("adam", 1e-3, 0.0)  # Task 2 defaults
-    history = common.read_metrics(out)
-    best = max(m["val_acc"] for m in history)
-    assert result["convergence_epoch"] == min(m["epoch"] for m in history if m["val_acc"] >= 0.95 * best)
+    assert result["convergence_epoch"] == common.convergence_epoch(common.read_metrics(out))  # stored, as defined:
     assert common.convergence_epoch([dict(epoch=1, val_acc=0.5), dict(epoch=2, val_acc=0.96),
-                                     dict(epoch=3, val_acc=1.0)]) == 2
+                                     dict(epoch=3, val_acc=1.0)]) == 2  # 0.96 >= 95 % of 1.0, 0.5 is not
+    assert common.convergence_epoch([dict(epoch=1, val_acc=0.94), dict(epoch=2, val_acc=0.5),
+                                     dict(epoch=3, val_acc=1.0)]) == 3  # 0.94 < 0.95: the first that reaches it
+    assert common.convergence_epoch([dict(epoch=1, val_acc=0.3), dict(epoch=2, val_acc=0.2)]) == 1
+    assert common.convergence_epoch([]) is None
 
 
 @pytest.mark.parametrize("opt, direction", [("sgd", "grad"), ("adam", "update")])
