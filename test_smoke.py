@@ -605,6 +605,23 @@ def test_probe_formulas_on_a_quadratic():
     assert torch.equal(model.theta.detach(), theta)  # left as found
 
 
+def test_interrupted_bn_analysis_resumes_to_the_same_numbers(fake_data, tmp_path, monkeypatch, capsys):
+    flags = ["--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download", "--data-dir", fake_data,
+             "--models", "vgg_a_bn", "--lrs", "1e-3", "--epochs", "2", "--probe-every", "3", "--sharpness-every", "4",
+             "--sharpness-images", "16", "--sharpness-iters", "2"]
+    assert bn_analysis.main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 11))
+        assert bn_analysis.main([*flags, "--out", str(tmp_path / "cut")]) == 130
+    assert (tmp_path / "cut" / "runs" / "vgg_a_bn_lr0.001" / "probe_partial.npz").exists()
+    capsys.readouterr()
+    assert bn_analysis.main([*flags, "--out", str(tmp_path / "cut")]) == 0
+    assert "lr0.001 at step 11" in capsys.readouterr().out  # resumed, not started over
+    with np.load(tmp_path / "whole" / "bn_analysis.npz") as a, np.load(tmp_path / "cut" / "bn_analysis.npz") as b:
+        assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert len(a["vgg_a_bn/lr0.001/step_loss"]) == 16 and len(a["vgg_a_bn/lr0.001/sharpness_top"]) == 4
+
+
 @SLOW
 def test_bn_analysis_writes_everything_and_replots(fake_data, tmp_path):
     out = tmp_path / "bn"

@@ -10,8 +10,8 @@ optimizer's own next update, and optionally the top Hessian eigenvalue every --s
 
 Writes to --out (default runs/bn_analysis): runs/<model>_lr<lr>/ (ordinary run folders plus probe.npz),
 bn_analysis.json + bn_analysis.npz (raw numbers), summary.md (per claim of the paper: holds or not, with
-the numbers) and the figures. A finished run made with the same settings is reused when the command is
-repeated; an interrupted or differently made one is trained again from its start.
+the numbers) and the figures. Repeating the command reuses a finished run made with the same settings and
+resumes one interrupted by Ctrl-C; one killed outright or made otherwise is trained again from its start.
 """
 import argparse
 import copy
@@ -84,6 +84,8 @@ def next_update(optimizer):
     """The change the optimizer's next step() would make to each parameter, computed on a deep copy (its
     momentum / Adam moments and the current gradients), so the real optimizer and weights stay untouched."""
     shadow = copy.deepcopy(optimizer)
+    shadow._optimizer_step_pre_hooks.clear()  # hooks on the real optimizer (a test's SIGINT) must not fire twice
+    shadow._optimizer_step_post_hooks.clear()
     pairs = [(p, q) for group, copied in zip(optimizer.param_groups, shadow.param_groups)
              for p, q in zip(group["params"], copied["params"])]
     for p, q in pairs:
@@ -133,6 +135,15 @@ class BNProbe:
                 common.set_rng_state(rng, run.device)  # one dropout mask for every product
                 yield self.criterion(run.model(x).float(), y) * len(y)
             return common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters)
+
+    def restore(self, arrays):
+        """Continue from the arrays() of an interrupted run (its last.pt is at exactly that step)."""
+        self.step_losses = [torch.tensor(v, dtype=torch.float32) for v in arrays["step_loss"]]  # as recorded
+        keys = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")
+        self.probes = [{k: arrays[f"probe_{k}"][i].tolist() for k in keys} for i in range(len(arrays["probe_step"]))]
+        keys = ("step", "top", "bottom", "residual_top", "converged")
+        self.sharpness = [{k: arrays[f"sharpness_{k}"][i].item() for k in keys}
+                          for i in range(len(arrays["sharpness_step"]))]
 
     def arrays(self):
         """Everything recorded, as numpy arrays (probe_* are [n_probes] or [n_probes, n_etas], sharpness_*
@@ -422,13 +433,38 @@ def analysis_run(args, base, model, lr, out):
     probe = BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
                     common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
                     args.sharpness_images, args.sharpness_iters)
+    partial = os.path.join(run_dir, "probe_partial.npz")
+    restored = interrupted_probe(run_dir, cfg, probe_settings)
+    if restored is not None:  # Ctrl-C'd earlier: the run resumes from last.pt, the probe from its arrays
+        probe.restore(restored)
+        cfg = {**cfg, "resume": True, "overwrite": False}
+        print(f"resuming {run_dir} at step {len(restored['step_loss'])}", flush=True)
     result = common.train(cfg, step_hook=probe)
+    arrays, settings = probe.arrays(), np.array(json.dumps(probe_settings))
     if result["status"] == "interrupted":
+        np.savez(partial, settings=settings, **arrays)
         return None
-    arrays = probe.arrays()
-    np.savez(probe_file, settings=np.array(json.dumps(probe_settings)), **arrays)
+    np.savez(probe_file, settings=settings, **arrays)
+    if os.path.exists(partial):
+        os.remove(partial)
     return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), result=result,
                 history=common.read_metrics(run_dir), arrays=arrays)
+
+
+def interrupted_probe(run_dir, cfg, probe_settings):
+    """The probe arrays of an interrupted run in run_dir that --resume can continue (same config and probe
+    settings, last.pt at the very step the arrays end), else None."""
+    paths = [os.path.join(run_dir, n) for n in ("probe_partial.npz", "last.pt", "config.json")]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    with np.load(paths[0]) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    progress = torch.load(paths[1], map_location="cpu", weights_only=True)["progress"]
+    saved = common.with_recipe(common.load_json(paths[2]))
+    same = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS) and \
+        json.loads(str(arrays.pop("settings"))) == json.loads(json.dumps(probe_settings))
+    at_step = len(arrays["step_loss"]) == progress["epoch"] * int(arrays["steps_per_epoch"]) + progress["step"]
+    return arrays if same and at_step else None
 
 
 def reusable_run(run_dir, cfg, probe_settings):
@@ -445,7 +481,7 @@ def reusable_run(run_dir, cfg, probe_settings):
     same_probe = "settings" in arrays and json.loads(str(arrays.pop("settings"))) == json.loads(
         json.dumps(probe_settings))
     if result.get("status") not in ("completed", "diverged") or not (same_training and same_probe):
-        print(f"{run_dir} is unfinished or was made with other settings; training it again", flush=True)
+        print(f"{run_dir} is not a finished run of these settings", flush=True)
         return None
     return dict(result=result, history=common.read_metrics(run_dir), arrays=arrays)
 
@@ -476,7 +512,7 @@ def analysis(args, out):
         print(f"=== run {i + 1} of {len(args.models) * len(args.lrs)}: {model}, {args.opt} lr {lr:g}", flush=True)
         run = analysis_run(args, base, model, lr, out)
         if run is None:
-            print("interrupted; rerun the same command: finished runs are reused, the interrupted one starts over",
+            print("interrupted; rerun the same command: finished runs are reused, the interrupted one resumes",
                   flush=True)
             return 130
         runs.append(run)
