@@ -484,15 +484,15 @@ def config_from_args(args, default_lr=None):
 def check_numbers(cfg):
     """UsageError naming the first flag whose value makes no sense."""
     rules = [("--epochs", cfg["epochs"] >= 1), ("--batch-size", cfg["batch_size"] >= 1), ("--width", cfg["width"] > 0),
-             ("--lr", cfg["lr"] > 0), ("--wd", cfg["wd"] >= 0), ("--momentum", 0 <= cfg["momentum"] < 1),
+             ("--lr", 0 <= cfg["lr"] < math.inf), ("--wd", cfg["wd"] >= 0), ("--momentum", 0 <= cfg["momentum"] < 1),
              ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
              ("--leaky-slope", math.isfinite(cfg["leaky_slope"])), ("--val", cfg["val"] >= 0),
              ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0)]
     for flag, ok in rules:  # a NaN fails every comparison, so it lands here too
         if not ok:
             value = cfg[flag[2:].replace("-", "_")]
-            raise UsageError(f"{flag} {value}: out of range (positive sizes and lr; dropout, label smoothing and "
-                             "momentum in [0, 1); no negative counts)")
+            raise UsageError(f"{flag} {value}: out of range (positive sizes, a finite lr >= 0; dropout, label "
+                             "smoothing and momentum in [0, 1); no negative counts)")
 
 
 def with_recipe(cfg):
