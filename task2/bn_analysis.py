@@ -262,7 +262,8 @@ def verdict(baseline, bn):
 def claims_table(runs, settings):
     """summary.md's answer: per claim and lr, the baseline (first model) vs each other model, their ratio and
     whether the claim holds; then the learning-rate sensitivity of the loss band; then the settings."""
-    baseline = runs[0]["model"]
+    baseline, first = runs[0]["model"], runs[0]["result"]["config"]
+    settings = {k: first.get(k) if v is None else v for k, v in settings.items()}  # as the runs resolved them
     lines = [f"## Does BN help optimization? {baseline} vs " + ", ".join(dict.fromkeys(
                  r["model"] for r in runs if r["model"] != baseline)), "",
              "| claim | lr | model | without BN | with BN | ratio | verdict |", "|---|---|---|---|---|---|---|"]

@@ -237,8 +237,8 @@ def hessian(model, images, labels, criterion, args, device):
     started = time.time()
     h = common.hessian_extremes(model, batch_losses, len(labels), args.hessian_iters, args.hessian_tol, args.seed)
     print(f"Hessian eigenvalues: top {h['top']:.4g}, most negative {h['bottom']:.4g} ({h['iterations']} Lanczos "
-          f"iterations, {'converged' if h['converged'] else 'NOT converged: raise --hessian-iters'}, residual "
-          f"{h['residual_top']:.2g})", flush=True)
+          f"iterations, {'converged' if h['converged'] else 'NOT converged: raise --hessian-iters'}; residuals "
+          f"{h['residual_top']:.2g} / {h['residual_bottom']:.2g})", flush=True)
     return dict(top_eigenvalue=h["top"], bottom_eigenvalue=h["bottom"], residual_top=h["residual_top"],
                 residual_bottom=h["residual_bottom"], converged=h["converged"], iterations=h["iterations"],
                 tol=args.hessian_tol, seconds=time.time() - started)

@@ -40,7 +40,7 @@ import common  # noqa: E402
 # -- the experiment plan -----------------------------------------------------------------------
 
 PHASES = ["train", "analysis", "landscapes"]
-SMOKE = "--device cpu --width 0.125 --subset 200 --val 100 --test-subset 500 --batch-size 32"
+SMOKE = "--device cpu --width 0.125 --subset 200 --val 100 --test-subset 100 --batch-size 32"
 PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface grid, interpolation range;
     # best_seeds: seeds of the best grid configuration in all (the extra ones run in phase 2); recipes: the
     # grids and Task 2 runs to train, "ours" (ResVGG16, as the report's text describes) and/or "report" (what
@@ -251,11 +251,24 @@ def job_state(script, args):
     if script.endswith("train.py"):
         return train_job_state(script, args, out)
     if script.endswith("landscape.py"):
-        info = os.path.join(out, "surface.json")
-        if os.path.exists(info) and common.load_json(info)["status"] == "complete":
-            return "done"
-        return ["--resume"] if os.path.exists(os.path.join(out, "surface.npz")) else ["--overwrite"]
+        return landscape_job_state(args, out)
     return []
+
+
+def landscape_job_state(args, out):
+    """A complete surface of the planned checkpoints is done; one of other checkpoints (the best run changed as
+    seeds were added) is computed again, an unfinished one resumed."""
+    info = os.path.join(out, "surface.json")
+    if not os.path.exists(info):
+        return ["--overwrite"]
+    saved = common.load_json(info)
+    planned = {k: option(args, f"--{k}") for k in ("ckpt", "interp")}
+    if any(saved["settings"].get(k) != v for k, v in planned.items()):
+        print(f"{out} was drawn for {saved['settings']['ckpt']}; the plan now names {planned['ckpt']}", flush=True)
+        return ["--overwrite"]
+    if saved["status"] == "complete":
+        return "done"
+    return ["--resume"] if os.path.exists(os.path.join(out, "surface.npz")) else ["--overwrite"]
 
 
 def train_job_state(script, args, out):
@@ -537,8 +550,10 @@ def figures_section(out):
 
 
 def write_report(out, profile=""):
-    """tables.md and figures/ from the run folders under `out`; returns the Markdown."""
-    os.makedirs(os.path.join(out, "figures", "curves"), exist_ok=True)
+    """tables.md and figures/ (drawn afresh: nothing stale stays) from the run folders under `out`; returns the
+    Markdown."""
+    shutil.rmtree(os.path.join(out, "figures"), ignore_errors=True)
+    os.makedirs(os.path.join(out, "figures", "curves"))
     results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
         if os.path.isdir(os.path.join(out, "runs")) else []
     devices = sorted({r["device"] for r in results if r})
