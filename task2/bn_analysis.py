@@ -262,7 +262,7 @@ def verdict(baseline, bn):
 def claims_table(runs, settings):
     """summary.md's answer: per claim and lr, the baseline (first model) vs each other model, their ratio and
     whether the claim holds; then the learning-rate sensitivity of the loss band; then the settings."""
-    baseline, first = runs[0]["model"], runs[0]["result"]["config"]
+    baseline, first = runs[0]["model"], runs[0]["result"].get("config", {})
     settings = {k: first.get(k) if v is None else v for k, v in settings.items()}  # as the runs resolved them
     lines = [f"## Does BN help optimization? {baseline} vs " + ", ".join(dict.fromkeys(
                  r["model"] for r in runs if r["model"] != baseline)), "",
