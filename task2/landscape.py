@@ -304,7 +304,8 @@ def landscape_in_folder(args, rank, device):
         print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
     with np.load(files.npz) as saved:
         run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
-        title = f"{cfg['model']} {run_of(args.ckpt)}" + (f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
+        title = f"{cfg['model']} {run_of(args.ckpt)}" + (
+            f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
         written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
