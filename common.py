@@ -673,7 +673,7 @@ def folder_lock(folder):
             break
         except FileExistsError:
             pid, _, host = open(path).read().partition(" ")
-            if host != socket.gethostname() or process_alive(int(pid or 0)):
+            if not pid.isdigit() or host != socket.gethostname() or process_alive(int(pid)):  # "": being written
                 raise UsageError(f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it, or "
                                  "delete the lock if that process is gone") from None
             print(f"note: taking over {path} of process {pid}, which is gone", flush=True)
