@@ -585,17 +585,29 @@ def save_checkpoint(path, payload):
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, device="cpu"):
-    """(model rebuilt from the checkpoint's own config, with its weights; the checkpoint dict). A missing,
-    truncated or foreign file is a UsageError naming it."""
+def read_checkpoint(path, device="cpu"):
+    """The checkpoint dict; a missing, truncated or foreign file is a UsageError naming it."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        model = build_model(ckpt["config"])
-        model.load_state_dict(ckpt["model"])
+        if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+            raise KeyError("no config and model in it")
+        return ckpt
     except FileNotFoundError:
         raise UsageError(f"{path}: checkpoint not found") from None
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
         raise UsageError(f"{path} is not a checkpoint of this repository (or is truncated): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model rebuilt from the checkpoint's own config, with its weights; the checkpoint dict). A missing,
+    truncated or foreign file is a UsageError naming it."""
+    ckpt = read_checkpoint(path, device)
+    try:
+        model = build_model(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a checkpoint of this repository: "
                          f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
     return model.to(device), ckpt
 
@@ -728,9 +740,16 @@ def ignored_on_resume(cfg, argv):
         return []
     saved = with_recipe(load_json(path))
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    given = {"residual" if k == "no_residual" else k for k in given} - RUNTIME_KEYS
-    return [f"--{k.replace('_', '-')} {cfg[k]} (saved {saved.get(k)})" for k in sorted(given)
-            if k in cfg and saved.get(k) != cfg[k]]
+    given = {"residual" if k == "no_residual" else k for k in given}
+    return [f"--{k.replace('_', '-')} {cfg[k]} (saved {saved.get(k)})" for k in config_differences(saved, cfg)
+            if k in given]
+
+
+def config_differences(saved, cfg):
+    """The settings, runtime flags aside, in which cfg differs from a saved config (one made before a recipe
+    setting existed counts as trained with the value it had then)."""
+    saved = with_recipe(saved)
+    return sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v)
 
 
 def train_main(script, argv=None, defaults=None, default_lr=None):
@@ -825,7 +844,7 @@ def setup_run(cfg):
     prepare_run_dir(cfg)
     ckpt = None
     if cfg["resume"]:
-        ckpt = load_checkpoint(os.path.join(cfg["out"], "last.pt"))[1]  # a truncated file is one line
+        ckpt = read_checkpoint(os.path.join(cfg["out"], "last.pt"))  # a truncated file is one line
         cfg = {**with_recipe(ckpt["config"]), **{k: cfg[k] for k in RUNTIME_KEYS}}
     else:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)

@@ -452,6 +452,14 @@ def analysis_run(args, base, model, lr, out):
                 history=common.read_metrics(run_dir), arrays=arrays)
 
 
+def same_settings(config_file, cfg, arrays, probe_settings):
+    """Whether a run folder's config.json is `cfg` and the probe arrays saved there (their 'settings' entry is
+    taken out of `arrays`) were recorded with `probe_settings`."""
+    saved_probe = json.loads(str(arrays.pop("settings"))) if "settings" in arrays else None
+    return not common.config_differences(common.load_json(config_file), cfg) and \
+        saved_probe == json.loads(json.dumps(probe_settings))
+
+
 def interrupted_probe(run_dir, cfg, probe_settings):
     """The probe arrays of an interrupted run in run_dir that --resume can continue (same config and probe
     settings, last.pt at the very step the arrays end), else None."""
@@ -460,10 +468,8 @@ def interrupted_probe(run_dir, cfg, probe_settings):
         return None
     with np.load(paths[0]) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    progress = torch.load(paths[1], map_location="cpu", weights_only=True)["progress"]
-    saved = common.with_recipe(common.load_json(paths[2]))
-    same = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS) and \
-        json.loads(str(arrays.pop("settings"))) == json.loads(json.dumps(probe_settings))
+    progress = common.read_checkpoint(paths[1])["progress"]
+    same = same_settings(paths[2], cfg, arrays, probe_settings)
     at_step = len(arrays["step_loss"]) == progress["epoch"] * int(arrays["steps_per_epoch"]) + progress["step"]
     return arrays if same and at_step else None
 
@@ -474,14 +480,11 @@ def reusable_run(run_dir, cfg, probe_settings):
     files = [os.path.join(run_dir, n) for n in ("probe.npz", "result.json", "config.json")]
     if not all(os.path.exists(f) for f in files):
         return None
-    result, saved = common.load_json(files[1]), common.load_json(files[2])
+    result = common.load_json(files[1])
     with np.load(files[0]) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    saved = common.with_recipe(saved)
-    same_training = all(saved.get(k) == v for k, v in cfg.items() if k not in common.RUNTIME_KEYS)
-    same_probe = "settings" in arrays and json.loads(str(arrays.pop("settings"))) == json.loads(
-        json.dumps(probe_settings))
-    if result.get("status") not in ("completed", "diverged") or not (same_training and same_probe):
+    if result.get("status") not in ("completed", "diverged") or not same_settings(files[2], cfg, arrays,
+                                                                                   probe_settings):
         print(f"{run_dir} is not a finished run of these settings", flush=True)
         return None
     return dict(result=result, history=common.read_metrics(run_dir), arrays=arrays)

@@ -274,7 +274,8 @@ def landscape_job_state(args, out):
 def train_job_state(script, args, out):
     """A finished run is done only if its saved config is the planned one; an unreadable result.json or
     another config refuses the job (nothing of it is overwritten)."""
-    if os.path.exists(os.path.join(out, "result.json")) and read_result(out) is None:
+    result = read_result(out)
+    if os.path.exists(os.path.join(out, "result.json")) and result is None:
         return f"refused: {out}/result.json is unreadable; delete the folder to train the run again"
     config = os.path.join(out, "config.json")
     if os.path.exists(config):
@@ -282,12 +283,10 @@ def train_job_state(script, args, out):
         parser = common.train_parser(script, common.TASK2_DEFAULTS if task2 else None,
                                      common.TASK2_LR if task2 else None)
         planned = common.config_from_args(parser.parse_args(args), common.TASK2_LR if task2 else None)
-        saved = common.with_recipe(common.load_json(config))
-        differ = sorted(k for k, v in planned.items() if k not in common.RUNTIME_KEYS and saved.get(k) != v)
+        differ = common.config_differences(common.load_json(config), planned)
         if differ:
             return (f"refused: {out} holds a run made with other settings ({', '.join(differ[:4])}"
                     f"{', ...' if len(differ) > 4 else ''}); use another --out or delete that folder")
-    result = read_result(out)
     if result and result["status"] in FINISHED:
         return "done"
     return ["--resume"] if os.path.exists(os.path.join(out, "last.pt")) else ["--overwrite"]
