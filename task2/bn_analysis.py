@@ -33,6 +33,8 @@ PROBE_KEYS = ("probe_every", "probe_etas", "probe_direction", "probe_scale", "sh
               "sharpness_iters")  # a saved probe.npz is reused only when these match
 BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "sharpness.png",
               "curves.png"]
+PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
+SHARPNESS_FIELDS = ("step", "top", "bottom", "residual_top", "converged")  # probe.npz: sharpness_*
 MODEL_COLOURS = {"vgg_a": "tab:orange", "vgg_a_bn": "tab:blue", "vgg_a_res_bn": "tab:green", "resvgg16": "tab:purple"}
 # Santurkar et al. 2018 as we read it: VGG trained with plain SGD at batch 128, learning rates 0.1 and 0.5 (their
 # Figure 1), the probe along the gradient at absolute step sizes up to 0.4 (their Figure 4)
@@ -139,10 +141,9 @@ class BNProbe:
     def restore(self, arrays):
         """Continue from the arrays() of an interrupted run (its last.pt is at exactly that step)."""
         self.step_losses = [torch.tensor(v, dtype=torch.float32) for v in arrays["step_loss"]]  # as recorded
-        keys = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")
-        self.probes = [{k: arrays[f"probe_{k}"][i].tolist() for k in keys} for i in range(len(arrays["probe_step"]))]
-        keys = ("step", "top", "bottom", "residual_top", "converged")
-        self.sharpness = [{k: arrays[f"sharpness_{k}"][i].item() for k in keys}
+        self.probes = [{k: arrays[f"probe_{k}"][i].tolist() for k in PROBE_FIELDS}
+                       for i in range(len(arrays["probe_step"]))]
+        self.sharpness = [{k: arrays[f"sharpness_{k}"][i].item() for k in SHARPNESS_FIELDS}
                           for i in range(len(arrays["sharpness_step"]))]
 
     def arrays(self):
@@ -151,10 +152,10 @@ class BNProbe:
         losses = torch.stack(self.step_losses).double().cpu().numpy() if self.step_losses else np.zeros(0)
         arrays = dict(step_loss=losses, etas=np.array(self.etas), probe_every=np.array(self.every),
                       steps_per_epoch=np.array(self.steps_per_epoch))
-        for key in ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas"):
+        for key in PROBE_FIELDS:
             arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
                 len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
-        for key in ("step", "top", "bottom", "residual_top", "converged"):
+        for key in SHARPNESS_FIELDS:
             arrays[f"sharpness_{key}"] = np.array([h[key] for h in self.sharpness], dtype=np.float64)
         return arrays
 

@@ -570,14 +570,20 @@ def write_report(out, profile=""):
     return text
 
 
+def shared_scale(surfaces, log):
+    """The z of each surface (log10 of the loss with log) and 30 contour levels spanning all of them, so
+    surfaces drawn side by side share one colour scale."""
+    zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
+    return zs, np.linspace(float(finite.min()), float(finite.max()), 30)
+
+
 def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
     """2D surfaces next to each other on one colour scale and one z range: 3D above, filled contours below."""
     from matplotlib.colors import Normalize
     plt = common.pyplot()
-    zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
-    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
-    norm = Normalize(float(finite.min()), float(finite.max()))
-    levels = np.linspace(norm.vmin, norm.vmax, 30)
+    zs, levels = shared_scale(surfaces, log)
+    norm = Normalize(levels[0], levels[-1])
     fig = plt.figure(figsize=(5.5 * len(surfaces), 9))
     for k, (s, z, title) in enumerate(zip(surfaces, zs, titles)):
         gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
@@ -609,9 +615,7 @@ def plot_bn_modes(plain, bn_eval, bn_train, path):
     plt = common.pyplot()
     panels = [(plain, "VGG-A (no BN: both modes)"), (bn_eval, "VGG-A + BN, --bn-mode eval"),
               (bn_train, "VGG-A + BN, --bn-mode train")]
-    zs = [np.log10(np.maximum(s["loss"], 1e-12)) for s, _ in panels]
-    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
-    levels = np.linspace(finite.min(), finite.max(), 30)
+    zs, levels = shared_scale([s for s, _ in panels], log=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     for ax, (s, title), z in zip(axes, panels, zs):
         gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
