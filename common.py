@@ -40,7 +40,8 @@ NORMALIZATIONS = {  # input (mean, std) per channel
     "report": (CIFAR10_MEAN, (0.2023, 0.1994, 0.2010)),  # the report's Task 1 code
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the report's Task 2 code
 }
-RECIPES = ["ours", "report"]
+RECIPES = ["ours", "report", "fast"]
+FAST_WARMUP = 5 / 24  # share of the one-cycle schedule spent warming up, as in Myrtle's ResNet-9 (24 epochs, 5 up)
 RESVGG16_ARCHS = {  # stage channels, hidden FC widths
     "standard": ([64, 128, 256, 512, 512], [4096, 4096]),
     "light": ([32, 64, 128, 256, 256], [1024, 512]),
@@ -56,9 +57,12 @@ TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
 TASK2_DEFAULTS = dict(model="vgg_a", opt="adam")  # epochs 20, dropout 0: with_recipe
 
 RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}  # --resume takes new ones
+PRECISIONS = ["auto", "bf16", "fp32"]
+NUMERICS_KEYS = ("precision", "memory_format")  # resolved values in config.json; older configs lack them
 EVAL_BATCH = 1000
 LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each check syncs a GPU)
 PROGRESS_EVERY_S = 30.0
+STUCK_LOSS_FALL = 1e-3  # a new lowest train loss must be this much (relative) below the old one to count
 CONVERGED_FRACTION = 0.95  # convergence epoch: the first to reach this share of the best val accuracy
 NORMS = ["filter", "layer", "none"]
 RUN_FILES = ["config.json", "metrics.jsonl", "result.json", "best.pt", "last.pt", "curves.png"]
@@ -177,6 +181,69 @@ def normalize(images, channels_last=False):
     """uint8 [N, 3, H, W] -> float in [0, 1]; each model standardizes its input itself (see Standardize)."""
     x = images.float() / 255
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# -- precision and memory format ---------------------------------------------------------------
+
+def cpu_has_fast_bf16():
+    """oneDNN has bf16 kernels and the CPU computes bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm),
+    read from /proc/cpuinfo. Elsewhere bf16 would be emulated, slower than fp32, so False."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except (OSError, RuntimeError, AttributeError):
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+class Numerics:
+    """How a model runs: precision 'bf16' (autocast: matmuls and convolutions in bf16, weights and the
+    optimizer in fp32) or 'fp32', and memory format 'channels_last' or 'contiguous'. The device only
+    decides what --precision auto resolves to (see numerics_for); no code path branches on the device."""
+
+    def __init__(self, precision="fp32", memory_format="contiguous"):
+        self.precision, self.memory_format = precision, memory_format
+        self.channels_last = memory_format == "channels_last"
+
+    def autocast(self, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16" else \
+            contextlib.nullcontext()
+
+    def inputs(self, images):
+        """uint8 images -> the model's float input in this memory format."""
+        return normalize(images, self.channels_last)
+
+    def place(self, model, device):
+        return model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
+
+    def as_dict(self):
+        return dict(precision=self.precision, memory_format=self.memory_format)
+
+    def __repr__(self):
+        return f"{self.precision} + {self.memory_format}"
+
+
+FP32 = Numerics()  # fp32, contiguous: the reference (the probe's default; old CPU runs; tests compare with it)
+
+
+def numerics_for(precision, device):
+    """--precision resolved on `device`: auto is bf16 where the device computes it fast (CUDA with bf16, a CPU
+    with native bf16), else fp32. Always channels_last: bench/throughput.py measured it faster than contiguous
+    in fp32 and in bf16 on the CPU (README, Performance), as it is for convolutions on CUDA's tensor cores."""
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        precision = "bf16" if fast else "fp32"
+    return Numerics(precision, "channels_last")
+
+
+def saved_numerics(cfg, device):
+    """The numerics a run was made with: its config's, or for a config from before they were recorded, what
+    the code did then (bf16 + channels_last on CUDA, fp32 on the CPU)."""
+    if all(k in cfg for k in NUMERICS_KEYS):
+        return Numerics(cfg["precision"], cfg["memory_format"])
+    return Numerics("bf16", "channels_last") if device.type == "cuda" else FP32
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -397,6 +464,16 @@ class ScratchSGD(torch.optim.Optimizer):
                 p.add_(d, alpha=-group["lr"])
 
 
+def param_groups(model, cfg):
+    """The model's parameters for the optimizer; where cfg says decay_bn_bias False, biases and BN weights (the
+    1-D tensors) form a second group without weight decay (Goyal et al. 2017; He et al. 2019, "no bias decay")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.get("decay_bn_bias", True):
+        return params
+    return [dict(params=[p for p in params if p.dim() > 1]), dict(params=[p for p in params if p.dim() <= 1],
+                                                                  weight_decay=0.0)]
+
+
 def make_optimizer(cfg, params):
     name, lr, wd = cfg["opt"], cfg["lr"], cfg["wd"]
     if name in ("sgd", "sgd_scratch"):
@@ -407,15 +484,18 @@ def make_optimizer(cfg, params):
     raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
 
 
-SCHEDULES = ["cosine_step", "cosine_epoch", "none"]
+SCHEDULES = ["cosine_step", "cosine_epoch", "onecycle", "none"]
 
 
 def lr_schedule(optimizer, kind, epochs, steps_per_epoch):
     """Stepped once per batch. cosine_step: cosine from the base lr to 0 over the run, batch by batch;
     cosine_epoch: the same curve held constant within each epoch (CosineAnnealingLR(T_max=epochs) stepped per
-    epoch, as the report's code); none: constant."""
+    epoch, as the report's code); onecycle: linear up to the base lr over the first FAST_WARMUP of the steps,
+    then linear down to 0 (Smith 2018; Myrtle's ResNet-9); none: constant."""
     total = epochs * steps_per_epoch
-    factors = {"cosine_step": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+    warm = max(1, round(FAST_WARMUP * total))
+    factors = {"onecycle": lambda step: (step + 1) / warm if step < warm else max(total - step, 0) / (total - warm),
+               "cosine_step": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
                "cosine_epoch": lambda step: 0.5 * (1 + math.cos(math.pi * min(step // steps_per_epoch, epochs)
                                                                 / epochs)),
                "none": lambda step: 1.0}
@@ -442,37 +522,50 @@ def add_train_args(parser, default_lr=None):
     g.add_argument("--dropout", type=float, default=None, help="dropout in the classifier (default 0.5; Task 2: 0)")
     g = parser.add_argument_group("loss and optimizer")
     g.add_argument("--loss", default="ce", choices=LOSSES, help="nll = log_softmax + NLLLoss; mse: softmax vs one-hot")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for --loss ce")
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing for --loss ce (default 0; 0.1 with --recipe fast)")
     g.add_argument("--opt", default="sgd", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    g.add_argument("--nesterov", action="store_true", default=None,
+                   help="Nesterov momentum for SGD (default off; on with --recipe fast)")
     g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
     g.add_argument("--epochs", type=int, default=None, help="default 60; 100 with --recipe report")
     g.add_argument("--batch-size", type=int, default=None, help="default 128; 64 for Task 2 with --recipe report")
     g.add_argument("--recipe", default="ours", choices=RECIPES,
-                   help="report: the settings the report author's code ran (README: what the report's code did)")
+                   help="report: the settings the report author's code ran (README: what the report's code did); "
+                        "fast: a short one-cycle schedule for a CPU (README: the fast recipe)")
     g = add_data_args(parser.add_argument_group("data and device"))
     g.add_argument("--val", type=int, default=5000,
                    help="training images held out for validation (at most a tenth of them)")
     g.add_argument("--subset", type=int, default=0, help="train on the first N remaining training images (0: all)")
     g.add_argument("--test-subset", type=int, default=0, help="test on the first N test images (0: all)")
     g = parser.add_argument_group("run")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    add_precision_arg(g)
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor; on the CPU it needs a C++ compiler and a minute or more)")
     g.add_argument("--seed", type=int, default=0, help="initialization, data order and augmentation")
     g.add_argument("--diverge-patience", type=int, default=5,
-                   help="stop as diverged after this many epochs at chance accuracy with a flat loss (0: never)")
+                   help="stop as diverged after this many epochs in a row at chance train accuracy without a new "
+                        "lowest train loss (0: never); a non-finite loss stops at once")
     g.add_argument("--out", default=None, help="run folder (default runs/<name from the config>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     return parser
 
 
+def add_precision_arg(parser):
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 autocast (+ channels_last) where the device computes bf16 fast (CUDA, a CPU "
+                             "with AVX512-BF16/AMX), else fp32; stored resolved in config.json")
+
+
 def config_from_args(args, default_lr=None):
-    """The run's config (what config.json stores): every flag, per-optimizer defaults filled in."""
-    cfg = vars(args).copy()
+    """The run's config (what config.json stores): every flag, per-optimizer defaults filled in, --precision
+    resolved on the device (precision and memory_format)."""
+    cfg = with_recipe(vars(args))
+    cfg.update(numerics_for(cfg["precision"], resolve_device(cfg["device"])).as_dict())
     cfg["lr"] = (default_lr or DEFAULT_LR)[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
-    cfg = with_recipe(cfg)
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise UsageError("--label-smoothing applies to --loss ce only")
     check_numbers(cfg)
@@ -499,9 +592,16 @@ def with_recipe(cfg):
     """cfg with every setting --recipe decides filled in where it is missing or None (flags given win). Configs
     saved before a setting existed get the value they were trained with, which is the 'ours' one."""
     cfg = dict(cfg)
-    report, task2 = cfg.setdefault("recipe", "ours") == "report", cfg["model"] in VGG_A_MODELS
+    recipe, task2 = cfg.setdefault("recipe", "ours"), cfg["model"] in VGG_A_MODELS
+    report = recipe == "report"
     sgd, bn_model = cfg.get("opt") in ("sgd", "sgd_scratch"), cfg["model"] in ("vgg_a_bn", "vgg_a_res_bn")
-    if not report:
+    if recipe == "fast":  # README, "The fast recipe": every setting with its source
+        settings = dict(epochs=18, batch_size=256, dropout=0.0, wd=5e-4 if sgd else DEFAULT_WD.get(cfg.get("opt")),
+                        schedule="onecycle", normalization="cifar10",
+                        augment=True, classifier_bn=False, init="default" if cfg["model"] == "resvgg16" else "xavier",
+                        nesterov=True, decay_bn_bias=False, lr=0.2 if sgd else None,
+                        label_smoothing=0.1 if cfg.get("loss", "ce") == "ce" else 0.0)
+    elif not report:
         settings = dict(epochs=20 if task2 else 60, batch_size=128, dropout=0.0 if task2 else 0.5,
                         wd=DEFAULT_WD.get(cfg.get("opt"), 0.0), schedule="cosine_step", normalization="cifar10",
                         augment=True, classifier_bn=False,
@@ -514,6 +614,9 @@ def with_recipe(cfg):
                         schedule="cosine_epoch" if sgd else "none", normalization="report", augment=True,
                         classifier_bn=False, init="xavier" if cfg["model"] == "resvgg16" else "kaiming")
     settings["leaky_slope"] = 0.1 if cfg["model"] == "vgg16" else 0.01
+    settings.setdefault("label_smoothing", 0.0)
+    settings.setdefault("decay_bn_bias", True)
+    settings.setdefault("nesterov", False)
     for key, value in settings.items():
         if cfg.get(key) is None:
             cfg[key] = value
@@ -525,8 +628,8 @@ def run_name(cfg):
     parts = [cfg["model"], *arch, cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
     if not cfg["residual"] and cfg["model"] == "resvgg16":
         parts.append("plain")
-    if cfg.get("recipe") == "report":
-        parts.append("report")
+    if cfg.get("recipe") in ("report", "fast"):
+        parts.append(cfg["recipe"])
     if cfg["width"] != 1:
         parts.append(f"w{cfg['width']:g}")
     if cfg["subset"]:
@@ -546,22 +649,28 @@ def device_name(device):  # as printed and stored in result.json / surface.json
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def autocast(device, bf16=True):
-    """bf16 autocast on CUDA (unless bf16=False); full fp32 on CPU."""
-    use_bf16 = device.type == "cuda" and bf16
-    return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+def machine_name(device):
+    """The device for a reader: the GPU's name, or the CPU's model and core count (result.json 'machine')."""
+    if device.type == "cuda":
+        return device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
+    except OSError:
+        model = "CPU"
+    return f"{model}, {os.cpu_count()} cores"
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, bf16=True):
+def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, numerics=FP32):
     """Mean loss and accuracy of `model` in eval mode on uint8 images (no augmentation)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for i in range(0, len(labels), batch_size):
-        x = normalize(images[i:i + batch_size], channels_last=device.type == "cuda")
+        x = numerics.inputs(images[i:i + batch_size])
         y = labels[i:i + batch_size]
-        with autocast(device, bf16):
+        with numerics.autocast(device):
             logits = model(x)
         loss_sum += criterion(logits.float(), y).double() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -579,10 +688,33 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state[1], device)
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary name beside `path` (same extension) to write to, renamed onto `path` only when the block
+    succeeds: a crash or kill never leaves a half-written file that a later step would read."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def save_npz(path, **arrays):
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
 def save_checkpoint(path, payload):
-    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    torch.save(payload, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path, device="cpu"):
@@ -613,9 +745,7 @@ def load_checkpoint(path, device="cpu"):
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(json_safe(obj), indent=2) + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def load_json(path):
@@ -749,7 +879,8 @@ def config_differences(saved, cfg):
     """The settings, runtime flags aside, in which cfg differs from a saved config (one made before a recipe
     setting existed counts as trained with the value it had then)."""
     saved = with_recipe(saved)
-    return sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v)
+    return sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v
+                  and not (k in NUMERICS_KEYS and k not in saved))  # older runs: as they were made
 
 
 def train_main(script, argv=None, defaults=None, default_lr=None):
@@ -794,19 +925,25 @@ class Run:
 
     def __init__(self, cfg, device):
         self.cfg, self.out, self.device = cfg, cfg["out"], device
-        self.channels_last = self.device.type == "cuda"
+        self.numerics = saved_numerics(cfg, device)
         self.session_start, self.session_epochs = time.time(), 0
         self.state = dict(epoch=0, step=0, perm=None, loss_sum=0.0, correct=0, seen=0, epoch_seconds=0.0,
-                          train_seconds=0.0, best_val_acc=None, best_epoch=None, stuck_epochs=0, history=[])
+                          train_seconds=0.0, wall_seconds=0.0, best_val_acc=None, best_epoch=None, stuck_epochs=0,
+                          history=[])
         self.load_data()
         self.build()
+
+    def wall_seconds(self):
+        """Wall time of the run over all its sessions (data loading, training, validation)."""
+        return self.state["wall_seconds"] + time.time() - self.session_start
 
     def checkpoint(self):
         """Everything --resume needs to continue bit-exactly (on CPU)."""
         torch_rng, cuda_rng = rng_state(self.device)
         return dict(model=self.model.state_dict(), config=self.cfg, epoch=self.state["epoch"],
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                    torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(), progress=dict(self.state))
+                    torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(),
+                    progress=dict(self.state, wall_seconds=self.wall_seconds()))
 
     def load_data(self):
         """The run's training, validation and test images and labels, uint8 and int64 on its device."""
@@ -824,17 +961,16 @@ class Run:
         self.steps_per_epoch = max(1, len(self.train_y) // cfg["batch_size"])
 
     def build(self):
-        """Seeded model (channels_last on CUDA, compiled with --compile), loss, optimizer, schedule."""
+        """Seeded model (in the run's memory format, compiled with --compile), loss, optimizer, schedule."""
         cfg, device = self.cfg, self.device
         torch.manual_seed(cfg["seed"])
         self.gen = torch.Generator().manual_seed(cfg["seed"])
-        model = build_model(cfg)
-        self.model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
+        self.model = self.numerics.place(build_model(cfg), device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
         self.criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.optimizer = make_optimizer(cfg, param_groups(self.model, cfg))
         self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], cfg["epochs"], self.steps_per_epoch)
 
 
@@ -858,11 +994,11 @@ def setup_run(cfg):
         run.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state((ckpt["torch_rng"], ckpt["cuda_rng"]), run.device)
         run.gen.set_state(ckpt["data_rng"])
-        run.state.update(ckpt["progress"])
+        run.state.update(ckpt["progress"])  # wall_seconds: the earlier sessions'; this one's runs from Run()
         print(f"resumed from {run.out}/last.pt at epoch {run.state['epoch'] + 1}, step {run.state['step']}",
               flush=True)
-    with open(os.path.join(run.out, "metrics.jsonl"), "w") as f:  # rewritten so it matches last.pt exactly
-        f.writelines(json.dumps(json_safe(m)) + "\n" for m in run.state["history"])
+    write_text(os.path.join(run.out, "metrics.jsonl"),  # rewritten so it matches last.pt exactly
+               "".join(json.dumps(json_safe(m)) + "\n" for m in run.state["history"]))
     return run
 
 
@@ -906,9 +1042,9 @@ def train_step(run, step, step_hook):
     """One optimizer step on batch `step` of the epoch's order; returns (loss, correct count, batch size)."""
     batch = run.cfg["batch_size"]
     idx = run.state["perm"][step * batch:(step + 1) * batch].to(run.device)
-    x = normalize(augment(run.train_x[idx], run.gen) if run.cfg["augment"] else run.train_x[idx], run.channels_last)
+    x = run.numerics.inputs(augment(run.train_x[idx], run.gen) if run.cfg["augment"] else run.train_x[idx])
     y = run.train_y[idx]
-    with autocast(run.device):
+    with run.numerics.autocast(run.device):
         logits = run.forward(x)
     loss = run.criterion(logits.float(), y)
     run.optimizer.zero_grad(set_to_none=True)
@@ -924,16 +1060,14 @@ def finish_epoch(run, stop):
     """Validate, record the epoch (metrics.jsonl, a printed line), write best.pt (new best val acc) and
     last.pt. Returns 'diverged' after --diverge-patience epochs stuck at chance, 'interrupted' or 'completed'."""
     cfg, state = run.cfg, run.state
-    val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device)
+    val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device, numerics=run.numerics)
     state["epoch"] += 1
     m = dict(epoch=state["epoch"], train_loss=state["loss_sum"] / state["seen"],
              train_acc=state["correct"] / state["seen"], val_loss=val_loss, val_acc=val_acc,
              lr=state.get("epoch_lr", run.optimizer.param_groups[0]["lr"]),  # the lr of the epoch's first step
              img_per_s=state["seen"] / max(state["epoch_seconds"], 1e-9),
              epoch_seconds=state["epoch_seconds"], elapsed=state["train_seconds"])
-    previous = state["history"][-1]["train_loss"] if state["history"] else math.nan
-    flat = abs(m["train_loss"] - previous) <= 0.01 * abs(previous)  # and at chance: stuck
-    state["stuck_epochs"] = state["stuck_epochs"] + 1 if flat and m["train_acc"] < 1.5 / cfg["num_classes"] else 0
+    state["stuck_epochs"] = state["stuck_epochs"] + 1 if is_stuck(m, state["history"], cfg["num_classes"]) else 0
     state["history"].append(m)
     state.update(step=0, perm=None)
     if state["best_val_acc"] is None or val_acc > state["best_val_acc"]:
@@ -950,9 +1084,18 @@ def finish_epoch(run, stop):
           f"| {m['img_per_s']:.0f} img/s "
           f"| {format_seconds(m['elapsed'])} elapsed, ETA {format_seconds(eta)}", flush=True)
     if 0 < cfg["diverge_patience"] <= state["stuck_epochs"]:
-        print(f"train accuracy at chance with a flat loss for {state['stuck_epochs']} epochs -> diverged", flush=True)
+        print(f"train accuracy at chance and no new lowest loss for {state['stuck_epochs']} epochs -> diverged",
+              flush=True)
         return "diverged"
     return "interrupted" if stop.requested else "completed"
+
+
+def is_stuck(epoch, history, num_classes):
+    """An epoch that neither learned nor got closer to learning: train accuracy at chance (below 1.5 / classes)
+    and a train loss no lower than every earlier epoch's by STUCK_LOSS_FALL. A loss still falling, however
+    slowly from chance, is progress; a loss that is NaN or inf ends the run earlier, in train_epoch."""
+    lowest = min((h["train_loss"] for h in history), default=math.inf)
+    return epoch["train_acc"] < 1.5 / num_classes and not epoch["train_loss"] < lowest * (1 - STUCK_LOSS_FALL)
 
 
 def finish_run(run, status, signal_name=None):
@@ -969,6 +1112,7 @@ def finish_run(run, status, signal_name=None):
                   device=device_name(run.device), torch_version=torch.__version__, config=run.cfg)
     if status != "interrupted":
         result.update(evaluate_test_set(run))
+    result.update(wall_seconds=run.wall_seconds(), machine=machine_name(run.device))
     write_json(os.path.join(out, "result.json"), result)
     if status == "interrupted":
         print(f"interrupted ({signal_name}) at epoch {state['epoch'] + 1}, step {state['step']}; "
@@ -984,12 +1128,12 @@ def finish_run(run, status, signal_name=None):
 
 def evaluate_test_set(run):
     """Test loss and accuracy of the last weights and of best.pt (the best validation epoch)."""
-    state, test = run.state, (run.test_x, run.test_y, run.criterion, run.device)
+    state, test = run.state, (run.test_x, run.test_y, run.criterion, run.device, EVAL_BATCH, run.numerics)
     final, best = evaluate(run.model, *test), (None, None)
     if state["best_epoch"] == state["epoch"] and state["step"] == 0:  # best.pt holds these very weights
         best = final
     elif state["best_epoch"] is not None:
-        best = evaluate(load_checkpoint(os.path.join(run.out, "best.pt"), run.device)[0], *test)
+        best = evaluate(run.numerics.place(load_checkpoint(os.path.join(run.out, "best.pt"))[0], run.device), *test)
     return dict(test_loss_at_best_val=best[0], test_acc_at_best_val=best[1],
                 final_test_loss=final[0], final_test_acc=final[1])
 
@@ -1106,7 +1250,7 @@ def direction_list(model, direction, device):
 
 
 @torch.no_grad()
-def reestimate_bn(model, images, device, batch_size=EVAL_BATCH, bf16=True):
+def reestimate_bn(model, images, device, batch_size=EVAL_BATCH, numerics=FP32):
     """BN running statistics recomputed on `images` (a cumulative average over batches)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
@@ -1115,14 +1259,14 @@ def reestimate_bn(model, images, device, batch_size=EVAL_BATCH, bf16=True):
         bn.momentum = None
     model.train()
     for i in range(0, len(images), batch_size):
-        with autocast(device, bf16):
-            model(normalize(images[i:i + batch_size], channels_last=device.type == "cuda"))
+        with numerics.autocast(device):
+            model(numerics.inputs(images[i:i + batch_size]))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     model.eval()
 
 
-def evaluate_at(model, base, terms, images, labels, criterion, device, bf16=True, bn_mode="eval",
+def evaluate_at(model, base, terms, images, labels, criterion, device, numerics=FP32, bn_mode="eval",
                 batch_size=EVAL_BATCH):
     """The one "model at θ + δ" evaluation: every landscape tensor = base + Σ scale·direction (no drift), BN
     statistics re-estimated on the images if bn_mode='train'; (loss, acc) in eval mode. See `preserved`."""
@@ -1130,8 +1274,8 @@ def evaluate_at(model, base, terms, images, labels, criterion, device, bf16=True
     for bn in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         bn.running_var.clamp_(min=0)  # extrapolating (interpolation beyond [0, 1]) can give a negative variance
     if bn_mode == "train":
-        reestimate_bn(model, images, device, batch_size, bf16)
-    return evaluate(model, images, labels, criterion, device, batch_size, bf16)
+        reestimate_bn(model, images, device, batch_size, numerics)
+    return evaluate(model, images, labels, criterion, device, batch_size, numerics)
 
 
 def rank_and_world():
@@ -1140,7 +1284,7 @@ def rank_and_world():
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
-def compute_surface(model, base, axes, images, labels, criterion, device, surface, save, bf16=True,
+def compute_surface(model, base, axes, images, labels, criterion, device, surface, save, numerics=FP32,
                     bn_mode="eval", batch_size=EVAL_BATCH, stop=None, round_size=8):
     """Fill surface['loss'/'acc'] (flat, row-major: point k is (x[k // ny], y[k % ny])) where surface['done']
     is False. axes: [(coordinates, direction list)] for x and, in 2D, y. Under torch.distributed each rank
@@ -1155,7 +1299,7 @@ def compute_surface(model, base, axes, images, labels, criterion, device, surfac
             index = np.unravel_index(chunk[j], shape)
             terms = [(coords[i], direction) for (coords, direction), i in zip(axes, index)]
             values[0, j], values[1, j] = evaluate_at(model, base, terms, images, labels, criterion, device,
-                                                     bf16, bn_mode, batch_size)
+                                                     numerics, bn_mode, batch_size)
             values[2, j] = 1
         halt = torch.tensor([float(stop is not None and stop.requested)], device=device)
         if world > 1:
@@ -1223,7 +1367,8 @@ def save_figure(fig, path, dpi=120, tight=True):
     """Write a figure and free it: every figure in the repository is saved through here."""
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     pyplot().close(fig)
 
 

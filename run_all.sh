@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce every table and figure of the report: bash run_all.sh --profile full|quick|cpu|smoke
+#   (cpu-full: only the report's headline runs at full scale on a CPU, resumable across sittings)
 #   --data-dir DIR      CIFAR-10 folder (default $CIFAR10_DIR or ./data; downloaded when missing)
 #   --out DIR           results folder (default results/<profile>)
 #   --seeds N           train every Task 1 and Task 2 job with seeds 0 .. N-1 (default 1)
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --phase) need_value "$@"; phase=$2; shift 2 ;;
     --shard) need_value "$@"; shard=$2; shift 2 ;;
     --update-readme) update_readme=--update-readme; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) usage "unknown argument $1" ;;
   esac
 done

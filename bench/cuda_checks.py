@@ -53,17 +53,15 @@ def check_bf16_channels_last_step(device, tmp):
     """One training step's loss in bf16 autocast + channels_last equals fp32 within 2%."""
     cfg = config(tmp, device, "unused")
     x, y = throughput.fake_images(64)
-    x, y = common.normalize(x.to(device)), y.to(device)
+    x, y = x.to(device), y.to(device)
     losses = []
-    for bf16 in (False, True):
+    for numerics in (common.FP32, common.Numerics("bf16", "channels_last")):
         torch.manual_seed(0)
-        model = common.build_model(cfg).to(device)
-        if bf16 and device.type == "cuda":
-            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model = numerics.place(common.build_model(cfg), device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         for _ in range(2):  # the second loss is after one step
-            with common.autocast(device, bf16):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            with numerics.autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(numerics.inputs(x)).float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -72,7 +70,7 @@ def check_bf16_channels_last_step(device, tmp):
 
 
 def check_compile_trains(device, tmp):
-    """A --compile run finishes with a finite loss (CUDA only: inductor on the CPU needs minutes here)."""
+    """A --compile run finishes with a finite loss (CUDA only: test_compile_trains_on_the_cpu covers the CPU)."""
     if device.type != "cuda":
         return "skipped on the CPU"
     result = common.train(config(tmp, device, "compiled", "--epochs", "1", "--compile"))
@@ -146,9 +144,11 @@ def check_resume_and_cpu_load(device, tmp):
     exact = device.type == "cpu"
     for key in ("best_val_acc", "final_test_loss") if exact else ("final_test_loss",):  # accuracy may flip on CUDA
         assert close(resumed[key], reference[key], 0 if exact else 0.01), (key, resumed[key], reference[key])
-    model, _ = common.load_checkpoint(os.path.join(tmp, "ref", "best.pt"), "cpu")
+    model, ckpt = common.load_checkpoint(os.path.join(tmp, "ref", "best.pt"), "cpu")
+    numerics, cpu = common.saved_numerics(ckpt["config"], torch.device("cpu")), torch.device("cpu")
     data = common.load_cifar10(fake_data(tmp), download=False)
-    loss, _ = common.evaluate(model, data["test_x"], data["test_y"], common.loss_fn("ce"), torch.device("cpu"))
+    loss, _ = common.evaluate(numerics.place(model, cpu), data["test_x"], data["test_y"], common.loss_fn("ce"), cpu,
+                              numerics=numerics)
     assert close(loss, reference["test_loss_at_best_val"], 1e-9 if exact else 0.02), (loss, reference)
 
 

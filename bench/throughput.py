@@ -4,6 +4,7 @@ Dataset of PIL images with per-sample transforms and a DataLoader, fp32), same m
     python bench/throughput.py train --arch light --width 0.25 --n-images 2048
     python bench/throughput.py landscape --arch light --width 0.25 --n-images 1000 --points 6
     python bench/throughput.py predict --profiles quick cpu      # predicted wall time of run_all.sh profiles
+    python bench/throughput.py precision --models resvgg16 vgg_a  # fp32 vs channels_last vs bf16 + channels_last
 
 train: images/s of the training step (ours: common.train, data on the device, per-batch augmentation,
 bf16 + channels_last on CUDA), with the achieved TFLOP/s (forward + backward FLOPs per image counted by
@@ -13,6 +14,13 @@ data; naive: a model copy and a DataLoader pass per point, as in the reference i
 predict: the wall time of each run_all.sh profile on this device, from its plan (task2/reproduce.py) and
 img/s measured here for every model the profile trains (training steps and evaluation batches); surfaces
 cost their points × images at the evaluation rate, the Hessian 2 training steps per image and iteration.
+matmul: GFLOP/s of 2048×2048 matrix products in fp32 and bf16, a practical peak beside the nominal one.
+precision: for each model, training img/s (common.train), evaluation img/s (common.evaluate) and landscape
+points/s (common.evaluate_at) in fp32, fp32 + channels_last and bf16 + channels_last, with GFLOP/s and the
+% of the device's peak for that precision. A CPU's peak is cores × FLOP/cycle × clock: 32 fp32 FLOP/cycle
+per core with AVX-512 or AVX2 (two 256-bit FMA pipes; Zen 4 runs 512-bit instructions on them in two
+halves), twice that in bf16 (AVX512-BF16 dot products), the clock from /proc/cpuinfo (the nominal one: a
+boost clock makes the true peak higher). --peak-tflops PRECISION=VALUE overrides it.
 Prints one JSON line per pipeline or profile; --out FILE also writes them as a JSON list.
 """
 import argparse
@@ -111,10 +119,12 @@ def bench_train(args, device):
         cfg = common.config_from_args(parser.parse_args([
             "--model", args.model, "--arch", args.arch, "--width", str(args.width), "--data-dir", tmp,
             "--no-download", "--epochs", str(args.epochs), "--batch-size", "128", "--device", args.device,
-            "--out", os.path.join(tmp, "run"), "--val", "100"] + (["--compile"] if args.compile else [])))
+            "--out", os.path.join(tmp, "run"), "--val", "100", "--precision", args.precision]
+            + (["--compile"] if args.compile else [])))
         common.train(cfg)
         history = common.read_metrics(os.path.join(tmp, "run"))
         results.append(dict(pipeline="ours" + (" compiled" if args.compile else ""), what="train",
+                            precision=cfg["precision"], memory_format=cfg["memory_format"],
                             img_per_s=history[-1]["img_per_s"], epochs=args.epochs, images=len(labels) - 100))
     flops = train_flops_per_image(model_config(args), device)
     if args.no_naive:
@@ -147,23 +157,24 @@ def bench_train(args, device):
 def bench_landscape(args, device):
     images, labels = fake_images(args.n_images)
     torch.manual_seed(0)
-    model = common.build_model(model_config(args)).to(device).eval()
+    numerics = common.numerics_for(args.precision, device)
+    model = numerics.place(common.build_model(model_config(args)), device).eval()
     criterion = common.loss_fn("ce")
     direction = common.direction_list(model, common.random_direction(model, torch.Generator().manual_seed(0)), device)
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
     coords = np.linspace(-1, 1, args.points)
     dev_images, dev_labels = images.to(device), labels.to(device)
-    common.evaluate_at(model, base, [(0.0, direction)], dev_images, dev_labels, criterion, device)  # warm-up
+    common.evaluate_at(model, base, [(0.0, direction)], dev_images, dev_labels, criterion, device, numerics)
     sync(device)
     started = time.time()
     for c in coords:
-        common.evaluate_at(model, base, [(float(c), direction)], dev_images, dev_labels, criterion, device)
+        common.evaluate_at(model, base, [(float(c), direction)], dev_images, dev_labels, criterion, device, numerics)
     sync(device)
     ours = args.points / (time.time() - started)
     loader_data = PILDataset(images, labels, naive_transform(False))
     started = time.time()
     for c in coords:
-        net = copy.deepcopy(model)
+        net = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # the naive way: fp32, NCHW
         with torch.no_grad():
             for p, b, d in zip(net.parameters(), base, direction):
                 p.copy_(b + float(c) * d if d is not None else b)
@@ -178,28 +189,146 @@ def bench_landscape(args, device):
             dict(pipeline="naive", what="landscape", points_per_s=naive, images=len(labels), points=args.points)]
 
 
+# -- fp32 vs channels_last vs bf16 -------------------------------------------------------------
+
+PRECISION_MODES = [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "channels_last")]
+CPU_FP32_FLOP_PER_CYCLE = 32  # per core: two 256-bit FMA pipes × 8 lanes × 2 (see the module docstring)
+
+
+def cpu_peak_tflops(precision):
+    """The CPU's peak for `precision` (module docstring), None where /proc/cpuinfo gives no clock."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return None
+    flop_per_cycle = CPU_FP32_FLOP_PER_CYCLE * (2 if precision == "bf16" else 1)
+    return os.cpu_count() * flop_per_cycle * mhz * 1e6 / 1e12
+
+
+def peak_tflops(args, device, precision):
+    if precision in args.peak_tflops:
+        return args.peak_tflops[precision]
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None) if precision == "bf16" else None
+    return cpu_peak_tflops(precision)
+
+
+def bench_matmul(args, device, n=2048, min_seconds=3.0):
+    """GFLOP/s of n×n matrix products in fp32 and in bf16: the most the device reaches on its friendliest
+    kernel, a practical peak beside the nominal one."""
+    results = []
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up
+        sync(device)
+        count, started = 0, time.time()
+        while time.time() - started < min_seconds:
+            a @ b
+            count += 1
+        sync(device)
+        gflops = 2 * n ** 3 * count / (time.time() - started) / 1e9
+        peak = peak_tflops(args, device, precision)
+        results.append(dict(what="matmul", precision=precision, n=n, gflop_per_s=round(gflops, 1),
+                            peak_tflop_per_s=peak,
+                            percent_of_peak=round(100 * gflops / 1e3 / peak, 1) if peak else None))
+    return results
+
+
+def precision_table(rows):
+    """Markdown of `precision` (and `matmul`) results: every mode beside fp32 contiguous, the old CPU path."""
+    md = ["| model | precision | memory format | train img/s | × fp32 | eval img/s | × fp32 | landscape points/s "
+          "| × fp32 | train GFLOP/s | % of nominal peak |", "|---" * 11 + "|"]
+    for r in rows:
+        if r["what"] != "precision":
+            continue
+        base = next(b for b in rows if b["what"] == "precision" and b["model"] == r["model"]
+                    and (b["precision"], b["memory_format"]) == PRECISION_MODES[0])
+        cells = [r["model"], r["precision"], r["memory_format"]]
+        for key in ("train_img_per_s", "eval_img_per_s", "landscape_points_per_s"):
+            cells += [f"{r[key]:.4g}", f"{r[key] / base[key]:.2f}"]
+        cells += [f"{r['train_gflop_per_s']:.0f}", f"{r['percent_of_peak']}" if r["percent_of_peak"] else "–"]
+        md.append("| " + " | ".join(cells) + " |")
+    for r in (r for r in rows if r["what"] == "matmul"):
+        md.append(f"\n{r['precision']} {r['n']}×{r['n']} matmul: {r['gflop_per_s']:.0f} GFLOP/s "
+                  f"({r['percent_of_peak']} % of the nominal peak, {1e3 * r['peak_tflop_per_s']:.0f} GFLOP/s).")
+    return "\n".join(md)
+
+
+def bench_precision(args, device):
+    """Training, evaluation and landscape speed of each model in each (precision, memory format)."""
+    images, labels = fake_images(args.n_images)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fake_dataset(tmp, images, labels)
+        for model in args.models:
+            cfg = dict(model_config(args), model=model)
+            flops = train_flops_per_image(cfg, device)
+            for precision, memory_format in PRECISION_MODES:
+                numerics = common.Numerics(precision, memory_format)
+                rates = precision_rates(args, cfg, numerics, tmp, device)
+                peak = peak_tflops(args, device, precision)
+                gflops = rates["train_img_per_s"] * flops / 1e9
+                results.append(dict(what="precision", model=model, precision=precision,
+                                    memory_format=memory_format, **rates, gflop_per_image=round(flops / 1e9, 4),
+                                    train_gflop_per_s=round(gflops, 1), peak_tflop_per_s=peak,
+                                    percent_of_peak=round(100 * gflops / 1e3 / peak, 1) if peak else None))
+                print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def precision_rates(args, cfg, numerics, tmp, device):
+    """train img/s (the last of --epochs epochs of common.train), eval img/s and landscape points/s."""
+    parser = common.add_train_args(argparse.ArgumentParser())
+    run_cfg = common.config_from_args(parser.parse_args([
+        "--model", cfg["model"], "--arch", args.arch, "--width", str(args.width), "--data-dir", tmp,
+        "--no-download", "--epochs", str(args.epochs), "--device", args.device, "--val", "100",
+        "--out", os.path.join(tmp, f"{cfg['model']}_{numerics.precision}_{numerics.memory_format}")]))
+    run_cfg.update(numerics.as_dict())
+    common.train(run_cfg)
+    train_rate = common.read_metrics(run_cfg["out"])[-1]["img_per_s"]
+    torch.manual_seed(0)
+    model = numerics.place(common.build_model(run_cfg), device).eval()
+    x, y = fake_images(args.n_images)
+    x, y, criterion = x.to(device), y.to(device), common.loss_fn("ce")
+    common.evaluate(model, x[:common.EVAL_BATCH], y[:common.EVAL_BATCH], criterion, device, numerics=numerics)
+    started = time.time()
+    common.evaluate(model, x, y, criterion, device, numerics=numerics)
+    eval_rate = len(y) / (time.time() - started)
+    direction = common.direction_list(model, common.random_direction(model, torch.Generator().manual_seed(0)), device)
+    base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
+    started = time.time()
+    for c in np.linspace(-1, 1, args.points):
+        common.evaluate_at(model, base, [(float(c), direction)], x, y, criterion, device, numerics)
+    sync(device)
+    return dict(train_img_per_s=round(train_rate, 1), eval_img_per_s=round(eval_rate, 1),
+                landscape_points_per_s=round(args.points / (time.time() - started), 4), images=len(y))
+
+
 # -- predicted wall time of run_all.sh profiles ------------------------------------------------
 
 def measured_rates(cfg, device, cache, min_seconds=1.0):
     """(training img/s, evaluation img/s) of the model `cfg` describes at its batch size, measured once:
     one untimed warm-up step, then steps until at least `min_seconds` have passed."""
     key = (cfg["model"], cfg["arch"], cfg["width"], cfg["batch_size"])
+    numerics = common.saved_numerics(cfg, device)
     if key not in cache:
         torch.manual_seed(0)
-        model = common.build_model(cfg).to(device)
+        model = numerics.place(common.build_model(cfg), device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x, y = fake_images(max(cfg["batch_size"], common.EVAL_BATCH))
-        x, y = common.normalize(x.to(device)), y.to(device)
-        cache[key] = tuple(timed_steps(model, optimizer, x[:n], y[:n], train, device, min_seconds)
+        x, y = numerics.inputs(x.to(device)), y.to(device)
+        cache[key] = tuple(timed_steps(model, optimizer, x[:n], y[:n], train, device, min_seconds, numerics)
                            for n, train in ((cfg["batch_size"], True), (common.EVAL_BATCH, False)))
     return cache[key]
 
 
-def timed_steps(model, optimizer, x, y, train, device, min_seconds):
+def timed_steps(model, optimizer, x, y, train, device, min_seconds, numerics):
     model.train(train)
     steps, started = -1, None
     while started is None or time.time() - started < min_seconds:
-        with torch.set_grad_enabled(train), common.autocast(device):
+        with torch.set_grad_enabled(train), numerics.autocast(device):
             loss = F.cross_entropy(model(x).float(), y)
         if train:
             optimizer.zero_grad()
@@ -283,7 +412,12 @@ def sync(device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["train", "landscape", "predict"])
+    p.add_argument("what", choices=["train", "landscape", "predict", "precision", "matmul", "table"])
+    p.add_argument("--inputs", nargs="+", default=[], help="table: JSON files of precision and matmul results")
+    p.add_argument("--models", nargs="+", default=["resvgg16", "vgg_a"], choices=common.MODELS,
+                   help="precision: the models to measure")
+    p.add_argument("--peak-tflops", nargs="*", default=[], metavar="PRECISION=TFLOPS",
+                   help="precision: the device's peak, e.g. bf16=0.5 fp32=0.25 (default: module docstring)")
     p.add_argument("--profiles", nargs="+", default=["quick", "cpu"], choices=sorted(reproduce.PROFILES),
                    help="predict: the run_all.sh profiles to predict")
     p.add_argument("--model", default="resvgg16", choices=common.MODELS)
@@ -295,18 +429,34 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive pipeline")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
+    common.add_precision_arg(p)
     p.add_argument("--no-naive", action="store_true", help="train: time only our pipeline")
     p.add_argument("--out", help="also write the results as a JSON list here")
     args = p.parse_args()
+    try:
+        args.peak_tflops = {k: float(v) for k, v in (item.split("=") for item in args.peak_tflops)}
+    except ValueError:
+        p.error("--peak-tflops takes PRECISION=TFLOPS items, e.g. bf16=0.5")
+    if args.n_images < 1 or args.epochs < 1 or args.points < 1:
+        p.error("--n-images, --epochs and --points must be at least 1")
+    if args.what == "table":
+        try:
+            print(precision_table([r for path in args.inputs for r in common.load_json(path)]))
+        except (OSError, ValueError, KeyError, StopIteration) as e:
+            return common.fail(common.UsageError(f"--inputs: not precision/matmul results ({type(e).__name__}: {e})"))
+        return 0
     device = common.resolve_device(args.device)
-    results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict)[args.what](args, device)
+    results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict,
+                   precision=bench_precision, matmul=bench_matmul)[args.what](args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     for r in results:
-        r.update(device=name, model=args.model, arch=args.arch, width=args.width, torch=torch.__version__)
+        r.update(device=name, torch=torch.__version__)
+        if args.what in ("train", "landscape", "precision"):  # precision rows name their own model
+            r.update(arch=args.arch, width=args.width, model=r.get("model", args.model))
         print(json.dumps(r), flush=True)
     if args.out:
         common.write_json(args.out, results)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -55,13 +55,13 @@ def plot_images_grid(images, path, title, cmap=None):
     common.save_figure(fig, path)
 
 
-def feature_maps(model, layer, image):
+def feature_maps(model, layer, image, numerics=common.FP32):
     """The output of module `layer` for one normalized image, [C, H, W] on the CPU."""
     captured = {}
     handle = dict(model.named_modules())[layer].register_forward_hook(
         lambda m, i, o: captured.setdefault("maps", o.detach()))
-    with torch.no_grad():
-        model(common.normalize(image))
+    with torch.no_grad(), numerics.autocast(image.device):
+        model(numerics.inputs(image))
     handle.remove()
     maps = captured["maps"][0].float().cpu()
     if maps.dim() != 3:
@@ -78,14 +78,16 @@ def main(argv=None):
     p.add_argument("--n", type=int, help="show only the first N filters (default: all)")
     p.add_argument("--layer", help="module whose output to show (default: the first conv layer)")
     p.add_argument("--image-index", type=int, default=0, help="which test image")
+    common.add_precision_arg(p)
     args = common.add_data_args(p).parse_args(argv)
     if args.n is not None and args.n < 1:
         p.error("--n must be at least 1")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "visualize")
     try:
         device = common.resolve_device(args.device)
-        model, ckpt = common.load_checkpoint(args.ckpt, device)
-        model.eval()
+        numerics = common.numerics_for(args.precision, device)
+        model, ckpt = common.load_checkpoint(args.ckpt)
+        model = numerics.place(model, device).eval()
         modules = dict(model.named_modules())
         first_conv = next(name for name, m in modules.items() if isinstance(m, torch.nn.Conv2d))
         layer = args.layer or first_conv
@@ -104,7 +106,7 @@ def main(argv=None):
             return 0
         if not 0 <= args.image_index < len(data["test_y"]):
             raise common.UsageError(f"--image-index {args.image_index}: the test set has {len(data['test_y'])} images")
-        maps = feature_maps(model, layer, data["test_x"][args.image_index:args.image_index + 1].to(device))
+        maps = feature_maps(model, layer, data["test_x"][args.image_index:args.image_index + 1].to(device), numerics)
     except common.USER_ERRORS as e:
         return common.fail(e)
     label = data["classes"][int(data["test_y"][args.image_index])]

@@ -27,10 +27,10 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
-ANALYSIS_KEYS = ("models", "lrs", "probe_every", "probe_etas", "probe_direction", "probe_scale", "paper",
-                 "sharpness_every", "sharpness_images", "sharpness_iters", "smooth", "replot")
+ANALYSIS_KEYS = ("models", "lrs", "probe_every", "probe_etas", "probe_direction", "probe_scale", "probe_precision",
+                 "paper", "sharpness_every", "sharpness_images", "sharpness_iters", "smooth", "replot")
 PROBE_KEYS = ("probe_every", "probe_etas", "probe_direction", "probe_scale", "sharpness_every", "sharpness_images",
-              "sharpness_iters")  # a saved probe.npz is reused only when these match
+              "sharpness_iters", "probe_precision")  # a saved probe.npz is reused only when these match
 BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "sharpness.png",
               "curves.png"]
 PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
@@ -64,6 +64,9 @@ def parse_args(argv=None):
                    help="top Hessian eigenvalue on a fixed training batch every K steps (0: never)")
     g.add_argument("--sharpness-images", type=int, default=256, help="the fixed batch: the first N training images")
     g.add_argument("--sharpness-iters", type=int, default=20, help="Lanczos iterations at most")
+    g.add_argument("--probe-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the probe's forward passes (gradients, losses at θ + ηd); the sharpness Hessian-vector "
+                        "products are always fp32, whatever --precision trains in")
     g.add_argument("--smooth", type=int, default=1, help="moving-average window of the loss-band figure")
     g.add_argument("--replot", metavar="DIR", help="only redraw figures and summary.md from DIR's raw numbers")
     argv = sys.argv[1:] if argv is None else argv
@@ -103,8 +106,9 @@ class BNProbe:
     fixed batch of training images (train mode, no augmentation)."""
 
     def __init__(self, criterion, etas, every, device, direction="grad", lr=1.0, sharpness_every=0,
-                 sharpness_images=256, sharpness_iters=20):
+                 sharpness_images=256, sharpness_iters=20, numerics=common.FP32):
         self.criterion, self.etas, self.every, self.device = criterion, list(etas), every, device
+        self.numerics = numerics  # the probe's precision: fp32 unless --probe-precision says otherwise
         self.direction, self.lr = direction, lr
         self.sharpness_every, self.sharpness_images, self.sharpness_iters = sharpness_every, sharpness_images, \
             sharpness_iters
@@ -120,7 +124,7 @@ class BNProbe:
 
     def probe(self, model, optimizer, x, y):
         def loss_closure():
-            with common.autocast(self.device):
+            with self.numerics.autocast(self.device):
                 logits = model(x)
             return self.criterion(logits.float(), y)
         direction = None if self.direction == "grad" else [d / self.lr for d in next_update(optimizer)]
@@ -128,7 +132,7 @@ class BNProbe:
 
     def hessian(self, run):
         """Lanczos on the first `sharpness_images` training images in one batch, fp32, weights left as found."""
-        x = common.normalize(run.train_x[:self.sharpness_images], run.channels_last)
+        x = run.numerics.inputs(run.train_x[:self.sharpness_images])  # no autocast: fp32 products
         y = run.train_y[:self.sharpness_images]
         with common.preserved(run.model):
             rng = common.rng_state(run.device)
@@ -165,8 +169,8 @@ class BNProbe:
 def save_bn_analysis(runs, out, settings):
     """The raw numbers of a BN analysis: bn_analysis.json (settings, per-run results and epoch
     metrics) and bn_analysis.npz (per-step losses and probe arrays, keys '<model>/lr<lr>/<name>')."""
-    np.savez(os.path.join(out, "bn_analysis.npz"),
-             **{f"{r['model']}/lr{r['lr']:g}/{k}": v for r in runs for k, v in r["arrays"].items()})
+    common.save_npz(os.path.join(out, "bn_analysis.npz"),
+                    **{f"{r['model']}/lr{r['lr']:g}/{k}": v for r in runs for k, v in r["arrays"].items()})
     common.write_json(os.path.join(out, "bn_analysis.json"), dict(
         settings=settings, runs=[{k: r[k] for k in ("model", "lr", "dir", "result", "history")} for r in runs]))
 
@@ -301,8 +305,7 @@ def write_bn_report(runs, out, settings, smooth=1):
     if any(r["arrays"].get("sharpness_top", np.zeros(0)).size for r in runs):
         plot_sharpness(runs, os.path.join(out, "sharpness.png"))
         figures.append("sharpness.png")
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(claims_table(runs, settings) + "\n" + bn_summary_table(runs))
+    common.write_text(os.path.join(out, "summary.md"), claims_table(runs, settings) + "\n" + bn_summary_table(runs))
     return figures
 
 
@@ -434,7 +437,7 @@ def analysis_run(args, base, model, lr, out):
     etas = [m * (lr if args.probe_scale == "relative" else 1.0) for m in args.probe_etas]
     probe = BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
                     common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
-                    args.sharpness_images, args.sharpness_iters)
+                    args.sharpness_images, args.sharpness_iters, common.Numerics(args.probe_precision))
     partial = os.path.join(run_dir, "probe_partial.npz")
     restored = interrupted_probe(run_dir, cfg, probe_settings)
     if restored is not None:  # Ctrl-C'd earlier: the run resumes from last.pt, the probe from its arrays
@@ -444,9 +447,9 @@ def analysis_run(args, base, model, lr, out):
     result = common.train(cfg, step_hook=probe)
     arrays, settings = probe.arrays(), np.array(json.dumps(probe_settings))
     if result["status"] == "interrupted":
-        np.savez(partial, settings=settings, **arrays)
+        common.save_npz(partial, settings=settings, **arrays)
         return None
-    np.savez(probe_file, settings=settings, **arrays)
+    common.save_npz(probe_file, settings=settings, **arrays)
     if os.path.exists(partial):
         os.remove(partial)
     return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), result=result,
@@ -457,6 +460,8 @@ def same_settings(config_file, cfg, arrays, probe_settings):
     """Whether a run folder's config.json is `cfg` and the probe arrays saved there (their 'settings' entry is
     taken out of `arrays`) were recorded with `probe_settings`."""
     saved_probe = json.loads(str(arrays.pop("settings"))) if "settings" in arrays else None
+    if saved_probe is not None:
+        saved_probe.setdefault("probe_precision", "fp32")  # probes made before the flag: fp32 on the CPU
     return not common.config_differences(common.load_json(config_file), cfg) and \
         saved_probe == json.loads(json.dumps(probe_settings))
 

@@ -64,11 +64,12 @@ def parse_args(argv=None):
                    help="train / val: the checkpoint's own training / validation images (its --val and --subset)")
     p.add_argument("--n-items", type=int, default=10000, help="first N images of the split (-1: all)")
     p.add_argument("--batch-size", type=int, default=common.EVAL_BATCH, help="evaluation batch size")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="bf16 autocast applies on CUDA only")
+    common.add_precision_arg(p)  # the surface's evaluations; the Hessian is always fp32
     p.add_argument("--log", action="store_true", help="log10 z scale in the figures")
     p.add_argument("--zmax", type=float, help="clip the loss at this value in the figures")
     p.add_argument("--hessian", action="store_true",
-                   help="also the largest and most negative Hessian eigenvalue at the checkpoint (Lanczos)")
+                   help="also the largest and most negative Hessian eigenvalue at the checkpoint (Lanczos; always "
+                        "fp32)")
     p.add_argument("--hessian-iters", type=int, default=20, help="at most this many Lanczos iterations")
     p.add_argument("--hessian-tol", type=float, default=1e-3,
                    help="converged when the residuals ‖Hv − λv‖ are at most tol × max|λ|")
@@ -161,9 +162,8 @@ class SurfaceFiles:
 
     def save(self, surface, status="partial", extra=None):
         shape = (len(self.args.x), len(self.args.y)) if self.args.y else (len(self.args.x),)
-        np.savez(self.npz + ".tmp.npz", x=np.array(self.args.x), y=np.array(self.args.y or []),
-                 **{k: v.reshape(shape) for k, v in surface.items()})
-        os.replace(self.npz + ".tmp.npz", self.npz)
+        common.save_npz(self.npz, x=np.array(self.args.x), y=np.array(self.args.y or []),
+                        **{k: v.reshape(shape) for k, v in surface.items()})
         seconds = (self.ended or time.time()) - self.started
         n_done, n_points = int(surface["done"].sum()), int(surface["done"].size)
         rate = (n_done - self.done_before) / max(seconds, 1e-9)
@@ -192,7 +192,8 @@ def start_surface(args, settings):
     if not os.path.exists(npz_path):
         raise common.UsageError(f"--resume but {npz_path} does not exist")
     saved = common.load_json(json_path)
-    differ = [k for k in SURFACE_KEYS if saved["settings"].get(k) != common.json_safe(settings[k])]
+    made = {**saved["settings"], "precision": saved.get("precision_used", saved["settings"].get("precision"))}
+    differ = [k for k in SURFACE_KEYS if made.get(k) != common.json_safe(settings[k])]
     if differ:
         raise common.UsageError(f"--resume with different settings than {json_path}: {differ}")
     with np.load(npz_path) as old:
@@ -228,11 +229,11 @@ def make_directions(args, model, device):
             for axis in (["x", "y"] if args.y else ["x"])}
 
 
-def hessian(model, images, labels, criterion, args, device):
+def hessian(model, images, labels, criterion, args, device, numerics):
     """surface.json's 'hessian' entry: the top eigenvalue of the mean loss on the evaluation images."""
     def batch_losses():
         for i in range(0, len(labels), args.batch_size):
-            x = common.normalize(images[i:i + args.batch_size], channels_last=device.type == "cuda")
+            x = numerics.inputs(images[i:i + args.batch_size])  # no autocast: fp32 products
             yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
     started = time.time()
     h = common.hessian_extremes(model, batch_losses, len(labels), args.hessian_iters, args.hessian_tol, args.seed)
@@ -264,10 +265,11 @@ def landscape(args):
 
 
 def landscape_in_folder(args, rank, device):
-    settings = {k: getattr(args, k) for k in SURFACE_KEYS}
+    numerics = common.numerics_for(args.precision, device)
+    settings = {**{k: getattr(args, k) for k in SURFACE_KEYS}, "precision": numerics.precision}
     surface, seconds_before = start_surface(args, settings)
-    model, ckpt = common.load_checkpoint(args.ckpt, device)
-    model.eval()
+    model, ckpt = common.load_checkpoint(args.ckpt)
+    model = numerics.place(model, device).eval()
     cfg, world = ckpt["config"], common.rank_and_world()[1]
     images, labels = evaluation_data(args, cfg, device)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
@@ -282,15 +284,15 @@ def landscape_in_folder(args, rank, device):
     if rank == 0 and not args.interp:
         common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
     info = dict(model=cfg["model"], device=common.device_name(device), world_size=world,
-                precision_used="bf16" if device.type == "cuda" and args.precision == "bf16" else "fp32")
+                precision_used=numerics.precision, memory_format=numerics.memory_format)
     files = SurfaceFiles(args, settings, info, surface, seconds_before)
     if rank == 0:
         what = f"interpolation to {args.interp}" if args.interp else f"{args.norm}-normalized directions"
         print(f"{args.ckpt}: {cfg['model']} | {what} | {len(args.x)} x {len(args.y or [1])} points on "
-              f"{len(labels)} {args.split} images | {device} x {world} | out {args.out}", flush=True)
+              f"{len(labels)} {args.split} images | {device} x {world}, {numerics} | out {args.out}", flush=True)
     with common.GracefulStop() as stop, common.preserved(model):
         finished = common.compute_surface(model, base, axes, images, labels, criterion, device, surface,
-                                          files.save if rank == 0 else lambda s: None, args.precision == "bf16",
+                                          files.save if rank == 0 else lambda s: None, numerics,
                                           args.bn_mode, args.batch_size, stop)
     files.stop_clock()
     if rank > 0 or not finished:
@@ -298,7 +300,8 @@ def landscape_in_folder(args, rank, device):
             print(f"stopped with {int(surface['done'].sum())}/{surface['done'].size} points; resume with the "
                   f"same command plus --resume", flush=True)
         return 0 if finished else 130
-    extra = dict(hessian=hessian(model, images, labels, criterion, args, device)) if args.hessian else {}
+    extra = dict(hessian=hessian(model, images, labels, criterion, args, device, numerics)) if args.hessian \
+        else {}
     files.save(surface, "complete", extra)
     if files.non_finite:
         print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")

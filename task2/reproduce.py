@@ -69,6 +69,17 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"]),
 }
+FULL_SCALE_JOBS = [  # the cpu-full profile, in the order it runs: (run name, script, flags, the report's row, its %)
+    ("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd --recipe fast",
+     "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
+    ("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77),
+    ("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3", 83.29),
+    ("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd", "no such row", None),
+    ("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50),
+    ("t2_vgg_a_res_bn_adam", "task2/train.py", "--model vgg_a_res_bn --opt adam", "VGGA (BN + residual), Adam 1e-3",
+     86.0),
+]
+PROFILES["cpu-full"] = dict(jobs=FULL_SCALE_JOBS)  # full width, all 45,000 training images, --val 5000
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
     ["adam", "sgd"]
 GRIDS = {  # recipe: (run-name prefix, flags, what it is)
@@ -164,6 +175,9 @@ def plan(phase, profile, out, data_dir, seeds=1):
     Every Task 1 and Task 2 job runs with seeds 0 .. seeds-1, one run folder per seed."""
     p = {k: shlex.split(v) if isinstance(v, str) else v for k, v in PROFILES[profile].items()}
     p.update(data=["--data-dir", data_dir], seeds=range(seeds))
+    if "jobs" in p:  # a list of runs and nothing else: every job is in phase 1
+        return [job for name, script, flags, *_ in p["jobs"] if phase == "train"
+                for job in training_jobs(script, [*p["data"], *shlex.split(flags)], out, name, p["seeds"])]
     return {"train": train_jobs, "analysis": analysis_jobs, "landscapes": landscape_jobs}[phase](p, out)
 
 
@@ -518,13 +532,24 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 ]
 
 
+def copy_curves(out):
+    """Every run's curves.png into figures/curves/<run>.png; returns the run names."""
+    names = sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []
+    copied = [n for n in names if os.path.exists(os.path.join(run_dir(out, n), "curves.png"))]
+    for name in copied:
+        shutil.copy(os.path.join(run_dir(out, name), "curves.png"),
+                    os.path.join(out, "figures", "curves", f"{name}.png"))
+    return copied
+
+
+def curves_section(out):
+    return ["### Training curves", ""] + [f"- {n}: ![{n}](figures/curves/{n}.png)" for n in copy_curves(out)]
+
+
 def figures_section(out):
     """Copy every run's curves and the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
     figures = os.path.join(out, "figures")
-    for name in sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []:
-        curves = os.path.join(run_dir(out, name), "curves.png")
-        if os.path.exists(curves):
-            shutil.copy(curves, os.path.join(figures, "curves", f"{name}.png"))
+    copy_curves(out)
     listed = []
     for src, dst, caption in FIGURES:
         if os.path.exists(os.path.join(out, src)):
@@ -548,6 +573,25 @@ def figures_section(out):
         [f"- {caption}: ![{caption}](figures/{name})" for name, caption in listed]
 
 
+def full_scale_table(out, jobs):
+    """The headline table: every full-scale job beside the report's number for it."""
+    md = ["### Full scale: the report's numbers beside ours", "", *table_head(
+        "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "epochs", "wall time",
+        "device", "status")]
+    for name, _, _, label, report_acc in jobs:
+        rs = seed_results(out, name)
+        if not rs:
+            md.append(row([name, label, report_acc or "–", *["–"] * 5, "missing"]))
+            continue
+        ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
+        diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
+        wall = statistics.mean(r.get("wall_seconds", r["train_seconds"]) for r in rs)
+        md.append(row([link(out, run_dir(out, name)), label, report_acc or "–", stat(rs, "test_acc_at_best_val"),
+                       diff, f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
+                       rs[0].get("machine", rs[0]["device"]), common_value(rs, "status")]))
+    return md
+
+
 def write_report(out, profile=""):
     """tables.md and figures/ (drawn afresh: nothing stale stays) from the run folders under `out`; returns the
     Markdown."""
@@ -561,12 +605,14 @@ def write_report(out, profile=""):
           f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
           "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
           "best-validation epoch."]
-    for section in (hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
-                    sharpness_table(out), figures_section(out)):
+    jobs = PROFILES.get(profile, {}).get("jobs")
+    sections = [full_scale_table(out, jobs), curves_section(out)] if jobs else [
+        hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
+        sharpness_table(out), figures_section(out)]
+    for section in sections:
         md += [""] + section
     text = "\n".join(md) + "\n"
-    with open(os.path.join(out, "tables.md"), "w") as f:
-        f.write(text)
+    common.write_text(os.path.join(out, "tables.md"), text)
     return text
 
 
@@ -639,8 +685,7 @@ def update_readme(readme, tables, out):
         raise common.UsageError(f"{readme} lacks the markers {README_START} and {README_END}")
     head, rest = content.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
-    with open(readme, "w") as f:
-        f.write(f"{head}{README_START}\n{text}{README_END}{tail}")
+    common.write_text(readme, f"{head}{README_START}\n{text}{README_END}{tail}")
 
 
 # -- command line ------------------------------------------------------------------------------
