@@ -5,6 +5,7 @@ here and own their outputs. One training loop (`train`), one "model at θ + δ" 
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -126,6 +127,8 @@ def read_cifar_batch(path):
     labels = torch.as_tensor(list(batch["labels"]), dtype=torch.int64)
     if labels.numel() != shape[0]:
         raise DataError(f"{path}: {shape[0]} images but {labels.numel()} labels")
+    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
+        raise DataError(f"{path}: labels range from {int(labels.min())} to {int(labels.max())}; CIFAR-10 has 0 to 9")
     images = torch.from_numpy(data.copy()).view(-1, 3, 32, 32)
     return images, labels
 
@@ -576,16 +579,18 @@ def config_from_args(args, default_lr=None):
 
 def check_numbers(cfg):
     """UsageError naming the first flag whose value makes no sense."""
-    rules = [("--epochs", cfg["epochs"] >= 1), ("--batch-size", cfg["batch_size"] >= 1), ("--width", cfg["width"] > 0),
-             ("--lr", 0 <= cfg["lr"] < math.inf), ("--wd", cfg["wd"] >= 0), ("--momentum", 0 <= cfg["momentum"] < 1),
+    big = torch.finfo(torch.float32).max  # an lr or weight decay beyond it cannot even be applied to fp32 weights
+    rules = [("--epochs", cfg["epochs"] >= 1), ("--batch-size", cfg["batch_size"] >= 1),
+             ("--width", 0 < cfg["width"] < math.inf), ("--lr", 0 <= cfg["lr"] < big), ("--wd", 0 <= cfg["wd"] < big),
+             ("--momentum", 0 <= cfg["momentum"] < 1),
              ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
              ("--leaky-slope", math.isfinite(cfg["leaky_slope"])), ("--val", cfg["val"] >= 0),
              ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0)]
     for flag, ok in rules:  # a NaN fails every comparison, so it lands here too
         if not ok:
             value = cfg[flag[2:].replace("-", "_")]
-            raise UsageError(f"{flag} {value}: out of range (positive sizes, a finite lr >= 0; dropout, label "
-                             "smoothing and momentum in [0, 1); no negative counts)")
+            raise UsageError(f"{flag} {value}: out of range (positive finite sizes, an lr and weight decay >= 0 "
+                             "that fp32 can hold; dropout, label smoothing and momentum in [0, 1); no negative counts)")
 
 
 def with_recipe(cfg):
@@ -702,6 +707,17 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def file_digest(path):
+    """SHA-256 of a file's bytes (None if it does not exist): what a derived result was derived from."""
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_text(path, text):
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
@@ -803,6 +819,8 @@ def folder_lock(folder):
     """Only one process writes into `folder`: .lock holds the writer's pid and host. A lock whose process is
     gone (same host) is taken over; a live one refuses with a UsageError naming it. A folder this call
     created is removed again if it is still empty on exit (nothing left behind by a refused or failed call)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"--out {folder} is a file, not a folder")
     path, me = os.path.join(folder, ".lock"), f"{os.getpid()} {socket.gethostname()}"
     created, parent = [], os.path.abspath(folder)
     while not os.path.isdir(parent):  # the folders this call creates, deepest first
@@ -875,6 +893,18 @@ def ignored_on_resume(cfg, argv):
             if k in given]
 
 
+def resume_config(cfg, argv):
+    """--resume: says which flags given beside it the saved config overrides, and keeps the saved data folder
+    unless --data-dir is given again (a run resumes on the data it started with)."""
+    ignored = ignored_on_resume(cfg, argv)
+    if ignored:
+        print(f"note: --resume keeps the saved config; ignoring {', '.join(ignored)}", flush=True)
+    path = os.path.join(cfg["out"], "config.json")
+    if os.path.exists(path) and not any(a.split("=")[0] == "--data-dir" for a in argv):
+        cfg = dict(cfg, data_dir=load_json(path).get("data_dir", cfg["data_dir"]))
+    return cfg
+
+
 def config_differences(saved, cfg):
     """The settings, runtime flags aside, in which cfg differs from a saved config (one made before a recipe
     setting existed counts as trained with the value it had then)."""
@@ -889,15 +919,18 @@ def train_main(script, argv=None, defaults=None, default_lr=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = config_from_args(parser.parse_args(argv), default_lr)
-        ignored = ignored_on_resume(cfg, argv) if cfg["resume"] else []
-        if ignored:
-            print(f"note: --resume keeps the saved config; ignoring {', '.join(ignored)}", flush=True)
+        if cfg["resume"]:
+            cfg = resume_config(cfg, argv)
         result = train(cfg)
     except USER_ERRORS as e:
         return fail(e)
-    if result["status"] == "interrupted":  # the same flags (data dir, device, ...) and --out, plus --resume
+    except OSError as e:  # a folder or file that cannot be written or read: the user's to fix, in one line
+        return fail(f"{e.filename or ''}: {e.strerror or e}")
+    if result["status"] == "interrupted":  # the same flags (device, ...), --data-dir and --out, plus --resume
         flags = [a for a in argv if a not in ("--overwrite", "--resume")]
-        flags += [] if "--out" in flags else ["--out", cfg["out"]]
+        given = {a.split("=")[0] for a in flags}
+        flags += [] if "--data-dir" in given else ["--data-dir", cfg["data_dir"]]  # e.g. from $CIFAR10_DIR
+        flags += [] if "--out" in given else ["--out", cfg["out"]]
         print(f"Resume with:\n  python {script} {shlex.join(flags)} --resume", flush=True)
         return 130
     return 0
@@ -966,6 +999,10 @@ class Run:
         torch.manual_seed(cfg["seed"])
         self.gen = torch.Generator().manual_seed(cfg["seed"])
         self.model = self.numerics.place(build_model(cfg), device)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if has_bn and min(cfg["batch_size"], len(self.train_y)) < 2:
+            raise UsageError(f"--batch-size {cfg['batch_size']} with {len(self.train_y)} training images: BatchNorm "
+                             "needs batches of at least 2 images")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
@@ -982,9 +1019,9 @@ def setup_run(cfg):
     if cfg["resume"]:
         ckpt = read_checkpoint(os.path.join(cfg["out"], "last.pt"))  # a truncated file is one line
         cfg = {**with_recipe(ckpt["config"]), **{k: cfg[k] for k in RUNTIME_KEYS}}
-    else:
+    run = Run(cfg, device)  # data and model are checked before a new run writes anything
+    if ckpt is None:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
-    run = Run(cfg, device)
     print(f"{run_name(cfg)}: {count_params(run.model):,} parameters | {len(run.train_y)} train / "
           f"{len(run.val_y)} val / {len(run.test_y)} test images | {device_name(run.device)} | out {run.out}",
           flush=True)

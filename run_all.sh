@@ -11,15 +11,18 @@
 # Rerunning skips finished runs and resumes interrupted ones. The jobs of each phase come from the one
 # experiment plan in task2/reproduce.py (`python task2/reproduce.py plan PHASE --profile P --out DIR`).
 set -uo pipefail
+here=$PWD  # relative --out and --data-dir are the user's, resolved where the user stands
 cd "$(dirname "$0")"
-profile=quick data_dir=${CIFAR10_DIR:-data} out="" gpus="" update_readme="" seeds=1 phase="" shard=""
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
+profile=quick data_dir=${CIFAR10_DIR:+$(absolute "$CIFAR10_DIR")} out="" gpus="" update_readme="" seeds=1 phase=""
+data_dir=${data_dir:-data} shard=""
 usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || usage "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) need_value "$@"; profile=$2; shift 2 ;;
-    --data-dir) need_value "$@"; data_dir=$2; shift 2 ;;
-    --out) need_value "$@"; out=$2; shift 2 ;;
+    --data-dir) need_value "$@"; data_dir=$(absolute "$2"); shift 2 ;;
+    --out) need_value "$@"; out=$(absolute "$2"); shift 2 ;;
     --seeds) need_value "$@"; seeds=$2; shift 2 ;;
     --gpus) need_value "$@"; gpus=$2; shift 2 ;;
     --phase) need_value "$@"; phase=$2; shift 2 ;;
@@ -45,7 +48,29 @@ PY=${PYTHON:-python}
 out=${out:-results/$profile}
 plan() { $PY task2/reproduce.py plan "$1" --profile "$profile" --out "$out" --data-dir "$data_dir" --seeds "$seeds"; }
 plan train > /dev/null || exit 2  # a wrong profile or seed count stops here, before anything is written
-mkdir -p "$out/runs" "$out/logs"
+[ ! -e "$out" ] || [ -d "$out" ] || usage "--out $out is a file, not a folder"
+if [ "$phase" = report ] && [ ! -d "$out/runs" ]; then
+  echo "run_all.sh: $out holds no runs; nothing to report (check --out)" >&2; exit 2
+fi
+mkdir -p "$out/runs" "$out/logs" || exit 2
+# one run_all.sh per --out at a time (shards take one each, by their tag): a second one says who holds it
+lock="$out/.run_all$tag.lock"
+exec 9>>"$lock"
+if ! flock -n 9; then
+  echo "run_all.sh: $out is in use by another run_all.sh (pid $(cat "$lock")); wait for it or use another --out" >&2
+  exit 2
+fi
+echo $$ > "$lock"
+# SIGTERM / Ctrl-C reach the job runners too: each saves its run and stops after the current step
+children=()
+stop_children() {
+  trap - TERM INT
+  [ ${#children[@]} -eq 0 ] || kill -TERM "${children[@]}" 2>/dev/null
+  wait
+  echo "interrupted: rerun the same command to resume"
+  exit 130
+}
+trap stop_children TERM INT
 failures="$out/logs/failures$tag.txt"; : > "$failures"
 started=$(date +%s)
 
@@ -58,7 +83,9 @@ run_phase() {
   awk -v n="${shard_n:-1}" -v k="${shard_k:-0}" '(NR - 1) % n == k' "$file.all" > "$file" && rm "$file.all"
   echo "== $name$tag: $(grep -c . "$file") jobs"
   if [ -z "$gpus" ]; then
-    $PY task2/reproduce.py jobs "$file" --failures "$failures" || code=$?
+    $PY task2/reproduce.py jobs "$file" --failures "$failures" &
+    children=($!)
+    wait $! || code=$?
   else
     IFS=, read -ra ids <<< "$gpus"
     local i pids=()
@@ -68,6 +95,7 @@ run_phase() {
         --failures "$failures" > "$out/logs/$name$tag.gpu${ids[$i]}.log" 2>&1 &
       pids+=($!)
     done
+    children=("${pids[@]}")
     # show each worker's progress lines; the full output stays in the worker's log
     tail -q -n +1 -f --pid=$$ "$out"/logs/"$name$tag".gpu*.log 2>/dev/null | grep --line-buffered '^\[gpu' &
     for i in "${pids[@]}"; do wait "$i" || code=$?; done

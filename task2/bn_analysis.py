@@ -75,6 +75,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.lr is not None:
         parser.error("use --lrs: the analysis runs every learning rate given there")
+    if len(set(args.models)) < 2 or len(set(args.models)) < len(args.models):
+        parser.error("--models needs two or more different models: the first is the baseline, the others are "
+                     "compared with it")
     if args.probe_every < 1 or args.sharpness_every < 0 or args.sharpness_images < 1 or args.sharpness_iters < 1:
         parser.error("--probe-every, --sharpness-images and --sharpness-iters must be at least 1, "
                      "--sharpness-every at least 0")
@@ -271,7 +274,8 @@ def claims_table(runs, settings):
     settings = {k: first.get(k) if v is None else v for k, v in settings.items()}  # as the runs resolved them
     lines = [f"## Does BN help optimization? {baseline} vs " + ", ".join(dict.fromkeys(
                  r["model"] for r in runs if r["model"] != baseline)), "",
-             "| claim | lr | model | without BN | with BN | ratio | verdict |", "|---|---|---|---|---|---|---|"]
+             f"| claim | lr | compared model | {baseline} (baseline) | compared model's | ratio | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for claim, key in CLAIMS:
         for r in (r for r in runs if r["model"] != baseline):
             base = next((b for b in runs if b["model"] == baseline and b["lr"] == r["lr"]), None)

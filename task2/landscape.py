@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import math
 import os
+import pickle
 import sys
 import time
 
@@ -30,7 +31,7 @@ import common  # noqa: E402
 
 # settings that must match for --resume to continue a surface
 SURFACE_KEYS = ("ckpt", "interp", "x", "y", "seed", "norm", "include_bn_bias", "bn_mode", "split", "n_items",
-                "precision", "dir_file")
+                "precision", "dir_file", "ckpt_sha256", "interp_sha256")  # the checkpoints' contents too
 
 
 def parse_axis(text):
@@ -89,6 +90,8 @@ def parse_args(argv=None):
         p.error("--interp is one-dimensional; drop --y")
     if args.interp and args.dir_file:
         p.error("--interp takes its direction from the two checkpoints; drop --dir-file")
+    if args.y and min(len(args.x), len(args.y)) < 2:
+        p.error("a 2D surface needs at least 2 points along --x and --y (for one line, drop --y)")
     grid = f"{len(args.x)}" + (f"x{len(args.y)}" if args.y else "")  # 1D and 2D runs of one checkpoint never collide
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
                                         f"interp_{grid}" if args.interp else f"landscape_{grid}")
@@ -223,7 +226,11 @@ def make_directions(args, model, device):
             raise common.UsageError(f"{args.interp} is not the same architecture as {args.ckpt}")
         return {"x": {name: (other[name] - t).detach().cpu() for name, t in common.landscape_tensors(model)}}
     if args.dir_file:
-        return torch.load(args.dir_file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(args.dir_file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+            raise common.UsageError(f"--dir-file {args.dir_file}: not a directions.pt we can read "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
     generator = torch.Generator().manual_seed(args.seed)
     return {axis: common.random_direction(model, generator, args.norm, args.include_bn_bias)
             for axis in (["x", "y"] if args.y else ["x"])}
@@ -264,9 +271,26 @@ def landscape(args):
         return landscape_in_folder(args, rank, device)
 
 
+def finish_surface(args, cfg, files, surface, extra):
+    """Arrays (and the Hessian) saved, the figures drawn, and only then surface.json says complete, listing
+    them: a surface killed between the two is finished again, not skipped. Returns the figures."""
+    files.save(surface, "partial", extra)
+    if files.non_finite:
+        print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
+    with np.load(files.npz) as saved:
+        run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
+        title = f"{cfg['model']} {run_of(args.ckpt)}" + (
+            f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
+        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
+    files.save(surface, "complete", dict(extra, figures=written))
+    return written
+
+
 def landscape_in_folder(args, rank, device):
     numerics = common.numerics_for(args.precision, device)
-    settings = {**{k: getattr(args, k) for k in SURFACE_KEYS}, "precision": numerics.precision}
+    settings = {**{k: getattr(args, k) for k in SURFACE_KEYS if not k.endswith("_sha256")},
+                "precision": numerics.precision, "ckpt_sha256": common.file_digest(args.ckpt),
+                "interp_sha256": args.interp and common.file_digest(args.interp)}
     surface, seconds_before = start_surface(args, settings)
     model, ckpt = common.load_checkpoint(args.ckpt)
     model = numerics.place(model, device).eval()
@@ -302,14 +326,7 @@ def landscape_in_folder(args, rank, device):
         return 0 if finished else 130
     extra = dict(hessian=hessian(model, images, labels, criterion, args, device, numerics)) if args.hessian \
         else {}
-    files.save(surface, "complete", extra)
-    if files.non_finite:
-        print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
-    with np.load(files.npz) as saved:
-        run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
-        title = f"{cfg['model']} {run_of(args.ckpt)}" + (
-            f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
-        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
+    written = finish_surface(args, cfg, files, surface, extra)
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
           f"wrote surface.npz, surface.json, {', '.join(written)} in {args.out}", flush=True)

@@ -277,10 +277,13 @@ def landscape_job_state(args, out):
         return ["--overwrite"]
     saved = common.load_json(info)
     planned = {k: option(args, f"--{k}") for k in ("ckpt", "interp")}
+    planned.update({f"{k}_sha256": v and common.file_digest(v) for k, v in list(planned.items())})
     if any(saved["settings"].get(k) != v for k, v in planned.items()):
-        print(f"{out} was drawn for {saved['settings']['ckpt']}; the plan now names {planned['ckpt']}", flush=True)
+        print(f"{out} was drawn for {saved['settings']['ckpt']} as it was then; the plan now names "
+              f"{planned['ckpt']} as it is now: computed again", flush=True)
         return ["--overwrite"]
-    if saved["status"] == "complete":
+    figures = [os.path.join(out, f) for f in saved.get("figures", [])]
+    if saved["status"] == "complete" and figures and all(os.path.exists(f) for f in figures):
         return "done"
     return ["--resume"] if os.path.exists(os.path.join(out, "surface.npz")) else ["--overwrite"]
 
@@ -720,6 +723,8 @@ def main(argv=None):
             print(shlex.join(job))
         return 0
     if args.command == "jobs":
+        if not os.path.isfile(args.file):
+            return common.fail(common.UsageError(f"{args.file}: no such job file"))
         failures = run_jobs(args.file, args.worker)
         if args.failures and failures:
             with open(args.failures, "a") as f:
@@ -728,6 +733,11 @@ def main(argv=None):
     try:
         if not os.path.isdir(os.path.join(args.out, "runs")):  # never replace README's tables with "missing" rows
             raise common.UsageError(f"{args.out} holds no runs ({os.path.join(args.out, 'runs')} is missing)")
+        finished = [d for d in os.listdir(os.path.join(args.out, "runs"))
+                    if (read_result(run_dir(args.out, d)) or {}).get("status") in FINISHED]
+        if args.update_readme and not finished:
+            raise common.UsageError(f"{args.out} holds no finished run: README's results are left as they are "
+                                    "(check --out)")
         tables = write_report(args.out, args.profile)
         print(f"wrote {os.path.join(args.out, 'tables.md')} and {os.path.join(args.out, 'figures')}/")
         if args.update_readme:
