@@ -77,7 +77,7 @@ class UsageError(Exception):
     """A flag, folder or file the user got wrong; the scripts print it as one line, without a traceback."""
 
 
-USER_ERRORS = (DataError, UsageError)
+USER_ERRORS = (DataError, UsageError, OSError)  # OSError: a folder or file that cannot be read or written
 
 
 def fail(error):
@@ -490,12 +490,13 @@ def make_optimizer(cfg, params):
 SCHEDULES = ["cosine_step", "cosine_epoch", "onecycle", "none"]
 
 
-def lr_schedule(optimizer, kind, epochs, steps_per_epoch):
+def lr_schedule(optimizer, kind, epochs, steps_per_epoch, total=None):
     """Stepped once per batch. cosine_step: cosine from the base lr to 0 over the run, batch by batch;
     cosine_epoch: the same curve held constant within each epoch (CosineAnnealingLR(T_max=epochs) stepped per
     epoch, as the report's code); onecycle: linear up to the base lr over the first FAST_WARMUP of the steps,
-    then linear down to 0 (Smith 2018; Myrtle's ResNet-9); none: constant."""
-    total = epochs * steps_per_epoch
+    then linear down to 0 (Smith 2018; Myrtle's ResNet-9); none: constant. `total` (default all the epochs'
+    steps) is where the schedules reach 0."""
+    total = total or epochs * steps_per_epoch
     warm = max(1, round(FAST_WARMUP * total))
     factors = {"onecycle": lambda step: (step + 1) / warm if step < warm else max(total - step, 0) / (total - warm),
                "cosine_step": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
@@ -534,6 +535,9 @@ def add_train_args(parser, default_lr=None):
                    help="Nesterov momentum for SGD (default off; on with --recipe fast)")
     g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
     g.add_argument("--epochs", type=int, default=None, help="default 60; 100 with --recipe report")
+    g.add_argument("--steps", type=int, default=None,
+                   help="a budget of optimizer steps instead of --epochs: train exactly N steps (the last epoch "
+                        "may be partial; the schedule spans the N steps)")
     g.add_argument("--batch-size", type=int, default=None, help="default 128; 64 for Task 2 with --recipe report")
     g.add_argument("--recipe", default="ours", choices=RECIPES,
                    help="report: the settings the report author's code ran (README: what the report's code did); "
@@ -580,7 +584,8 @@ def config_from_args(args, default_lr=None):
 def check_numbers(cfg):
     """UsageError naming the first flag whose value makes no sense."""
     big = torch.finfo(torch.float32).max  # an lr or weight decay beyond it cannot even be applied to fp32 weights
-    rules = [("--epochs", cfg["epochs"] >= 1), ("--batch-size", cfg["batch_size"] >= 1),
+    rules = [("--epochs", cfg["epochs"] >= 1), ("--steps", (cfg.get("steps") or 1) >= 1),
+             ("--batch-size", cfg["batch_size"] >= 1),
              ("--width", 0 < cfg["width"] < math.inf), ("--lr", 0 <= cfg["lr"] < big), ("--wd", 0 <= cfg["wd"] < big),
              ("--momentum", 0 <= cfg["momentum"] < 1),
              ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
@@ -924,8 +929,6 @@ def train_main(script, argv=None, defaults=None, default_lr=None):
         result = train(cfg)
     except USER_ERRORS as e:
         return fail(e)
-    except OSError as e:  # a folder or file that cannot be written or read: the user's to fix, in one line
-        return fail(f"{e.filename or ''}: {e.strerror or e}")
     if result["status"] == "interrupted":  # the same flags (device, ...), --data-dir and --out, plus --resume
         flags = [a for a in argv if a not in ("--overwrite", "--resume")]
         given = {a.split("=")[0] for a in flags}
@@ -946,7 +949,7 @@ def train(cfg, step_hook=None):
         run = setup_run(cfg)
         status = "completed"  # the run's one status: completed, diverged or interrupted
         with GracefulStop() as stop:
-            while status == "completed" and run.state["epoch"] < run.cfg["epochs"]:
+            while status == "completed" and run.state["epoch"] < run.epochs:
                 status = train_epoch(run, stop, step_hook)
                 if status == "completed":
                     status = finish_epoch(run, stop)
@@ -992,6 +995,9 @@ class Run:
         # the last partial batch of each epoch is dropped (a fresh order every epoch, so none is left out
         # for good): a batch of a few images would give BN noisy statistics and the loss a spike
         self.steps_per_epoch = max(1, len(self.train_y) // cfg["batch_size"])
+        # --steps: exactly that many steps, the last epoch cut short; else whole epochs
+        self.total_steps = cfg.get("steps") or cfg["epochs"] * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
     def build(self):
         """Seeded model (in the run's memory format, compiled with --compile), loss, optimizer, schedule."""
@@ -1008,7 +1014,8 @@ class Run:
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
         self.criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
         self.optimizer = make_optimizer(cfg, param_groups(self.model, cfg))
-        self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], cfg["epochs"], self.steps_per_epoch)
+        self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], self.epochs, self.steps_per_epoch,
+                                     self.total_steps)
 
 
 def setup_run(cfg):
@@ -1049,12 +1056,13 @@ def train_epoch(run, stop, step_hook=None):
     loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float64)
     correct = torch.tensor(state["correct"], device=device, dtype=torch.int64)
     status, started, last_print = "completed", time.time(), time.time()
-    for step in range(state["step"], run.steps_per_epoch):
+    n_steps = min(run.steps_per_epoch, run.total_steps - state["epoch"] * run.steps_per_epoch)  # --steps: fewer
+    for step in range(state["step"], n_steps):
         loss, n_correct, n = train_step(run, step, step_hook)
         loss_sum += loss.detach().double() * n
         correct += n_correct
         state.update(seen=state["seen"] + n, step=step + 1)
-        if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == run.steps_per_epoch or stop.requested:
+        if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == n_steps or stop.requested:
             if not math.isfinite(loss_sum.item()):  # a running sum is non-finite as soon as one loss was
                 print(f"epoch {state['epoch'] + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
                 status = "diverged"
@@ -1062,15 +1070,15 @@ def train_epoch(run, stop, step_hook=None):
         if time.time() - last_print > PROGRESS_EVERY_S:  # checked every step: a slow CPU step can take seconds
             last_print = time.time()
             rate = state["seen"] / (state["epoch_seconds"] + last_print - started)
-            print(f"  epoch {state['epoch'] + 1} step {step + 1}/{run.steps_per_epoch} loss "
+            print(f"  epoch {state['epoch'] + 1} step {step + 1}/{n_steps} loss "
                   f"{loss_sum.item() / state['seen']:.4f} {rate:.0f} img/s epoch ETA "
-                  f"{format_seconds((len(run.train_y) - state['seen']) / rate)}", flush=True)
+                  f"{format_seconds((n_steps - step - 1) * run.cfg['batch_size'] / rate)}", flush=True)
         if stop.requested:
             break
     seconds = time.time() - started
     state.update(loss_sum=loss_sum.item(), correct=correct.item(), epoch_seconds=state["epoch_seconds"] + seconds,
                  train_seconds=state["train_seconds"] + seconds)
-    if status == "completed" and state["step"] < run.steps_per_epoch:
+    if status == "completed" and state["step"] < n_steps:
         status = "interrupted"
     return status
 
@@ -1115,7 +1123,7 @@ def finish_epoch(run, stop):
     with open(os.path.join(run.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(json_safe(m)) + "\n")
     run.session_epochs += 1
-    eta = (time.time() - run.session_start) / run.session_epochs * (cfg["epochs"] - state["epoch"])
+    eta = (time.time() - run.session_start) / run.session_epochs * (run.epochs - state["epoch"])
     print(f"epoch {m['epoch']:3d}/{cfg['epochs']} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
           f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr at start {m['lr']:.2e} "
           f"| {m['img_per_s']:.0f} img/s "
@@ -1140,7 +1148,7 @@ def finish_run(run, status, signal_name=None):
     state, out = run.state, run.out
     save_checkpoint(os.path.join(out, "last.pt"), run.checkpoint())
     history = state["history"]
-    result = dict(status=status, epochs_run=len(history), epochs=run.cfg["epochs"],
+    result = dict(status=status, epochs_run=len(history), epochs=run.epochs, steps=run.total_steps,
                   best_val_acc=state["best_val_acc"], best_epoch=state["best_epoch"],
                   test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None, final_test_loss=None,
                   final_val_acc=history[-1]["val_acc"] if history else None,

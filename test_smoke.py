@@ -1,4 +1,5 @@
 """Tests: `python -m pytest -q` (about 2.5 min on 2 cores; `FAST=1` skips the three slowest). CPU, tiny fake data."""
+import argparse
 import math
 import os
 import pickle
@@ -722,19 +723,66 @@ def known_run(model, lr, step_loss, probe_ranges, betas, sharpness):
 
 
 def test_claims_table_from_known_arrays():
-    """Medians after the first epoch (steps >= 2) decide each claim; the first probe (step 0) never counts."""
+    """Paired medians after the first epoch (steps >= 2) decide each claim; the first probe never counts."""
     runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1], [100, 1, 3], [100, 4, 6], [1000, 10, 30]),
             known_run("vgg_a_bn", 0.1, [3, 2, 1, 1], [0, 0.5, 0.5], [0, 8, 8], [0, 1, 3])]
     table = bn_analysis.claims_table(runs, dict(opt="sgd")).splitlines()
     lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
     loss = lines["loss changes less along the probe direction (loss range over η)"]
-    assert loss[3:7] == ["2", "0.5", "0.25", "holds at this scale |"]
+    assert loss[3:5] == ["2", "0.5"] and loss[5].startswith("0.3333 [") and loss[6] == "100% of 2"
+    assert loss[7] == "holds |"  # both ratios (0.5, 1/6) below 1, so every resample's median is
     beta = lines["effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)"]
-    assert beta[3:7] == ["5", "8", "1.6", "does not hold at this scale |"]
+    assert beta[3:5] == ["5", "8"] and beta[6:8] == ["0% of 2", "does not hold |"]
     sharp = lines["sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)"]
     assert sharp[3:5] == ["20", "2"]
-    band = lines["the training loss depends less on the lr (loss-band width over all lrs)"]
-    assert band[3:5] == ["0", "0"] and band[6] == "does not hold at this scale |"  # one lr: no band at all
+    band = lines[bn_analysis.BAND_CLAIM]
+    assert band[3:5] == ["0", "0"] and band[7].startswith("not measured")  # one lr: no band, no ratio
+
+
+def seeded_runs(ratios_by_seed, probes=40):
+    """vgg_a and vgg_a_bn over seeds: the baseline's loss range 2 at every probe, BN's 2 × the given ratio
+    (cycled); 2 steps per epoch, a probe every step; step 0 says the opposite and must be left out."""
+    runs = []
+    for seed, ratios in enumerate(ratios_by_seed):
+        for model, scale in (("vgg_a", None), ("vgg_a_bn", ratios)):
+            ranges = [2.0 * (1 if scale is None else scale[i % len(scale)]) for i in range(probes)]
+            ranges[0] = 2.0 if scale is None else 200.0
+            run = known_run(model, 0.1, [1.0] * probes, [0] * 3, [1] * 3, [1] * 3)
+            run["arrays"].update(probe_step=np.arange(probes), probe_losses=np.array([[1.0, 1.0 + r] for r in ranges]))
+            runs.append(dict(run, seed=seed))
+    return runs
+
+
+def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path):
+    """--steps 12 on 8-step epochs: 12 optimizer steps, the second epoch cut short, the schedule over the 12."""
+    cfg = parse([*TINY, "--data-dir", fake_data, "--opt", "adam", "--steps", "12", "--out", str(tmp_path)])
+    result = common.train(cfg)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert result["status"] == "completed" and result["epochs_run"] == 2 and result["steps"] == 12
+    assert int(ckpt["optimizer"]["state"][0]["step"]) == 12 and ckpt["scheduler"]["last_epoch"] == 12
+    args = bn_analysis.parse_args(["--paper", "--data-dir", fake_data])
+    cfg = common.config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                        if k not in bn_analysis.ANALYSIS_KEYS}))
+    assert (cfg["opt"], cfg["momentum"], cfg["wd"], cfg["batch_size"], cfg["schedule"], cfg["augment"],
+            cfg["init"], cfg["steps"]) == ("sgd", 0.0, 0.0, 128, "none", False, "xavier", 15000)
+    assert args.lrs == [0.1, 0.5] and args.probe_scale == "relative" and args.probe_direction == "grad"
+    assert len(args.probe_etas) >= 7 and min(args.probe_etas) == 0.5 and max(args.probe_etas) == 4
+    assert cfg["steps"] // args.probe_every >= 300
+
+
+@pytest.mark.parametrize("ratios, expected", [
+    ([[0.5, 0.6, 0.7], [0.55, 0.65]], "holds"),
+    ([[1.5, 1.2], [1.3, 1.4, 1.6]], "does not hold"),
+    ([[0.5, 1.5], [0.6, 1.4]], "inconclusive"),
+])
+def test_paired_verdicts_tell_a_win_from_a_tie(ratios, expected):
+    runs = seeded_runs(ratios)
+    pairs = bn_analysis.claim_pairs(runs, "vgg_a", "vgg_a_bn", 0.1, "loss_range")
+    assert len(pairs) == 2 and len(pairs[0][0]) == 38  # two seeds, the 38 probes after the first epoch
+    v = bn_analysis.verdict(bn_analysis.paired_ratios(pairs))
+    assert v["verdict"] == expected and v["n"] == 76 and v["low"] <= v["ratio"] <= v["high"]
+    smaller = np.mean([r < 1 for seed in ratios for r in (seed * 40)[2:40]])
+    assert v["smaller"] == pytest.approx(smaller)
 
 
 @SLOW
@@ -1002,7 +1050,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
-                "5. How BN helps": (4 * 4 + 1, 7), "6. Sharpness": (4, 6)}
+                "5. How BN helps": (4 * 4 + 1, 8), "6. Sharpness": (4, 6)}
     for heading, (n_rows, n_cols) in expected.items():
         rows = table_rows(tables, heading)
         assert len(rows) == n_rows and all(len(r) == n_cols for r in rows), heading

@@ -354,8 +354,10 @@ def training_seconds(job, device, cache):
     cfg = train_config(flags, task2=script.startswith("task2"))
     n_val = min(cfg["val"], 5000)
     n_train = min(cfg["subset"] or 50000, 50000 - n_val)
-    images = n_train // cfg["batch_size"] * cfg["batch_size"] * cfg["epochs"]
-    evaluations = n_val * cfg["epochs"] + 2 * (cfg["test_subset"] or 10000)
+    steps_per_epoch = max(1, n_train // cfg["batch_size"])
+    steps = cfg.get("steps") or steps_per_epoch * cfg["epochs"]
+    images, epochs = steps * cfg["batch_size"], -(-steps // steps_per_epoch)
+    evaluations = n_val * epochs + 2 * (cfg["test_subset"] or 10000)
     runs, probe_cost = [cfg], 0.0
     if script.endswith("bn_analysis.py"):  # vgg_a and vgg_a_bn at 4 lrs; a probe is 6 forward-backward passes
         runs = [dict(cfg, model=m) for m in ("vgg_a", "vgg_a_bn") for _ in range(4)]

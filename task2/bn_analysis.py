@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import sys
 import warnings
 
@@ -27,19 +28,22 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
-ANALYSIS_KEYS = ("models", "lrs", "probe_every", "probe_etas", "probe_direction", "probe_scale", "probe_precision",
-                 "paper", "sharpness_every", "sharpness_images", "sharpness_iters", "smooth", "replot")
+ANALYSIS_KEYS = ("models", "lrs", "seeds", "probe_every", "probe_etas", "probe_direction", "probe_scale",
+                 "probe_precision", "paper", "sharpness_every", "sharpness_images", "sharpness_iters", "smooth",
+                 "replot")
 PROBE_KEYS = ("probe_every", "probe_etas", "probe_direction", "probe_scale", "sharpness_every", "sharpness_images",
               "sharpness_iters", "probe_precision")  # a saved probe.npz is reused only when these match
 BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "sharpness.png",
               "curves.png"]
 PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
 SHARPNESS_FIELDS = ("step", "top", "bottom", "residual_top", "converged")  # probe.npz: sharpness_*
-MODEL_COLOURS = {"vgg_a": "tab:orange", "vgg_a_bn": "tab:blue", "vgg_a_res_bn": "tab:green", "resvgg16": "tab:purple"}
-# Santurkar et al. 2018 as we read it: VGG trained with plain SGD at batch 128, learning rates 0.1 and 0.5 (their
-# Figure 1), the probe along the gradient at absolute step sizes up to 0.4 (their Figure 4)
-PAPER = dict(opt="sgd", momentum=0.0, lrs=[0.1, 0.5], batch_size=128, probe_direction="grad", probe_scale="absolute",
-             probe_etas=[0.05, 0.1, 0.2, 0.3, 0.4])
+COLOUR_FAMILIES = ["Oranges", "Blues", "Greens", "Purples"]  # baseline, then each compared model
+# Santurkar et al. 2018, Appendix A: VGG, plain SGD at batch 128, a fixed lr of 0.1 (0.5 in Figure 1), no data
+# augmentation, no weight decay, Glorot init, 15,000 steps on CIFAR-10; the probe along the gradient at step
+# lengths in [1/2, 4] x the step size (A.2.2), here every 50 steps: 300 probes a run
+PAPER = dict(opt="sgd", momentum=0.0, lrs=[0.1, 0.5], batch_size=128, schedule="none", augment=False, wd=0.0,
+             init="xavier", steps=15000, probe_every=50, probe_direction="grad", probe_scale="relative",
+             probe_etas=[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
 
 
 def parse_args(argv=None):
@@ -50,6 +54,8 @@ def parse_args(argv=None):
     g.add_argument("--models", nargs="+", default=["vgg_a", "vgg_a_bn"], choices=common.MODELS,
                    help="the first is the baseline the summary's claims compare the others with")
     g.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 1e-4, 5e-4], help="one run per model and lr")
+    g.add_argument("--seeds", type=int, default=1, help="every model and lr with seeds 0 .. N-1 (same batches "
+                                                         "for every model at a seed)")
     g.add_argument("--probe-every", type=int, default=50, help="probe every K training steps")
     g.add_argument("--probe-direction", default="grad", choices=["grad", "update"],
                    help="grad: along -∇L; update: along the step the run's optimizer takes next (Adam's, momentum's)")
@@ -78,8 +84,8 @@ def parse_args(argv=None):
     if len(set(args.models)) < 2 or len(set(args.models)) < len(args.models):
         parser.error("--models needs two or more different models: the first is the baseline, the others are "
                      "compared with it")
-    if args.probe_every < 1 or args.sharpness_every < 0 or args.sharpness_images < 1 or args.sharpness_iters < 1:
-        parser.error("--probe-every, --sharpness-images and --sharpness-iters must be at least 1, "
+    if args.seeds < 1 or args.probe_every < 1 or args.sharpness_every < 0 or args.sharpness_images < 1 or args.sharpness_iters < 1:
+        parser.error("--seeds, --probe-every, --sharpness-images and --sharpness-iters must be at least 1, "
                      "--sharpness-every at least 0")
     if not all(math.isfinite(v) and v > 0 for v in args.probe_etas + args.lrs):
         parser.error("--probe-etas and --lrs must be positive numbers")
@@ -173,9 +179,15 @@ def save_bn_analysis(runs, out, settings):
     """The raw numbers of a BN analysis: bn_analysis.json (settings, per-run results and epoch
     metrics) and bn_analysis.npz (per-step losses and probe arrays, keys '<model>/lr<lr>/<name>')."""
     common.save_npz(os.path.join(out, "bn_analysis.npz"),
-                    **{f"{r['model']}/lr{r['lr']:g}/{k}": v for r in runs for k, v in r["arrays"].items()})
+                    **{f"{npz_prefix(r)}{k}": v for r in runs for k, v in r["arrays"].items()})
     common.write_json(os.path.join(out, "bn_analysis.json"), dict(
-        settings=settings, runs=[{k: r[k] for k in ("model", "lr", "dir", "result", "history")} for r in runs]))
+        settings=settings, runs=[{k: r[k] for k in ("model", "lr", "seed", "dir", "result", "history")}
+                                 for r in runs]))
+
+
+def npz_prefix(run):
+    """'<model>/lr<lr>/' (seed 0, as before --seeds existed) or '<model>/lr<lr>/s<seed>/'."""
+    return f"{run['model']}/lr{run['lr']:g}/" + (f"s{run['seed']}/" if run.get("seed") else "")
 
 
 def load_bn_analysis(out):
@@ -187,8 +199,10 @@ def load_bn_analysis(out):
         arrays = {k: npz[k] for k in npz.files}
     runs = saved["runs"]
     for r in runs:
-        prefix = f"{r['model']}/lr{r['lr']:g}/"
-        r["arrays"] = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        r.setdefault("seed", 0)
+        prefix = npz_prefix(r)
+        r["arrays"] = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix) and
+                       "/" not in k[len(prefix):]}
     return runs, saved["settings"]
 
 
@@ -198,99 +212,159 @@ def after_first_epoch(run, steps):
     return late if late.any() else np.ones_like(late, dtype=bool)
 
 
-def bn_run_stats(run):
-    """Headline numbers of one run, medians over the probed steps after the first epoch: the loss range over η,
-    the largest gradient change over η, the largest effective β over η, the top Hessian eigenvalue."""
-    a, nan = run["arrays"], float("nan")
-    stats = dict(loss_range=nan, grad_dist=nan, beta=nan, sharpness=nan)
-    if a["probe_losses"].size:
-        late = after_first_epoch(run, a["probe_step"])
-        stats.update(loss_range=median(np.ptp(a["probe_losses"][late], axis=1)),
-                     grad_dist=median(nan_reduce(np.nanmax, a["probe_grad_dists"][late], 1)),
-                     beta=median(nan_reduce(np.nanmax, a["probe_betas"][late], 1)))
-    if a.get("sharpness_top", np.zeros(0)).size:
-        stats["sharpness"] = median(a["sharpness_top"][after_first_epoch(run, a["sharpness_step"])])
-    return stats
+CLAIMS = [  # (the paper's claim, measurements key): each holds when the compared (BN) model's number is smaller
+    ("loss changes less along the probe direction (loss range over η)", "loss_range"),
+    ("the gradient is more predictive (largest ‖Δ∇L‖ over η)", "grad_dist"),
+    ("effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)", "beta"),
+    ("sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)", "sharpness"),
+]
+BAND_CLAIM = "the training loss depends less on the lr (loss-band width over the lrs)"
+BOOTSTRAP_RESAMPLES = 2000
 
 
-def median(values):
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.median(values)) if values.size and np.isfinite(values).all() else float("nan")
+def measurements(run, key):
+    """{step: value} of one claim's number at every measurement after the first epoch: the loss range over η,
+    the largest gradient change over η, the largest effective β over η, or the top Hessian eigenvalue."""
+    a = run["arrays"]
+    if key == "sharpness":
+        steps, values = a.get("sharpness_step", np.zeros(0)), a.get("sharpness_top", np.zeros(0))
+    elif a["probe_losses"].size == 0:
+        steps, values = np.zeros(0), np.zeros(0)
+    else:
+        steps = a["probe_step"]
+        values = {"loss_range": lambda: np.ptp(a["probe_losses"], axis=1),
+                  "grad_dist": lambda: nan_reduce(np.nanmax, a["probe_grad_dists"], 1),
+                  "beta": lambda: nan_reduce(np.nanmax, a["probe_betas"], 1)}[key]()
+    late = after_first_epoch(run, steps) if len(steps) else np.zeros(0, dtype=bool)
+    return dict(zip(steps[late].astype(int).tolist(), np.asarray(values, dtype=np.float64)[late].tolist()))
 
 
-def loss_band_width(runs, model):
-    """Mean over the steps after the first epoch of (max − min over the learning rates) of the training loss."""
-    model_runs = [r for r in runs if r["model"] == model]
+def band_widths(runs, model, seed):
+    """{step: max − min over the learning rates of the training loss} of one model and seed, after epoch 1."""
+    model_runs = [r for r in runs if r["model"] == model and r.get("seed", 0) == seed]
     losses = stack_padded([r["arrays"]["step_loss"] for r in model_runs])
     width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
-    return float(np.nanmean(width[after_first_epoch(model_runs[0], np.arange(len(width)))])) if width.size \
-        else float("nan")
+    steps = np.arange(len(width))
+    late = after_first_epoch(model_runs[0], steps) if len(steps) else np.zeros(0, dtype=bool)
+    return dict(zip(steps[late].tolist(), width[late].tolist()))
+
+
+def paired_ratios(pairs):
+    """Per seed, compared / baseline at every step both measured (same seed, same step: the same batch); pairs
+    is [(baseline {step: value}, compared {step: value})] per seed. Non-finite or zero baselines are left out."""
+    groups = []
+    for base, other in pairs:
+        steps = sorted(base.keys() & other.keys())
+        ratios = np.array([other[s] / base[s] for s in steps if base[s] != 0], dtype=np.float64)
+        groups.append(ratios[np.isfinite(ratios)])
+    return [g for g in groups if g.size]
+
+
+def bootstrap_median(groups, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """Median of the pooled ratios and its 95 % percentile-bootstrap interval: each resample draws the seeds
+    with replacement, then the measurements within each drawn seed."""
+    rng = np.random.default_rng(seed)
+    medians = np.empty(resamples)
+    for k in range(resamples):
+        drawn = [groups[i] for i in rng.integers(0, len(groups), len(groups))]
+        medians[k] = np.median(np.concatenate([g[rng.integers(0, g.size, g.size)] for g in drawn]))
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(np.median(np.concatenate(groups))), float(low), float(high)
+
+
+def verdict(groups):
+    """The paired comparison of one claim: median ratio compared / baseline with its 95 % interval, the share
+    of measurements where the compared model is smaller, and 'holds' only when the whole interval is below 1,
+    'does not hold' when above, 'inconclusive' otherwise."""
+    if not groups:
+        return dict(n=0, ratio=math.nan, low=math.nan, high=math.nan, smaller=math.nan,
+                    verdict="not measured (or not finite: diverged)")
+    ratio, low, high = bootstrap_median(groups)
+    pooled = np.concatenate(groups)
+    word = "holds" if high < 1 else "does not hold" if low > 1 else "inconclusive"
+    return dict(n=int(pooled.size), ratio=ratio, low=low, high=high, smaller=float((pooled < 1).mean()), verdict=word)
 
 
 def short_number(v):
     return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
-def bn_summary_table(runs, link_prefix=""):
-    """Markdown: per model and lr, accuracy and the probe headline numbers, each row linking its run
-    folder (run["dir"], relative to the analysis folder, behind `link_prefix`); below it, per model,
-    the mean width of the min..max training-loss band over the learning rates."""
-    lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
-             "convergence epoch | loss range over η | grad-pred. distance | β-smoothness | top Hessian eigenvalue | "
-             "run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        res, st = r["result"], bn_run_stats(r)
-        lines.append(f"| {r['model']} | {r['lr']:g} | {res['status']} | {common.percent(res['final_val_acc'])} | "
-                     f"{common.percent(res['test_acc_at_best_val'])} | {common.percent(res['final_test_acc'])} | "
-                     f"{res['convergence_epoch'] if res['convergence_epoch'] is not None else '–'} | "
-                     + " | ".join(short_number(st[k]) for k in ("loss_range", "grad_dist", "beta", "sharpness"))
-                     + f" | [{os.path.basename(r['dir'])}]({link_prefix}{r['dir']}) |")
-    lines += ["", "Probe and Hessian columns: medians over the measured steps after the first epoch.", ""]
-    for model in dict.fromkeys(r["model"] for r in runs):
-        lines.append(f"- {model}: mean width of the training-loss band over the learning rates after the first "
-                     f"epoch (max_curve − min_curve, course 2.3.1): {short_number(loss_band_width(runs, model))}")
-    return "\n".join(lines) + "\n"
+def pooled_median(maps):
+    values = [v for m in maps for v in m.values() if math.isfinite(v)]
+    return float(np.median(values)) if values else math.nan
 
 
-CLAIMS = [  # (the paper's claim, bn_run_stats key): each holds when the BN model's number is the smaller
-    ("loss changes less along the probe direction (loss range over η)", "loss_range"),
-    ("the gradient is more predictive (largest ‖Δ∇L‖ over η)", "grad_dist"),
-    ("effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)", "beta"),
-    ("sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)", "sharpness"),
-]
+def claim_pairs(runs, baseline, model, lr, key):
+    """Per seed that has both runs at this lr: (baseline's, compared model's) {step: value} of one claim."""
+    pairs = []
+    for seed in sorted({r.get("seed", 0) for r in runs}):
+        pick = [next((r for r in runs if (r["model"], r["lr"], r.get("seed", 0)) == (m, lr, seed)), None)
+                for m in (baseline, model)]
+        if all(pick):
+            pairs.append(tuple(measurements(r, key) for r in pick))
+    return pairs
 
 
-def verdict(baseline, bn):
-    if not (math.isfinite(baseline) and math.isfinite(bn)):
-        return "not measured (or not finite: diverged)"
-    return "holds at this scale" if bn < baseline else "does not hold at this scale"
+def claim_line(claim, lr, model, pairs):
+    v = verdict(paired_ratios(pairs))
+    share = "–" if not v["n"] else f"{v['smaller']:.0%} of {v['n']}"
+    return (f"| {claim} | {lr} | {model} | {short_number(pooled_median(p[0] for p in pairs))} | "
+            f"{short_number(pooled_median(p[1] for p in pairs))} | {short_number(v['ratio'])} "
+            f"[{short_number(v['low'])}, {short_number(v['high'])}] | {share} | {v['verdict']} |")
 
 
 def claims_table(runs, settings):
-    """summary.md's answer: per claim and lr, the baseline (first model) vs each other model, their ratio and
-    whether the claim holds; then the learning-rate sensitivity of the loss band; then the settings."""
+    """summary.md's answer: per claim and lr, the baseline (first model) vs each other model, paired measurement
+    by measurement (the same batch at the same step and seed): medians, the median ratio with its bootstrap
+    95 % interval over measurements and seeds, the share where the compared model is smaller, the verdict."""
     baseline, first = runs[0]["model"], runs[0]["result"].get("config", {})
     settings = {k: first.get(k) if v is None else v for k, v in settings.items()}  # as the runs resolved them
-    lines = [f"## Does BN help optimization? {baseline} vs " + ", ".join(dict.fromkeys(
-                 r["model"] for r in runs if r["model"] != baseline)), "",
-             f"| claim | lr | compared model | {baseline} (baseline) | compared model's | ratio | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for claim, key in CLAIMS:
-        for r in (r for r in runs if r["model"] != baseline):
-            base = next((b for b in runs if b["model"] == baseline and b["lr"] == r["lr"]), None)
-            a, b = (bn_run_stats(base)[key] if base else float("nan")), bn_run_stats(r)[key]
-            lines.append(f"| {claim} | {r['lr']:g} | {r['model']} | {short_number(a)} | {short_number(b)} | "
-                         f"{short_number(b / a if a else float('nan'))} | {verdict(a, b)} |")
-    a = loss_band_width(runs, baseline)
-    for model in dict.fromkeys(r["model"] for r in runs if r["model"] != baseline):
-        b = loss_band_width(runs, model)
-        lines.append(f"| the training loss depends less on the lr (loss-band width over all lrs) | all | {model} | "
-                     f"{short_number(a)} | {short_number(b)} | {short_number(b / a if a else float('nan'))} | "
-                     f"{verdict(a, b)} |")
-    lines += ["", "Numbers are medians over the measured steps after the first epoch (the band: its mean width). "
-              "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
+    others = list(dict.fromkeys(r["model"] for r in runs if r["model"] != baseline))
+    seeds, lrs = sorted({r.get("seed", 0) for r in runs}), sorted({r["lr"] for r in runs})
+    lines = [f"## Does BN help optimization? {baseline} vs {', '.join(others)}", "",
+             f"| claim | lr | compared model | {baseline} (baseline) | compared model's | ratio [95 % CI] | "
+             "compared smaller in | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for model in others:
+        lines += [claim_line(claim, f"{lr:g}", model, claim_pairs(runs, baseline, model, lr, key))
+                  for claim, key in CLAIMS for lr in lrs]
+        lines.append(claim_line(BAND_CLAIM, "all", model, [(band_widths(runs, baseline, s),
+                                                            band_widths(runs, model, s)) for s in seeds]))
+    lines += ["", f"Medians over the measurements after the first epoch, pooled over {len(seeds)} seed(s); the "
+              "ratio is the median of the per-measurement ratios (compared / baseline, same step, same batch), "
+              f"its interval a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the seeds, then of the "
+              "measurements within each). 'holds': the whole interval below 1; 'does not hold': above 1; "
+              "otherwise 'inconclusive'. Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def seeds_cell(values, scale=1.0, digits=None):
+    """One table cell over seeds: the value, or mean ± sample std (n=N); '–' when none is finite."""
+    values = [scale * v for v in values if v is not None and math.isfinite(v)]
+    show = (lambda v: f"{v:.{digits}f}") if digits is not None else short_number
+    if len(values) < 2:
+        return show(values[0]) if values else "–"
+    return f"{show(statistics.mean(values))} ± {show(statistics.stdev(values))} (n={len(values)})"
+
+
+def bn_summary_table(runs, link_prefix=""):
+    """Markdown: per model and lr, over its seeds (mean ± sample std), accuracy, convergence epoch and each
+    claim's median over the measurements after the first epoch, linking the run folders (run["dir"], relative
+    to the analysis folder, behind `link_prefix`)."""
+    lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
+             "convergence epoch | loss range over η | grad-pred. distance | β-smoothness | top Hessian eigenvalue | "
+             "runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, lr in dict.fromkeys((r["model"], r["lr"]) for r in sorted(runs, key=lambda r: r["lr"])):
+        rs = [r for r in runs if (r["model"], r["lr"]) == (model, lr)]
+        res = [r["result"] for r in rs]
+        cells = [seeds_cell([x[k] for x in res], 100, 2) for k in ("final_val_acc", "test_acc_at_best_val",
+                                                                   "final_test_acc")]
+        cells.append(seeds_cell([x["convergence_epoch"] for x in res], digits=1 if len(rs) > 1 else 0))
+        cells += [seeds_cell([pooled_median([measurements(r, key)]) for r in rs]) for _, key in CLAIMS]
+        links = ", ".join(f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']})" for r in rs)
+        status = ", ".join(sorted({x["status"] for x in res}))
+        lines.append(f"| {model} | {lr:g} | {status} | " + " | ".join(cells) + f" | {links} |")
+    return "\n".join(lines + ["", "Probe and Hessian columns: each run's median over its measurements after the "
+                              "first epoch, then mean ± sample std over seeds.", ""])
 
 
 def write_bn_report(runs, out, settings, smooth=1):
@@ -303,7 +377,7 @@ def write_bn_report(runs, out, settings, smooth=1):
     plot_probe(runs, os.path.join(out, "grad_predictiveness.png"), "probe_grad_dists", "‖∇L(θ) − ∇L(θ + ηd)‖",
                f"gradient predictiveness: change of the gradient along d = {d}, range over η")
     plot_probe(runs, os.path.join(out, "beta_smoothness.png"), "probe_betas", "max over η of ‖Δ∇L‖ / ‖ηd‖",
-               "effective β-smoothness", log=True, band=False)
+               "effective β-smoothness", band=False)
     plot_runs_curves(runs, os.path.join(out, "curves.png"))
     figures = [n for n in BN_FIGURES if n != "sharpness.png"]
     if any(r["arrays"].get("sharpness_top", np.zeros(0)).size for r in runs):
@@ -335,63 +409,98 @@ def moving_average(values, window):
     return np.concatenate([np.full(window - 1, np.nan), np.convolve(values, kernel, mode="valid")])
 
 
+def model_colours(runs):
+    """Colour maps per model, in the order the models were given: the baseline in oranges, the next in blues."""
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    return {m: COLOUR_FAMILIES[i % len(COLOUR_FAMILIES)] for i, m in enumerate(models)}
+
+
+def seed_mean(runs, model, lr, key):
+    """The arrays of one model and lr averaged over its seeds (the same steps at every seed), or None."""
+    arrays = [r["arrays"].get(key, np.zeros(0)) for r in runs if (r["model"], r["lr"]) == (model, lr)]
+    arrays = [a for a in arrays if a.size]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        return arrays[0] if arrays else None
+    return nan_reduce(np.nanmean, np.stack([np.where(np.isfinite(a), a, np.nan) for a in arrays]), 0)
+
+
+def scale_and_first_epoch(ax, values, steps_per_epoch):
+    """Log y when the finite positive values span more than two decades (a step-0 spike then no longer sets
+    the scale); the first epoch shaded and labelled, as the verdicts leave it out."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size and v.max() > 100 * v.min():
+        ax.set_yscale("log")
+    if steps_per_epoch:
+        ax.axvspan(0, steps_per_epoch, color="0.85", zorder=0, label="epoch 1 (not in the verdicts)")
+    ax.grid(alpha=0.3)
+
+
 def plot_loss_band(runs, path, smooth=1):
-    """Course 2.3.1: per step, the max and min training loss over the learning rates, one band per model."""
+    """Course 2.3.1: per step, the max and min training loss over the learning rates, one band per model
+    (mean over seeds per step)."""
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for model in dict.fromkeys(r["model"] for r in runs):
-        losses = stack_padded([moving_average(r["arrays"]["step_loss"], smooth) for r in runs if r["model"] == model])
-        steps = np.arange(losses.shape[1])
+    lrs, colours, shown = sorted({r["lr"] for r in runs}), model_colours(runs), []
+    for model in colours:
+        losses = stack_padded([moving_average(seed_mean(runs, model, lr, "step_loss"), smooth) for lr in lrs
+                               if seed_mean(runs, model, lr, "step_loss") is not None])
         lo, hi = nan_reduce(np.nanmin, losses, 0), nan_reduce(np.nanmax, losses, 0)
-        ax.fill_between(steps, lo, hi, color=MODEL_COLOURS.get(model), alpha=0.45, lw=0, label=f"{model}")
-    lrs = ", ".join(f"{lr:g}" for lr in dict.fromkeys(r["lr"] for r in runs))
+        ax.fill_between(np.arange(losses.shape[1]), lo, hi, color=plt.get_cmap(colours[model])(0.6), alpha=0.6,
+                        lw=0, label=model)
+        shown += [lo, hi]
+    scale_and_first_epoch(ax, np.concatenate(shown), int(runs[0]["arrays"].get("steps_per_epoch", 0)))
     ax.set(xlabel="training step", ylabel="training loss",
-           title=f"loss landscape band: min..max training loss over lr in {{{lrs}}}"
+           title=f"loss band: min..max training loss over lr in {{{', '.join(f'{lr:g}' for lr in lrs)}}}"
                  + (f" (moving average {smooth})" if smooth > 1 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     common.save_figure(fig, path)
 
 
-def plot_probe(runs, path, key, ylabel, title, log=False, band=True):
-    """One panel per learning rate, BN vs no-BN: the band over step sizes η of a probe quantity
-    (band=True), or its max over η (band=False), at every probed step."""
+def plot_probe(runs, path, key, ylabel, title, band=True):
+    """One panel per learning rate (sorted), one colour family per model: the band over step sizes η of a
+    probe quantity (band=True) or its max over η, at every probed step, averaged over seeds."""
     plt = common.pyplot()
-    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
     for ax, lr in zip(axes[0], lrs):
-        for r in (r for r in runs if r["lr"] == lr):
-            a = r["arrays"]
-            values = np.where(np.isfinite(a[key]), a[key], np.nan)
-            colour = MODEL_COLOURS.get(r["model"])
-            if values.size == 0:
+        shown = []
+        for model in colours:
+            values, steps = seed_mean(runs, model, lr, key), seed_mean(runs, model, lr, "probe_step")
+            if values is None:
                 continue
+            colour = plt.get_cmap(colours[model])(0.65)
+            lo, hi = nan_reduce(np.nanmin, values, 1), nan_reduce(np.nanmax, values, 1)
             if band:
-                ax.fill_between(a["probe_step"], nan_reduce(np.nanmin, values, 1), nan_reduce(np.nanmax, values, 1),
-                                color=colour, alpha=0.45, lw=0, label=r["model"])
+                ax.fill_between(steps, lo, hi, color=colour, alpha=0.5, lw=0, label=model)
             else:
-                ax.plot(a["probe_step"], nan_reduce(np.nanmax, values, 1), color=colour, lw=1.2, label=r["model"])
+                ax.plot(steps, hi, color=colour, lw=1.2, label=model)
+            shown += [lo, hi] if band else [hi]
+        scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], int(runs[0]["arrays"]["steps_per_epoch"]))
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel=ylabel)
-        if log:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     common.save_figure(fig, path)
 
 
 def plot_runs_curves(runs, path):
-    """Training loss and validation accuracy per epoch of every run: colour = model, shade = lr."""
+    """Training loss and validation accuracy per epoch (mean over seeds): one colour family per model, darker
+    for a larger lr, the legend sorted by model and lr."""
     plt = common.pyplot()
-    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in runs:
-        epochs = [m["epoch"] for m in r["history"]]
-        style = dict(color=MODEL_COLOURS.get(r["model"]), alpha=1.0 - 0.6 * lrs.index(r["lr"]) / max(len(lrs), 1),
-                     marker=".", label=f"{r['model']} lr {r['lr']:g}")
-        ax_loss.plot(epochs, [m["train_loss"] for m in r["history"]], **style)
-        ax_acc.plot(epochs, [m["val_acc"] for m in r["history"]], **style)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    for model in colours:
+        for i, lr in enumerate(lrs):
+            histories = [r["history"] for r in runs if (r["model"], r["lr"]) == (model, lr) and r["history"]]
+            if not histories:
+                continue
+            n = min(len(h) for h in histories)
+            mean = lambda k: [statistics.mean(h[e][k] for h in histories) for e in range(n)]  # noqa: E731
+            style = dict(color=plt.get_cmap(colours[model])(0.35 + 0.6 * (i + 1) / len(lrs)), marker=".",
+                         label=f"{model} lr {lr:g}")
+            ax_loss.plot(range(1, n + 1), mean("train_loss"), **style)
+            ax_acc.plot(range(1, n + 1), mean("val_acc"), **style)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -400,44 +509,65 @@ def plot_runs_curves(runs, path):
     common.save_figure(fig, path)
 
 
+def stability_limit(cfg, lr, steps_per_epoch, total):
+    """(steps, 2(1 + μ)/lr_t) over the run, lr_t from the run's own schedule (common.lr_schedule); steps where
+    lr_t is 0 are left out."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    factor = common.lr_schedule(probe, cfg.get("schedule", "cosine_step"), max(total // max(steps_per_epoch, 1), 1),
+                                steps_per_epoch, total).lr_lambdas[0]
+    steps = np.arange(0, total, max(total // 500, 1))
+    lr_t = lr * np.array([factor(int(s)) for s in steps])
+    keep = lr_t > 0
+    return steps[keep], 2 * (1 + cfg.get("momentum", 0.0)) / lr_t[keep]
+
+
 def plot_sharpness(runs, path):
-    """Top Hessian eigenvalue over training, one panel per lr, with SGD's stability limit 2(1 + momentum)/lr_t
-    (lr_t: the cosine schedule's lr at that step; Cohen et al. 2021's edge of stability)."""
+    """Top Hessian eigenvalue over training (mean over seeds), one panel per lr, with the stability limit of
+    full-batch gradient descent with momentum μ, 2(1 + μ)/lr_t (Cohen et al. 2021): a reference only, since
+    training takes mini-batch steps."""
     plt = common.pyplot()
-    lrs = list(dict.fromkeys(r["lr"] for r in runs))
+    lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
     for ax, lr in zip(axes[0], lrs):
-        for r in (r for r in runs if r["lr"] == lr and r["arrays"].get("sharpness_top", np.zeros(0)).size):
-            a = r["arrays"]
-            ax.plot(a["sharpness_step"], a["sharpness_top"], color=MODEL_COLOURS.get(r["model"]), marker=".",
-                    lw=1.2, label=r["model"])
-        cfg = runs[lrs.index(lr)]["result"]["config"]
+        shown = []
+        for model in colours:
+            top, steps = seed_mean(runs, model, lr, "sharpness_top"), seed_mean(runs, model, lr, "sharpness_step")
+            if top is not None:
+                ax.plot(steps, top, color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2, label=model)
+                shown.append(top)
+        run = next(r for r in runs if r["lr"] == lr)
+        cfg, per_epoch = run["result"]["config"], int(run["arrays"]["steps_per_epoch"])
         if cfg["opt"] in ("sgd", "sgd_scratch"):
-            total = cfg["epochs"] * max(int(runs[0]["arrays"]["steps_per_epoch"]), 1)
-            steps = np.arange(total * 0.95)  # the limit grows without bound as the cosine lr reaches 0
-            lr_t = lr * 0.5 * (1 + np.cos(np.pi * steps / total))
-            ax.plot(steps, 2 * (1 + cfg["momentum"]) / lr_t, "k--", lw=1, label="2(1+μ)/lr_t")
+            total = run["result"].get("steps") or cfg["epochs"] * per_epoch
+            ax.plot(*stability_limit(cfg, lr, per_epoch, total), "k--", lw=1,
+                    label=f"2(1+μ)/lr_t, μ = {cfg.get('momentum', 0):g}: full-batch GD's limit")
+        scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], per_epoch)
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel="top Hessian eigenvalue", yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle("sharpness over training (fixed training batch, BN in train mode)", fontsize=10)
     common.save_figure(fig, path)
 
 
 # -- the analysis ------------------------------------------------------------------------------
 
-def analysis_run(args, base, model, lr, out):
-    """Train one model at one lr with the probe, or reuse the finished run of an earlier call with the same
-    training config and probe settings; None when interrupted."""
-    run_dir = os.path.join(out, "runs", f"{model}_lr{lr:g}")
+def run_key(model, lr, seed):
+    """A run's name in runs/ and its prefix in bn_analysis.npz; seed 0 keeps the name it had before --seeds."""
+    return f"{model}_lr{lr:g}" + (f"_s{seed}" if seed else "")
+
+
+def analysis_run(args, base, model, lr, out, seed=0):
+    """Train one model at one lr and seed with the probe, or reuse the finished run of an earlier call with the
+    same training config and probe settings; None when interrupted."""
+    run_dir = os.path.join(out, "runs", run_key(model, lr, seed))
     probe_file = os.path.join(run_dir, "probe.npz")
     cfg = common.config_from_args(argparse.Namespace(**{**base, "model": model, "lr": lr, "out": run_dir,
-                                                         "resume": False, "overwrite": True}))
+                                                         "seed": base["seed"] + seed, "resume": False,
+                                                         "overwrite": True}))
     probe_settings = {k: getattr(args, k) for k in PROBE_KEYS}
     reused = reusable_run(run_dir, cfg, probe_settings)
     if reused is not None:
         print(f"reusing {run_dir}", flush=True)
-        return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), **reused)
+        return dict(model=model, lr=lr, seed=seed, dir=os.path.relpath(run_dir, out), **reused)
     etas = [m * (lr if args.probe_scale == "relative" else 1.0) for m in args.probe_etas]
     probe = BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
                     common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
@@ -456,7 +586,7 @@ def analysis_run(args, base, model, lr, out):
     common.save_npz(probe_file, settings=settings, **arrays)
     if os.path.exists(partial):
         os.remove(partial)
-    return dict(model=model, lr=lr, dir=os.path.relpath(run_dir, out), result=result,
+    return dict(model=model, lr=lr, seed=seed, dir=os.path.relpath(run_dir, out), result=result,
                 history=common.read_metrics(run_dir), arrays=arrays)
 
 
@@ -521,17 +651,17 @@ def main(argv=None):
 def analysis(args, out):
     """Every (model, lr) run, then the raw numbers, figures and summary.md in `out`; the exit code."""
     base = {k: v for k, v in vars(args).items() if k not in ANALYSIS_KEYS}
-    runs = []
-    for i, (model, lr) in enumerate((m, lr) for m in args.models for lr in args.lrs):
-        print(f"=== run {i + 1} of {len(args.models) * len(args.lrs)}: {model}, {args.opt} lr {lr:g}", flush=True)
-        run = analysis_run(args, base, model, lr, out)
+    runs, plan = [], [(m, lr, s) for s in range(args.seeds) for m in args.models for lr in args.lrs]
+    for i, (model, lr, seed) in enumerate(plan):
+        print(f"=== run {i + 1} of {len(plan)}: {model}, {args.opt} lr {lr:g}, seed {seed}", flush=True)
+        run = analysis_run(args, base, model, lr, out, seed)
         if run is None:
             print("interrupted; rerun the same command: finished runs are reused, the interrupted one resumes",
                   flush=True)
             return 130
         runs.append(run)
-    settings = {k: getattr(args, k) for k in ("models", "lrs", "opt", "momentum", "epochs", "batch_size", "subset",
-                                              "width", "seed", "paper", *PROBE_KEYS)}
+    settings = {k: getattr(args, k) for k in ("models", "lrs", "seeds", "opt", "momentum", "epochs", "steps",
+                                              "batch_size", "subset", "width", "seed", "paper", *PROBE_KEYS)}
     save_bn_analysis(runs, out, settings)
     figures = write_bn_report(runs, out, settings, args.smooth)
     print(claims_table(runs, settings))

@@ -47,25 +47,25 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
     # the report's code ran: plain VGG16 for the grid, the author's Task 2 variant); epochs left out of t1 and
     # t2 come from the recipe (60 ours, 100 report)
     "full": dict(t1="", t2="", bn="--epochs 20 --probe-direction update --sharpness-every 100",
-                 bn_paper="--paper --epochs 20 --sharpness-every 100",
+                 bn_paper="--paper --sharpness-every 100",
                  landscape="--n-items 10000 --hessian-iters 20", visualize="", grid="-1:1:51", interp="-0.5:1.5:41",
                  best_seeds=1, recipes=["ours", "report"]),
     "quick": dict(t1="--epochs 10", t2="--epochs 10", bn="--epochs 5 --probe-every 25 --probe-direction update "
-                  "--sharpness-every 50", bn_paper="--paper --epochs 5 --probe-every 25 --sharpness-every 50",
+                  "--sharpness-every 50", bn_paper="--paper --steps 1755 --probe-every 5 --sharpness-every 50",
                   landscape="--n-items 2000 --hessian-iters 20", visualize="", grid="-1:1:21", interp="-0.5:1.5:21",
                   best_seeds=1, recipes=["ours"]),
     "cpu": dict(t1="--device cpu --width 0.25 --subset 10000 --epochs 4",
                 t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
                 bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 --probe-direction update "
                    "--sharpness-every 100",
-                bn_paper="--paper --device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 "
+                bn_paper="--paper --device cpu --width 0.5 --subset 10000 --steps 390 --probe-every 25 "
                          "--sharpness-every 50",
                 landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
                 grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3, recipes=["ours"]),
     "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1",
                   bn=f"{SMOKE} --epochs 1 --probe-every 2 --probe-direction update --sharpness-every 3 "
                      "--sharpness-images 32 --sharpness-iters 3",
-                  bn_paper=f"--paper {SMOKE} --epochs 1 --probe-every 2 --lrs 0.1",
+                  bn_paper=f"--paper {SMOKE} --steps 6 --probe-every 2 --lrs 0.1",
                   landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"]),
 }
