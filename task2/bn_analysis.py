@@ -457,13 +457,19 @@ def plot_loss_band(runs, path, smooth=1):
     common.save_figure(fig, path)
 
 
+def lr_panels(runs):
+    """(pyplot, figure, [(axis, lr)] one per learning rate in increasing order, the models' colour maps)."""
+    plt = common.pyplot()
+    lrs = sorted({r["lr"] for r in runs})
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
+    return plt, fig, list(zip(axes[0], lrs)), model_colours(runs)
+
+
 def plot_probe(runs, path, key, ylabel, title, band=True):
     """One panel per learning rate (sorted), one colour family per model: the band over step sizes η of a
     probe quantity (band=True) or its max over η, at every probed step, averaged over seeds."""
-    plt = common.pyplot()
-    lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    plt, fig, panels, colours = lr_panels(runs)
+    for ax, lr in panels:
         shown = []
         for model in colours:
             values, steps = seed_mean(runs, model, lr, key), seed_mean(runs, model, lr, "probe_step")
@@ -525,10 +531,8 @@ def plot_sharpness(runs, path):
     """Top Hessian eigenvalue over training (mean over seeds), one panel per lr, with the stability limit of
     full-batch gradient descent with momentum μ, 2(1 + μ)/lr_t (Cohen et al. 2021): a reference only, since
     training takes mini-batch steps."""
-    plt = common.pyplot()
-    lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    plt, fig, panels, colours = lr_panels(runs)
+    for ax, lr in panels:
         shown = []
         for model in colours:
             top, steps = seed_mean(runs, model, lr, "sharpness_top"), seed_mean(runs, model, lr, "sharpness_step")
