@@ -13,6 +13,7 @@ import pickle
 import shlex
 import signal
 import socket
+import statistics
 import sys
 import time
 
@@ -609,7 +610,7 @@ def with_recipe(cfg):
         settings = dict(epochs=18, batch_size=256, dropout=0.0, wd=5e-4 if sgd else DEFAULT_WD.get(cfg.get("opt")),
                         schedule="onecycle", normalization="cifar10",
                         augment=True, classifier_bn=False, init="default" if cfg["model"] == "resvgg16" else "xavier",
-                        nesterov=True, decay_bn_bias=False, lr=0.2 if sgd else None,
+                        nesterov=True, decay_bn_bias=False, lr=0.1 if sgd else None,
                         label_smoothing=0.1 if cfg.get("loss", "ce") == "ce" else 0.0)
     elif not report:
         settings = dict(epochs=20 if task2 else 60, batch_size=128, dropout=0.0 if task2 else 0.5,
@@ -1359,34 +1360,110 @@ def compute_surface(model, base, axes, images, labels, criterion, device, surfac
     return True
 
 
-def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0):
-    """Largest and smallest (most negative) Hessian eigenvalue of the mean loss: Lanczos with full
-    reorthogonalization on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
-    their count. Stops when both Ritz residuals ‖Hv − λv‖ (exact for Lanczos) are ≤ tol·max|λ|, or when the
-    Krylov space is exhausted. Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    basis = torch.zeros(iters + 1, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    basis[0] = torch.randn(basis.shape[1], generator=torch.Generator().manual_seed(seed)).to(basis)
-    basis[0] /= basis[0].norm()
+def lanczos(matvec, start, iters):
+    """Lanczos with full reorthogonalization from `start`. After each step yields (Ritz values, eigenvectors of
+    the tridiagonal T_j, β_j): β_j · |last component| is the residual ‖Hv − λv‖ of each Ritz pair, and the
+    squared first components are the weights of Lanczos quadrature. Stops early when the Krylov space is
+    exhausted (β ≈ 0)."""
+    basis = torch.zeros(iters + 1, start.numel(), dtype=start.dtype, device=start.device)
+    basis[0] = start / start.norm()
     alphas, betas = [], []
     for j in range(iters):
-        w = hessian_vector_product(params, batch_losses, n_items, basis[j])
+        w = matvec(basis[j])
         alphas.append(float(w.double() @ basis[j].double()))
         for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
             w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
         beta = float(w.norm())
         off = torch.tensor(betas, dtype=torch.float64)
-        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + off.diag(1) + off.diag(-1)
-        ritz, vectors = torch.linalg.eigh(tridiagonal)
+        ritz, vectors = torch.linalg.eigh(torch.diag(torch.tensor(alphas, dtype=torch.float64)) + off.diag(1)
+                                          + off.diag(-1))
+        yield ritz, vectors, beta
+        if beta <= 1e-10 * max(float(ritz.abs().max()), 1e-30):
+            return
+        betas.append(beta)
+        basis[j + 1] = w / beta
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def hessian_operator(params, batch_losses, n_items):
+    """v -> H·v of the mean loss over `params` (the others held fixed: a diagonal block of H)."""
+    return lambda vector: hessian_vector_product(params, batch_losses, n_items, vector)
+
+
+def flat_size(params):
+    return sum(p.numel() for p in params)
+
+
+def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None):
+    """Largest and smallest (most negative) Hessian eigenvalue of the mean loss (over `params`, default every
+    trainable one): Lanczos on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
+    their count. Stops when both Ritz residuals ‖Hv − λv‖ (exact for Lanczos) are ≤ tol·max|λ|, or when the
+    Krylov space is exhausted. Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
+    params = params or trainable(model)
+    start = torch.randn(flat_size(params), generator=torch.Generator().manual_seed(seed))
+    start = start.to(dtype=params[0].dtype, device=params[0].device)
+    for j, (ritz, vectors, beta) in enumerate(lanczos(hessian_operator(params, batch_losses, n_items), start, iters)):
         residuals = (beta * vectors[-1]).abs()
         scale = max(float(ritz.abs().max()), 1e-30)
-        exhausted = beta <= 1e-10 * scale
-        converged = exhausted or max(residuals[0], residuals[-1]) <= tol * scale
+        converged = beta <= 1e-10 * scale or max(residuals[0], residuals[-1]) <= tol * scale
         if converged or j == iters - 1:
             return dict(top=float(ritz[-1]), bottom=float(ritz[0]), residual_top=float(residuals[-1]),
                         residual_bottom=float(residuals[0]), converged=bool(converged), iterations=j + 1)
-        betas.append(beta)
-        basis[j + 1] = w / beta
+
+
+def rademacher(size, generator, like):
+    return (torch.randint(0, 2, (size,), generator=generator) * 2 - 1).to(dtype=like.dtype, device=like.device)
+
+
+def hessian_spectrum(model, batch_losses, n_items, probes=4, steps=30, seed=0, params=None):
+    """Stochastic Lanczos quadrature (Lin et al. 2016; Ghorbani et al. 2019): for each of `probes` Rademacher
+    vectors v, `steps` Lanczos steps give nodes λ_i (Ritz values) and weights w_i (squared first components),
+    with Σ w_i λ_i^k = vᵀH^k v / vᵀv exactly for k < 2·steps. Returns [(nodes, weights)] as numpy arrays."""
+    params, generator = params or trainable(model), torch.Generator().manual_seed(seed)
+    operator, spectrum = hessian_operator(params, batch_losses, n_items), []
+    for _ in range(probes):
+        *_, (ritz, vectors, _) = lanczos(operator, rademacher(flat_size(params), generator, params[0]), steps)
+        spectrum.append((ritz.numpy(), (vectors[0] ** 2).numpy()))
+    return spectrum
+
+
+def hessian_trace(model, batch_losses, n_items, probes=16, seed=0, params=None):
+    """Hutchinson's estimator of tr(H): the mean of vᵀHv over Rademacher v, with its standard error (sample
+    std / √probes). Returns dict(trace, stderr, probes)."""
+    params, generator = params or trainable(model), torch.Generator().manual_seed(seed)
+    operator = hessian_operator(params, batch_losses, n_items)
+    samples = []
+    for _ in range(probes):
+        v = rademacher(flat_size(params), generator, params[0])
+        samples.append(float(v.double() @ operator(v).double()))
+    stderr = statistics.stdev(samples) / math.sqrt(probes) if probes > 1 else math.nan
+    return dict(trace=statistics.mean(samples), stderr=stderr, probes=probes)
+
+
+def parameter_blocks(model):
+    """[(name, parameters)]: each layer with parameters in the model's features and classifier, a BatchNorm
+    joined to the layer before it (VGG-A's conv + BN; a ResVGG16 residual block is one block)."""
+    blocks = []
+    for part in ("features", "classifier"):
+        for name, module in getattr(model, part).named_children():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and blocks and blocks[-1][0].startswith(part):
+                blocks[-1] = (f"{blocks[-1][0]}+{name}", blocks[-1][1] + params)
+            else:
+                blocks.append((f"{part}.{name}", params))
+    return blocks
+
+
+def spectral_density(spectrum, grid, sigma):
+    """The Gaussian-smoothed eigenvalue density of an SLQ spectrum on `grid`, the mean over its probes."""
+    grid = np.asarray(grid, dtype=np.float64)
+    return np.mean([(w[:, None] * np.exp(-(grid[None] - nodes[:, None]) ** 2 / (2 * sigma ** 2))).sum(0)
+                    for nodes, w in spectrum], axis=0) / (sigma * math.sqrt(2 * math.pi))
 
 
 def hessian_vector_product(params, batch_losses, n_items, vector):
