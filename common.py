@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -58,7 +59,8 @@ DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
 TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
 TASK2_DEFAULTS = dict(model="vgg_a", opt="adam")  # epochs 20, dropout 0: with_recipe
 
-RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite"}  # --resume takes new ones
+RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite",
+                "save_trajectory"}  # --resume takes new ones; they do not change what is trained
 PRECISIONS = ["auto", "bf16", "fp32"]
 NUMERICS_KEYS = ("precision", "memory_format")  # resolved values in config.json; older configs lack them
 EVAL_BATCH = 1000
@@ -68,6 +70,7 @@ STUCK_LOSS_FALL = 1e-3  # a new lowest train loss must be this much (relative) b
 CONVERGED_FRACTION = 0.95  # convergence epoch: the first to reach this share of the best val accuracy
 NORMS = ["filter", "layer", "none"]
 RUN_FILES = ["config.json", "metrics.jsonl", "result.json", "best.pt", "last.pt", "curves.png"]
+TRAJECTORY_FOLDER = "trajectory"  # --save-trajectory's snapshots inside a run folder
 
 
 class DataError(Exception):
@@ -553,6 +556,9 @@ def add_train_args(parser, default_lr=None):
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor; on the CPU it needs a C++ compiler and a minute or more)")
     g.add_argument("--seed", type=int, default=0, help="initialization, data order and augmentation")
+    g.add_argument("--save-trajectory", type=int, default=0, metavar="K",
+                   help="keep the weights every K steps and at each epoch end in <out>/trajectory/ (float16, 2 bytes "
+                        "a parameter), for landscape.py --trajectory (0: never)")
     g.add_argument("--diverge-patience", type=int, default=5,
                    help="stop as diverged after this many epochs in a row at chance train accuracy without a new "
                         "lowest train loss (0: never); a non-finite loss stops at once")
@@ -591,7 +597,8 @@ def check_numbers(cfg):
              ("--momentum", 0 <= cfg["momentum"] < 1),
              ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
              ("--leaky-slope", math.isfinite(cfg["leaky_slope"])), ("--val", cfg["val"] >= 0),
-             ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0)]
+             ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0),
+             ("--save-trajectory", cfg.get("save_trajectory", 0) >= 0)]
     for flag, ok in rules:  # a NaN fails every comparison, so it lands here too
         if not ok:
             value = cfg[flag[2:].replace("-", "_")]
@@ -878,6 +885,8 @@ def prepare_run_dir(cfg):
     for name in RUN_FILES if cfg["overwrite"] and not cfg["resume"] else []:  # nothing old to resume or report
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
+    if cfg["overwrite"] and not cfg["resume"] and os.path.isdir(os.path.join(out, TRAJECTORY_FOLDER)):
+        shutil.rmtree(os.path.join(out, TRAJECTORY_FOLDER))  # no snapshots of the old run on the new path
 
 
 def train_parser(script, defaults=None, default_lr=None):
@@ -1063,6 +1072,9 @@ def train_epoch(run, stop, step_hook=None):
         loss_sum += loss.detach().double() * n
         correct += n_correct
         state.update(seen=state["seen"] + n, step=step + 1)
+        if run.cfg.get("save_trajectory") and (state["epoch"] * run.steps_per_epoch + step + 1) % \
+                run.cfg["save_trajectory"] == 0:
+            save_snapshot(run)
         if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == n_steps or stop.requested:
             if not math.isfinite(loss_sum.item()):  # a running sum is non-finite as soon as one loss was
                 print(f"epoch {state['epoch'] + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
@@ -1106,6 +1118,8 @@ def finish_epoch(run, stop):
     """Validate, record the epoch (metrics.jsonl, a printed line), write best.pt (new best val acc) and
     last.pt. Returns 'diverged' after --diverge-patience epochs stuck at chance, 'interrupted' or 'completed'."""
     cfg, state = run.cfg, run.state
+    if cfg.get("save_trajectory"):
+        save_snapshot(run)
     val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device, numerics=run.numerics)
     state["epoch"] += 1
     m = dict(epoch=state["epoch"], train_loss=state["loss_sum"] / state["seen"],
@@ -1142,6 +1156,24 @@ def is_stuck(epoch, history, num_classes):
     slowly from chance, is progress; a loss that is NaN or inf ends the run earlier, in train_epoch."""
     lowest = min((h["train_loss"] for h in history), default=math.inf)
     return epoch["train_acc"] < 1.5 / num_classes and not epoch["train_loss"] < lowest * (1 - STUCK_LOSS_FALL)
+
+
+def save_snapshot(run):
+    """The weights after the current step, every parameter flattened into one float16 vector (2 bytes a
+    parameter), as <run>/trajectory/step<global step>.pt; index.json names the parameters and their shapes.
+    A step already saved (an epoch end that is also a multiple of K) is not written twice."""
+    folder = os.path.join(run.out, TRAJECTORY_FOLDER)
+    step = run.state["epoch"] * run.steps_per_epoch + run.state["step"]
+    path = os.path.join(folder, f"step{step:08d}.pt")
+    if os.path.exists(path):
+        return
+    os.makedirs(folder, exist_ok=True)
+    named = list(run.model.named_parameters())
+    if not os.path.exists(os.path.join(folder, "index.json")):
+        write_json(os.path.join(folder, "index.json"), dict(names=[n for n, _ in named],
+                                                             shapes=[list(p.shape) for _, p in named], dtype="float16"))
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named]).to(torch.float16).cpu()
+    save_checkpoint(path, dict(step=step, epoch=run.state["epoch"], params=flat))
 
 
 def finish_run(run, status, signal_name=None):
@@ -1255,6 +1287,25 @@ def probe_along(model, loss_closure, etas, direction=None):
     loss0, g_norm, d_norm, losses, dists = values[0], values[1], values[2], values[3:3 + n], values[3 + n:]
     betas = [dist / (eta * d_norm) if eta * d_norm > 0 else float("nan") for dist, eta in zip(dists, etas)]
     return dict(loss=loss0, grad_norm=g_norm, step_norm=d_norm, losses=losses, grad_dists=dists, betas=betas)
+
+
+def trajectory_plane(snapshots, final, chunk=1 << 20):
+    """PCA of a training path (Li et al. 2018, §7): the rows θ_t − θ_final of the flat snapshots, centred as
+    their code's sklearn PCA does. The Gram matrix (snapshots × snapshots, float64, built in column chunks)
+    gives the components without a d × d matrix. Returns (two unit directions [2, d], each snapshot's
+    coordinates [n, 2] = its θ_t − θ_final projected on them, their explained-variance ratios)."""
+    diffs = torch.stack([s.float() - final.float() for s in snapshots])
+    centred = diffs - diffs.mean(0)
+    gram = torch.zeros(len(diffs), len(diffs), dtype=torch.float64)
+    for block in centred.split(chunk, dim=1):
+        gram += block.double() @ block.double().T
+    all_values, vectors = torch.linalg.eigh(gram)
+    all_values = all_values.clamp(min=0)
+    values, vectors = all_values.flip(0)[:2], vectors.flip(1)[:, :2]
+    directions = torch.stack([(vectors[:, k].float() @ centred) / max(float(values[k].sqrt()), 1e-30)
+                              for k in range(2)])  # float32 products: no float64 copy of the snapshots
+    explained = values / max(float(all_values.sum()), 1e-300)
+    return directions, (diffs @ directions.T).double().numpy(), explained.numpy()
 
 
 def landscape_tensors(model):

@@ -299,6 +299,23 @@ def test_report_classifier_of_the_task2_bn_models():
     assert counts == {"vgg_a_bn": 9_758_474, "vgg_a_res_bn": 20_736_522}
 
 
+def test_recipe_fast_resolves_to_its_published_settings(fake_data, tmp_path):
+    cfg = parse(["--arch", "light", "--act", "leaky_relu", "--opt", "sgd", "--recipe", "fast", "--device", "cpu"])
+    assert {k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "decay_bn_bias",
+                                "label_smoothing", "dropout", "schedule", "augment")} == dict(
+        epochs=18, batch_size=256, lr=0.1, momentum=0.9, nesterov=True, wd=5e-4, decay_bn_bias=False,
+        label_smoothing=0.1, dropout=0.0, schedule="onecycle", augment=True)
+    assert parse(["--recipe", "fast", "--lr", "0.05", "--loss", "nll", "--device", "cpu"])["lr"] == 0.05  # flags win
+    assert parse(["--recipe", "fast", "--loss", "nll", "--device", "cpu"])["label_smoothing"] == 0.0
+    lrs = schedule_lrs("onecycle", 24, 10)  # up over the first 5/24 of the steps (50 of 240), then down to 0
+    assert lrs[49] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.1 / 50) and lrs[-1] < lrs[200] < lrs[60]
+    run = common.Run(parse([*TINY, "--recipe", "fast", "--data-dir", fake_data, "--out", str(tmp_path)]),
+                     torch.device("cpu"))
+    groups = run.optimizer.param_groups  # no weight decay on biases and BN (the 1-d tensors)
+    assert groups[0]["weight_decay"] == 5e-4 and all(p.dim() > 1 for p in groups[0]["params"])
+    assert groups[1]["weight_decay"] == 0 and all(p.dim() == 1 for p in groups[1]["params"]) and groups[0]["nesterov"]
+
+
 def test_recipe_report_resolves_to_the_authors_settings():
     t1 = lambda *a: parse([*TINY, *a])  # noqa: E731
     sgd, adam = t1("--model", "vgg16", "--opt", "sgd", "--recipe", "report"), t1("--opt", "adam", "--recipe", "report")
@@ -549,8 +566,8 @@ def test_bf16_landscape_agrees_with_fp32(checkpoints, fake_data, tmp_path):
 
 @SLOW
 def test_compile_trains_on_the_cpu(fake_data, tmp_path):
-    """--compile (inductor) on the CPU: same losses as eager within bf16's rounding."""
-    args = [*TINY, "--data-dir", fake_data, "--epochs", "1"]
+    """--compile (inductor) on the CPU: same losses as eager within bf16's rounding (VGG-A: a small graph)."""
+    args = [*TINY, "--model", "vgg_a", "--data-dir", fake_data, "--epochs", "1"]
     eager = common.train(parse([*args, "--out", str(tmp_path / "eager")]))
     compiled = common.train(parse([*args, "--compile", "--out", str(tmp_path / "compiled")]))
     assert compiled["status"] == "completed"
@@ -695,8 +712,8 @@ def test_probe_formulas_on_a_quadratic():
 
 def test_interrupted_bn_analysis_resumes_to_the_same_numbers(fake_data, tmp_path, monkeypatch, capsys):
     flags = ["--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download", "--data-dir", fake_data,
-             "--models", "vgg_a_bn", "--lrs", "1e-3", "--epochs", "2", "--probe-every", "3", "--sharpness-every", "4",
-             "--sharpness-images", "16", "--sharpness-iters", "2"]
+             "--models", "vgg_a_bn", "vgg_a", "--lrs", "1e-3", "--epochs", "2", "--probe-every", "3",
+             "--sharpness-every", "4", "--sharpness-images", "16", "--sharpness-iters", "2"]
     assert bn_analysis.main([*flags, "--out", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as m:
         m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 11))
@@ -823,8 +840,8 @@ def test_bn_analysis_writes_everything_and_replots(fake_data, tmp_path):
     # a second call reuses the finished runs instead of training again; other probe settings train again
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.count("reusing") == 4 and "parameters |" not in proc.stdout
-    proc = subprocess.run([*command, "--lrs", "1e-3", "--models", "vgg_a", "--probe-every", "3"], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = subprocess.run([*command, "--lrs", "1e-3", "--models", "vgg_a", "vgg_a_bn", "--probe-every", "3"],
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "reusing" not in proc.stdout
     assert "not a finished run of these settings" in proc.stdout
 
@@ -1002,6 +1019,123 @@ def test_hessian_extremes_find_a_saddle_and_say_when_not_converged():
     assert not short["converged"] and short["iterations"] == 3 and short["residual_top"] > 1e-3
 
 
+def tiny_net_hessian():
+    """A VGG-A + BN of a few hundred parameters in float64 (BN in eval mode, statistics from a training-mode
+    pass), 12 images in batches of 4: its full Hessian by autograd beside the batch_losses the estimators take."""
+    torch.manual_seed(0)
+    model = common.VGGA(bn=True, width=0.005).double()
+    x, y = torch.rand(12, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (12,))
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+    params = common.trainable(model)
+    batch_losses = lambda: (torch.nn.functional.cross_entropy(model(x[i:i + 4]), y[i:i + 4], reduction="sum")  # noqa: E731
+                            for i in range(0, 12, 4))
+    names = [n for n, p in model.named_parameters()]
+
+    def mean_loss(flat):
+        tensors = dict(zip(names, (t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params))))
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, tensors, (x,)), y)
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    return model, batch_losses, torch.autograd.functional.hessian(mean_loss, flat)
+
+
+def test_hessian_trace_spectrum_and_blocks_against_the_full_hessian():
+    model, batch_losses, full = tiny_net_hessian()
+    n = full.shape[0]
+    # SLQ: each probe's quadrature reproduces vᵀHᵏv / vᵀv (k = 1, 2) exactly, and the density integrates to 1
+    spectrum = common.hessian_spectrum(model, batch_losses, 12, probes=3, steps=12, seed=5)
+    generator = torch.Generator().manual_seed(5)
+    for nodes, weights in spectrum:
+        v = common.rademacher(n, generator, full)
+        for k in (1, 2):
+            assert (weights * nodes ** k).sum() == pytest.approx((v @ torch.linalg.matrix_power(full, k) @ v / n)
+                                                                 .item(), rel=1e-8)
+        assert weights.sum() == pytest.approx(1.0, rel=1e-12)
+    grid = np.linspace(-5, 5, 20001)
+    exact = torch.linalg.eigvalsh(full)
+    sigma = float(exact.max() - exact.min()) / 50
+    density = common.spectral_density(spectrum, np.linspace(float(exact.min()) - 8 * sigma, float(exact.max())
+                                                            + 8 * sigma, 4001), sigma)
+    assert np.trapezoid(density, dx=(float(exact.max() - exact.min()) + 16 * sigma) / 4000) == pytest.approx(1, rel=1e-3)
+    # Hutchinson: within 4 standard errors of the exact trace
+    t = common.hessian_trace(model, batch_losses, 12, probes=64, seed=1)
+    assert abs(t["trace"] - full.trace().item()) <= 4 * t["stderr"] and t["stderr"] > 0
+    # per block: the top eigenvalue and the trace of the block's own diagonal block of H
+    start = 0
+    blocks = common.parameter_blocks(model)
+    assert [name for name, _ in blocks][:2] == ["features.0+1", "features.4+5"]  # conv + its BN; pools skipped
+    for k, (name, params) in enumerate(blocks):
+        size = common.flat_size(params)
+        sub = full[start:start + size, start:start + size]
+        start += size
+        if k not in (0, 3, len(blocks) - 1):  # three blocks are enough to check, and quicker
+            continue
+        top = common.hessian_extremes(model, batch_losses, 12, iters=min(size, 60), tol=1e-10, params=params)["top"]
+        assert top == pytest.approx(torch.linalg.eigvalsh(sub)[-1].item(), rel=1e-6, abs=1e-10), name
+        t = common.hessian_trace(model, batch_losses, 12, probes=32, seed=2, params=params)
+        assert abs(t["trace"] - sub.trace().item()) <= 4 * t["stderr"] + 1e-9, name
+    assert start == n  # the blocks cover every parameter, in order
+
+
+def test_landscape_hessian_statistics_over_seeds(checkpoints, fake_data, tmp_path):
+    out = tmp_path / "h"
+    assert landscape.main(["--ckpt", checkpoints[0], "--x", "0:0:1", "--n-items", "8", "--data-dir", fake_data,
+                           "--no-download", "--hessian", "--hessian-trace", "--hessian-density", "--per-block",
+                           "--repeats", "2", "--hessian-iters", "3", "--trace-probes", "2", "--slq-probes", "2",
+                           "--slq-steps", "4", "--bn-mode", "train", "--out", str(out)]) == 0
+    info = read_json(out / "surface.json")
+    s = info["spectrum"]
+    assert s["repeats"] == 2 and s["bn_mode"] == "train" and s["images"] == 8
+    assert len(s["trace"]["values"]) == 2 and s["trace"]["std"] >= 0 and len(s["density"]["nodes"]) == 2
+    assert {b["name"] for b in s["blocks"]} >= {"features.0", "classifier.1"} and all(
+        len(b["top"]["values"]) == 2 for b in s["blocks"])
+    assert info["hessian"]["repeats"] == 2 and "top_eigenvalue_std" in info["hessian"]
+    assert info["figures"] == ["loss_1d.png", "spectrum.png", "blocks.png"]
+    assert all((out / f).stat().st_size > 0 for f in info["figures"])
+
+
+def test_trajectory_plane_is_the_pca_of_a_gradient_descent_path():
+    """Gradient descent on ½θᵀAθ (A diagonal) from a start in the span of e0 and e1: every θ_t − θ_final lies
+    in that plane, so two components explain all of it, and they are numpy's PCA (centred SVD) of the path."""
+    a = torch.tensor([1.0, 0.05, 3.0, 0.5, 2.0, 0.2], dtype=torch.float64)
+    theta, path = torch.tensor([1.0, 2.0, 0, 0, 0, 0], dtype=torch.float64), []
+    for _ in range(40):
+        theta = theta - 0.3 * a * theta
+        path.append(theta.clone())
+    directions, coords, explained = common.trajectory_plane(path, path[-1])
+    assert explained.sum() == pytest.approx(1.0, abs=1e-6) and explained[0] >= explained[1]
+    assert directions[:, 2:].abs().max() < 1e-6 and torch.allclose(directions.norm(dim=1), torch.ones(2).float())
+    diffs = torch.stack(path).numpy() - path[-1].numpy()
+    _, s, vt = np.linalg.svd(diffs - diffs.mean(0), full_matrices=False)
+    for k in range(2):  # the same components, up to sign, with numpy's explained-variance ratios
+        assert abs(float(directions[k].double() @ torch.from_numpy(vt[k]))) == pytest.approx(1.0, abs=1e-6)
+    assert explained == pytest.approx(s[:2] ** 2 / (s ** 2).sum(), rel=1e-6)
+    assert coords == pytest.approx(diffs @ directions.double().numpy().T, abs=1e-6)
+    assert coords[-1] == pytest.approx([0, 0], abs=1e-12)  # the final point is the origin
+
+
+def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path):
+    run = tmp_path / "run"
+    common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--save-trajectory", "3", "--out", str(run)]))
+    files = sorted(os.listdir(run / "trajectory"))
+    steps = [3, 6, 8, 9, 12, 15, 16]  # every 3 steps and each epoch end (8 steps an epoch), none twice
+    assert files == ["index.json"] + [f"step{s:08d}.pt" for s in steps]
+    snapshot = torch.load(run / "trajectory" / "step00000003.pt", weights_only=True)
+    params = common.count_params(common.build_model(read_json(run / "config.json")))
+    assert snapshot["params"].dtype == torch.float16 and snapshot["params"].numel() == params
+    out = tmp_path / "plane"
+    assert landscape.main(["--trajectory", str(run), "--x", "-1:1:3", "--n-items", "20", "--data-dir", fake_data,
+                           "--no-download", "--out", str(out)]) == 0
+    info = read_json(out / "surface.json")
+    path = info["trajectory"]
+    assert path["snapshots"] == 7 and path["steps"] == steps and path["bytes_per_snapshot"] == 2 * params
+    assert max(map(abs, path["x"] + path["y"])) == pytest.approx(1.0) and len(path["loss"]) == 7
+    assert abs(path["x"][-1]) < 0.05 and abs(path["y"][-1]) < 0.05  # the last snapshot is the final weights
+    assert 0.5 < sum(path["explained_variance"]) <= 1 + 1e-9 and info["settings"]["ckpt"].endswith("last.pt")
+    assert all((out / f).stat().st_size > 0 for f in ("contour.png", "heatmap.png", "surface_3d.png"))
+
+
 def test_landscape_rejects_a_direction_file_of_another_architecture(checkpoints, fake_data, tmp_path):
     other = {"x": common.random_direction(common.ResVGG16("light", width=0.25), torch.Generator().manual_seed(0))}
     torch.save(other, tmp_path / "dirs.pt")
@@ -1050,7 +1184,8 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
-                "5. How BN helps": (4 * 4 + 1, 8), "6. Sharpness": (4, 6)}
+                "5. How BN helps": (4 * 4 + 1, 8), "6. Sharpness": (4, 6), "7. The Hessian's spectrum": (3, 8),
+                "8. Training paths": (2, 6)}
     for heading, (n_rows, n_cols) in expected.items():
         rows = table_rows(tables, heading)
         assert len(rows) == n_rows and all(len(r) == n_cols for r in rows), heading
@@ -1058,14 +1193,15 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     # the one experiment plan: every training run it names is a linked row of the tables
     jobs = {phase: reproduce.plan(phase, "smoke", str(out), data) for phase in reproduce.PHASES}
     runs = [job[-1] for job in jobs["train"] + jobs["analysis"] if job[0].endswith("train.py")]
-    assert len(runs) == 66 and f"[{len(jobs['train'])}/{len(jobs['train'])}]" in proc.stdout
+    assert len(runs) == 68 and f"[{len(jobs['train'])}/{len(jobs['train'])}]" in proc.stdout  # 2 keep their path
     for run in runs:
         assert f"[{os.path.basename(run)}](runs/{os.path.basename(run)})" in tables, run
     grid = table_rows(tables, "2. The 24-configuration grid")
     assert sum(r[0].startswith("**") for r in grid) == 1  # exactly one best row, in bold
     assert [r[0].strip("*") for r in grid] == [str(k) for k in range(1, 25)]
     for name in ["filters.png", "feature_maps.png", "surface_best_sgd.png", "surface_best_adam.png",
-                 "interp_sgd_adam.png", "vgg_a_vs_bn.png", "vgg_a_vs_bn_bn_modes.png"] + \
+                 "interp_sgd_adam.png", "vgg_a_vs_bn.png", "vgg_a_vs_bn_bn_modes.png", "trajectory_sgd.png",
+                 "trajectory_adam.png", "spectra.png"] + \
             [f"bn_analysis_{n}" for n in bn_analysis.BN_FIGURES] + \
             [f"bn_analysis_paper_{n}" for n in bn_analysis.BN_FIGURES if n != "sharpness.png"]:
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -1076,7 +1212,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     n_surfaces = sum(job[0].endswith("landscape.py") for job in jobs["landscapes"])
     worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))  # stdout only echoes them live
-    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 66 + 6
+    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 68 + 11
     assert worker_logs.count("[gpu 0] ") > 0 and worker_logs.count("[gpu 1] ") > 0
     assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
 
@@ -1247,7 +1383,7 @@ def test_overwrite_clears_the_old_run_before_anything_else(fake_data, tmp_path):
     dies = run_cli([*TINY, "--data-dir", str(tmp_path / "absent"), "--epochs", "1", "--out", str(tmp_path),
                     "--overwrite"])  # the new run stops before its first step
     assert dies.returncode == 2 and "Traceback" not in dies.stderr
-    assert [n for n in common.RUN_FILES if os.path.exists(tmp_path / n)] == ["config.json"]  # the new run's
+    assert [n for n in common.RUN_FILES if os.path.exists(tmp_path / n)] == []  # the old run's gone, nothing new
     proc = run_cli([*args, "--resume"])  # nothing of the old run can be resumed
     assert proc.returncode == 2 and "last.pt does not exist" in proc.stderr
 

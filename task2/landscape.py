@@ -1,5 +1,6 @@
 """Loss landscape of a checkpoint along filter-normalized random directions (Li et al. 2018), or the
-linear interpolation between two checkpoints; optionally the extreme Hessian eigenvalues (Lanczos).
+linear interpolation between two checkpoints; optionally the Hessian at the checkpoint: extreme eigenvalues
+(Lanczos), trace (Hutchinson), eigenvalue density (stochastic Lanczos quadrature), per block, over seeds.
 
     python task2/landscape.py --ckpt runs/X/best.pt                         # 1D, x in -1:1:51
     python task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51             # 2D surface
@@ -10,16 +11,21 @@ Files in --out (default <checkpoint folder>/landscape_<NX> or landscape_<NX>x<NY
   surface.npz    x, y (empty in 1D), loss, acc, done; loss[i, j] belongs to (x[i], y[j]) on any grid
   surface.json   status (complete | partial), every setting, model, device, world size, points, seconds,
                  points/s, and `hessian` with --hessian: top_eigenvalue, bottom_eigenvalue (most negative),
-                 residual_top/_bottom (‖Hv − λv‖), converged, iterations, tol, seconds
+                 residual_top/_bottom (‖Hv − λv‖), converged, iterations, tol, seconds (means over --repeats,
+                 with *_std); `spectrum` with --hessian-trace/-density/--per-block: trace {mean, std, values,
+                 stderr}, density {nodes, weights per seed and probe}, blocks [{name, params, top, trace}];
+                 `figures`: the files below, written before the status says complete
   directions.pt  {"x": {name: tensor}, "y": {...}}: reuse them with --dir-file to draw on the same plane
-  loss_1d.png (1D) or contour.png, heatmap.png, surface_3d.png (2D)
+  loss_1d.png (1D) or contour.png, heatmap.png, surface_3d.png (2D); spectrum.png, blocks.png
 Ctrl-C saves after the current round of points; the same command plus --resume computes the rest.
 """
 import argparse
 import contextlib
+import glob
 import math
 import os
 import pickle
+import statistics
 import sys
 import time
 
@@ -30,8 +36,8 @@ import torch  # noqa: E402
 import common  # noqa: E402
 
 # settings that must match for --resume to continue a surface
-SURFACE_KEYS = ("ckpt", "interp", "x", "y", "seed", "norm", "include_bn_bias", "bn_mode", "split", "n_items",
-                "precision", "dir_file", "ckpt_sha256", "interp_sha256")  # the checkpoints' contents too
+SURFACE_KEYS = ("ckpt", "interp", "trajectory", "x", "y", "seed", "norm", "include_bn_bias", "bn_mode", "split",
+                "n_items", "precision", "dir_file", "ckpt_sha256", "interp_sha256")  # the checkpoints' contents too
 
 
 def parse_axis(text):
@@ -47,10 +53,33 @@ def parse_axis(text):
 
 
 
+def add_hessian_args(p):
+    """The Hessian at the checkpoint, on the evaluation images, in --bn-mode, always fp32."""
+    g = p.add_argument_group("the Hessian at the checkpoint (fp32, on the evaluation images, BN in --bn-mode)")
+    g.add_argument("--hessian", action="store_true", help="the largest and most negative eigenvalue (Lanczos)")
+    g.add_argument("--hessian-iters", type=int, default=20, help="at most this many Lanczos iterations")
+    g.add_argument("--hessian-tol", type=float, default=1e-3,
+                   help="converged when the residuals ‖Hv − λv‖ are at most tol × max|λ|")
+    g.add_argument("--hessian-trace", action="store_true",
+                   help="the trace, Hutchinson's estimator with its standard error")
+    g.add_argument("--trace-probes", type=int, default=16, help="Rademacher probes of the trace")
+    g.add_argument("--hessian-density", action="store_true",
+                   help="the eigenvalue density by stochastic Lanczos quadrature (spectrum.png)")
+    g.add_argument("--slq-probes", type=int, default=4, help="density: random starting vectors")
+    g.add_argument("--slq-steps", type=int, default=30, help="density: Lanczos steps per vector")
+    g.add_argument("--per-block", action="store_true",
+                   help="per layer block (conv + its BN, residual block, linear): its own Hessian's top eigenvalue "
+                        "and trace, the other parameters fixed (blocks.png)")
+    g.add_argument("--repeats", type=int, default=1,
+                   help="every Hessian statistic over this many seeds (--seed, --seed + 1, ...): mean ± std")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="any best.pt / last.pt of task1 or task2")
+    p.add_argument("--ckpt", help="any best.pt / last.pt of task1 or task2 (with --trajectory: its last.pt)")
+    p.add_argument("--trajectory", metavar="RUN",
+                   help="2D: the plane of RUN's training path (PCA of its --save-trajectory snapshots), path drawn")
     p.add_argument("--x", default="-1:1:51", type=parse_axis, help="MIN:MAX:NUM along the x direction")
     p.add_argument("--y", type=parse_axis, help="MIN:MAX:NUM along y: a 2D surface")
     p.add_argument("--interp", metavar="CKPT2", help="1D: θ(α) = (1−α)θ1 + αθ2 with α from --x, BN stats included")
@@ -68,12 +97,7 @@ def parse_args(argv=None):
     common.add_precision_arg(p)  # the surface's evaluations; the Hessian is always fp32
     p.add_argument("--log", action="store_true", help="log10 z scale in the figures")
     p.add_argument("--zmax", type=float, help="clip the loss at this value in the figures")
-    p.add_argument("--hessian", action="store_true",
-                   help="also the largest and most negative Hessian eigenvalue at the checkpoint (Lanczos; always "
-                        "fp32)")
-    p.add_argument("--hessian-iters", type=int, default=20, help="at most this many Lanczos iterations")
-    p.add_argument("--hessian-tol", type=float, default=1e-3,
-                   help="converged when the residuals ‖Hv − λv‖ are at most tol × max|λ|")
+    add_hessian_args(p)
     p.add_argument("--resume", action="store_true", help="compute only the points --out does not have yet")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a surface")
     common.add_data_args(p)
@@ -83,9 +107,16 @@ def parse_args(argv=None):
         if token in ("--x", "--y") and argv[i + 1].startswith("-"):
             argv[i:i + 2] = [f"{token}={argv[i + 1]}", ""]
     args = p.parse_args([a for a in argv if a != ""])
-    if args.n_items == 0 or args.n_items < -1 or args.batch_size < 1 or args.hessian_iters < 1 or \
-            not args.hessian_tol > 0:
-        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters and --hessian-tol positive")
+    counts = (args.batch_size, args.hessian_iters, args.repeats, args.trace_probes, args.slq_probes, args.slq_steps)
+    if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not args.hessian_tol > 0:
+        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --hessian-tol, --repeats "
+                "and the probe and step counts positive")
+    if not (args.ckpt or args.trajectory):
+        p.error("--ckpt (or --trajectory RUN) is required")
+    if args.trajectory and (args.interp or args.dir_file):
+        p.error("--trajectory takes its plane from the run's path; drop --interp and --dir-file")
+    if args.trajectory:
+        args.ckpt, args.y = args.ckpt or os.path.join(args.trajectory, "last.pt"), args.y or args.x
     if args.interp and args.y:
         p.error("--interp is one-dimensional; drop --y")
     if args.interp and args.dir_file:
@@ -93,8 +124,8 @@ def parse_args(argv=None):
     if args.y and min(len(args.x), len(args.y)) < 2:
         p.error("a 2D surface needs at least 2 points along --x and --y (for one line, drop --y)")
     grid = f"{len(args.x)}" + (f"x{len(args.y)}" if args.y else "")  # 1D and 2D runs of one checkpoint never collide
-    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
-                                        f"interp_{grid}" if args.interp else f"landscape_{grid}")
+    kind = "interp" if args.interp else "trajectory" if args.trajectory else "landscape"
+    args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"{kind}_{grid}")
     return args
 
 
@@ -110,15 +141,27 @@ def setup_distributed(device_flag):
     return torch.distributed.get_rank(), device
 
 
-def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x"):
-    """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png),
-    filled contours (heatmap.png) and a 3D surface (surface_3d.png). Returns the files written."""
+def figure_z(loss, log=False, zmax=None):
+    """(z, axis label, title note): the loss clipped at --zmax if given, on a log10 scale with --log or by
+    default when the finite values span more than two decades (so corner spikes do not flatten the bowl)."""
+    z, note = loss.astype(float), ""
+    if zmax is not None:
+        z, note = np.minimum(z, zmax), f" (loss clipped at {zmax:g})"
+    finite = z[np.isfinite(z) & (z > 0)]
+    if log or (zmax is None and finite.size and finite.max() > 100 * finite.min()):
+        return np.log10(np.maximum(z, 1e-12)), "log10 loss", note + (" (log10: the loss spans > 2 decades)"
+                                                                     if not log else "")
+    return z, "loss", note
+
+
+def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", path=None):
+    """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png), filled
+    contours (heatmap.png) and a 3D surface (surface_3d.png), with a training path (`path`: x, y, loss per
+    snapshot, explained variance) drawn on the first and last. Returns the files written."""
     plt = common.pyplot()
-    x, y, loss, acc = surface["x"], surface["y"], surface["loss"].astype(float), surface["acc"]
-    z = np.minimum(loss, zmax) if zmax is not None else loss
-    zlabel = "loss"
-    if log:
-        z, zlabel = np.log10(np.maximum(z, 1e-12)), "log10 loss"
+    x, y, acc = surface["x"], surface["y"], surface["acc"]
+    z, zlabel, note = figure_z(surface["loss"], log, zmax)
+    title += note
     if len(y) == 0:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
@@ -130,24 +173,33 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x"):
         ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="upper center", fontsize=8)
         common.save_figure(fig, os.path.join(out, "loss_1d.png"))
         return ["loss_1d.png"]
+    labels = ("x", "y") if path is None else tuple(f"PC{k + 1} ({100 * r:.1f} % of the path's variance)"
+                                                   for k, r in enumerate(path["explained_variance"]))
     grid_x, grid_y = np.meshgrid(x, y, indexing="ij")  # loss[i, j] belongs to (x[i], y[j])
     fig, ax = plt.subplots(figsize=(5.5, 5))
     lines = ax.contour(grid_x, grid_y, z, levels=20, cmap="viridis")
     ax.clabel(lines, fontsize=6)
-    ax.set(xlabel="x", ylabel="y", title=title)
+    if path is not None:
+        ax.plot(path["x"], path["y"], "r.-", lw=1, ms=4, label="training path (snapshots)")
+        ax.plot(path["x"][-1:], path["y"][-1:], "k*", ms=10, label="final weights")
+        ax.legend(fontsize=7)
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
     common.save_figure(fig, os.path.join(out, "contour.png"))
     fig, ax = plt.subplots(figsize=(6, 5))
-    filled = ax.contourf(grid_x, grid_y, z, levels=40, cmap="viridis")
-    fig.colorbar(filled, ax=ax, label=zlabel)
-    ax.set(xlabel="x", ylabel="y", title=title)
+    fig.colorbar(ax.contourf(grid_x, grid_y, z, levels=40, cmap="viridis"), ax=ax, label=zlabel)
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
     common.save_figure(fig, os.path.join(out, "heatmap.png"))
     fig = plt.figure(figsize=(6.5, 5))
     ax = fig.add_subplot(projection="3d")
-    ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title)
+    ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.8)
+    if path is not None:  # the path at the loss of its own points on the plane
+        path_z = np.array(path["loss"], dtype=float)
+        path_z = np.minimum(path_z, zmax) if zmax is not None else path_z
+        ax.plot(path["x"], path["y"], np.log10(np.maximum(path_z, 1e-12)) if zlabel.startswith("log") else path_z,
+                "r.-")
+    ax.set(xlabel=labels[0], ylabel=labels[1], zlabel=zlabel, title=title)
     common.save_figure(fig, os.path.join(out, "surface_3d.png"))
     return ["contour.png", "heatmap.png", "surface_3d.png"]
-
 
 
 class SurfaceFiles:
@@ -217,6 +269,50 @@ def evaluation_data(args, cfg, device):
     return x[:n].to(device), y[:n].to(device)
 
 
+def prepare_axes(args, model, device, rank):
+    """([(coordinates, direction list)] per axis, the training path or None); rank 0 saves directions.pt."""
+    directions, path = trajectory_directions(args, model) if args.trajectory else (make_directions(args, model,
+                                                                                                   device), None)
+    try:
+        axes = [(coords, common.direction_list(model, directions[axis], device))
+                for axis, coords in (("x", args.x), ("y", args.y)) if coords]
+    except (KeyError, ValueError) as e:
+        raise common.UsageError(f"directions do not fit {args.ckpt}: {e}") from None
+    os.makedirs(args.out, exist_ok=True)
+    if rank == 0 and not args.interp:
+        common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
+    return axes, path
+
+
+def trajectory_directions(args, model):
+    """The plane of the training path kept by --save-trajectory: the first two principal components of
+    θ_t − θ_final (θ_final: --ckpt, by default the run's last.pt), each scaled so that the path spans [-1, 1]
+    along it. Returns (directions, the path for surface.json: steps, x, y, explained variance, scale)."""
+    folder = os.path.join(args.trajectory, common.TRAJECTORY_FOLDER)
+    if not os.path.exists(os.path.join(folder, "index.json")):
+        raise common.UsageError(f"{folder}: no snapshots; train with --save-trajectory K")
+    index, named = common.load_json(os.path.join(folder, "index.json")), list(model.named_parameters())
+    if index["names"] != [n for n, _ in named] or index["shapes"] != [list(p.shape) for _, p in named]:
+        raise common.UsageError(f"{folder} holds snapshots of another architecture than {args.ckpt}")
+    files = sorted(glob.glob(os.path.join(glob.escape(folder), "step*.pt")))
+    if len(files) < 3:
+        raise common.UsageError(f"{folder}: {len(files)} snapshots; a path needs at least 3")
+    snapshots = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    final = torch.cat([p.detach().reshape(-1).float().cpu() for _, p in named])
+    plane, coords, explained = common.trajectory_plane([s["params"] for s in snapshots], final)
+    scale = np.abs(coords).max(0)
+    scale[scale == 0] = 1.0
+    sizes = [p.numel() for _, p in named]
+    directions = {axis: {n: piece.view(p.shape) for (n, p), piece in zip(named, (plane[k] * scale[k]).split(sizes))}
+                  for k, axis in enumerate("xy")}
+    path = dict(run=args.trajectory, snapshots=len(files), steps=[int(s["step"]) for s in snapshots],
+                x=(coords[:, 0] / scale[0]).tolist(), y=(coords[:, 1] / scale[1]).tolist(),
+                explained_variance=explained.tolist(), scale=scale.tolist(), bytes_per_snapshot=2 * sum(sizes))
+    print(f"{len(files)} snapshots of {args.trajectory}: the first two components explain "
+          f"{100 * explained[0]:.1f} % and {100 * explained[1]:.1f} % of the path's variance", flush=True)
+    return directions, path
+
+
 def make_directions(args, model, device):
     """{'x': {name: tensor}[, 'y': ...]}: towards the --interp checkpoint, from --dir-file, or random."""
     if args.interp:
@@ -236,20 +332,141 @@ def make_directions(args, model, device):
             for axis in (["x", "y"] if args.y else ["x"])}
 
 
-def hessian(model, images, labels, criterion, args, device, numerics):
-    """surface.json's 'hessian' entry: the top eigenvalue of the mean loss on the evaluation images."""
+# -- the Hessian at the checkpoint -------------------------------------------------------------
+
+def hessian_batches(model, images, labels, criterion, args, numerics):
+    """batch_losses() for every Hessian statistic: summed losses of --batch-size batches, in fp32."""
     def batch_losses():
         for i in range(0, len(labels), args.batch_size):
             x = numerics.inputs(images[i:i + args.batch_size])  # no autocast: fp32 products
             yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
+    return batch_losses
+
+
+@contextlib.contextmanager
+def hessian_mode(model, bn_mode):
+    """BN normalizes with batch statistics under 'train' (dropout stays off), with the running ones under
+    'eval'; weights, BN statistics and the RNG are put back afterwards."""
+    with common.preserved(model):
+        for m in model.modules():
+            m.train(bn_mode == "train" and isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        try:
+            yield
+        finally:
+            model.eval()
+
+
+def mean_std(values):
+    return dict(mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                values=values)
+
+
+def hessian_extras(model, images, labels, criterion, args, numerics):
+    """surface.json's 'hessian' (--hessian) and 'spectrum' (--hessian-trace, --hessian-density, --per-block)
+    entries, each statistic over --repeats seeds, on the evaluation images in --bn-mode."""
+    batch_losses, n, extras = hessian_batches(model, images, labels, criterion, args, numerics), len(labels), {}
+    seeds = [args.seed + k for k in range(args.repeats)]
+    with hessian_mode(model, args.bn_mode):
+        if args.hessian:
+            extras["hessian"] = extremes(model, batch_losses, n, args, seeds)
+        if args.hessian_trace or args.hessian_density or args.per_block:
+            started = time.time()
+            extras["spectrum"] = dict(spectrum(model, batch_losses, n, args, seeds), images=n, bn_mode=args.bn_mode,
+                                      repeats=args.repeats)
+            extras["spectrum"]["seconds"] = time.time() - started
+    return extras
+
+
+def extremes(model, batch_losses, n, args, seeds, params=None):
+    """The top and most negative eigenvalue by Lanczos from each seed's start: mean, std, and the first run's
+    residuals (the keys table 6 reads)."""
     started = time.time()
-    h = common.hessian_extremes(model, batch_losses, len(labels), args.hessian_iters, args.hessian_tol, args.seed)
-    print(f"Hessian eigenvalues: top {h['top']:.4g}, most negative {h['bottom']:.4g} ({h['iterations']} Lanczos "
-          f"iterations, {'converged' if h['converged'] else 'NOT converged: raise --hessian-iters'}; residuals "
-          f"{h['residual_top']:.2g} / {h['residual_bottom']:.2g})", flush=True)
-    return dict(top_eigenvalue=h["top"], bottom_eigenvalue=h["bottom"], residual_top=h["residual_top"],
-                residual_bottom=h["residual_bottom"], converged=h["converged"], iterations=h["iterations"],
-                tol=args.hessian_tol, seconds=time.time() - started)
+    runs = [common.hessian_extremes(model, batch_losses, n, args.hessian_iters, args.hessian_tol, s, params)
+            for s in seeds]
+    top, bottom = mean_std([h["top"] for h in runs]), mean_std([h["bottom"] for h in runs])
+    h = runs[0]
+    print(f"Hessian eigenvalues: top {top['mean']:.4g} ± {top['std']:.2g}, most negative {bottom['mean']:.4g} "
+          f"({len(runs)} start(s), {h['iterations']} Lanczos iterations, "
+          f"{'converged' if all(r['converged'] for r in runs) else 'NOT converged: raise --hessian-iters'}; "
+          f"residuals {h['residual_top']:.2g} / {h['residual_bottom']:.2g})", flush=True)
+    return dict(top_eigenvalue=top["mean"], top_eigenvalue_std=top["std"], bottom_eigenvalue=bottom["mean"],
+                bottom_eigenvalue_std=bottom["std"], residual_top=h["residual_top"],
+                residual_bottom=h["residual_bottom"], converged=all(r["converged"] for r in runs),
+                iterations=max(r["iterations"] for r in runs), tol=args.hessian_tol, repeats=len(runs),
+                seconds=time.time() - started)
+
+
+def spectrum(model, batch_losses, n, args, seeds):
+    """Hutchinson's trace with its standard error, the SLQ density, and per block the top eigenvalue and the
+    trace of the block's own Hessian (the other parameters fixed), each over the seeds."""
+    out = {}
+    if args.hessian_trace:
+        traces = [common.hessian_trace(model, batch_losses, n, args.trace_probes, s) for s in seeds]
+        out["trace"] = dict(mean_std([t["trace"] for t in traces]), stderr=[t["stderr"] for t in traces],
+                            probes=args.trace_probes)
+        print(f"Hessian trace {out['trace']['mean']:.4g} (standard error {traces[0]['stderr']:.2g} from "
+              f"{args.trace_probes} probes; std {out['trace']['std']:.2g} over {len(seeds)} seed(s))", flush=True)
+    if args.hessian_density:
+        spectra = [common.hessian_spectrum(model, batch_losses, n, args.slq_probes, args.slq_steps, s) for s in seeds]
+        out["density"] = dict(probes=args.slq_probes, steps=args.slq_steps,
+                              nodes=[[nodes.tolist() for nodes, _ in sp] for sp in spectra],
+                              weights=[[w.tolist() for _, w in sp] for sp in spectra])
+    if args.per_block:
+        out["blocks"] = []
+        for name, params in common.parameter_blocks(model):
+            tops = [common.hessian_extremes(model, batch_losses, n, args.hessian_iters, args.hessian_tol, s,
+                                            params)["top"] for s in seeds]
+            traces = [common.hessian_trace(model, batch_losses, n, args.trace_probes, s, params)["trace"]
+                      for s in seeds]
+            out["blocks"].append(dict(name=name, params=common.flat_size(params), top=mean_std(tops),
+                                      trace=mean_std(traces)))
+    return out
+
+
+def plot_spectrum(info, out, title):
+    """spectrum.png: the SLQ eigenvalue density (log y; one thin line per seed, their mean bold) with the trace;
+    blocks.png: per block the top eigenvalue and the trace (log x, ± std over seeds). Returns the files."""
+    plt, written, s = common.pyplot(), [], info["spectrum"]
+    if "density" in s:
+        nodes = np.concatenate([np.concatenate(n) for n in s["density"]["nodes"]])
+        lo, hi = float(nodes.min()), float(nodes.max())
+        sigma = max(hi - lo, 1e-12) / 200
+        grid = np.linspace(lo - 10 * sigma, hi + 10 * sigma, 1000)
+        curves = [common.spectral_density([(np.array(n), np.array(w)) for n, w in zip(nodes_k, weights_k)],
+                                          grid, sigma)
+                  for nodes_k, weights_k in zip(s["density"]["nodes"], s["density"]["weights"])]
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for curve in curves:
+            ax.plot(grid, np.maximum(curve, 1e-12), color="tab:blue", lw=0.6, alpha=0.5)
+        ax.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color="tab:blue", lw=1.6, label="mean over seeds")
+        trace = f"; trace {s['trace']['mean']:.4g} ± {s['trace']['std']:.2g}" if "trace" in s else ""
+        ax.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (Gaussian σ = "
+               f"{sigma:.2g})", title=f"{title}\nHessian spectrum, BN {s['bn_mode']}, {s['images']} images, "
+               f"{s['density']['probes']} probes × {s['density']['steps']} Lanczos steps{trace}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        common.save_figure(fig, os.path.join(out, "spectrum.png"))
+        written.append("spectrum.png")
+    if "blocks" in s:
+        written.append(plot_blocks(s, out, title))
+    return written
+
+
+def plot_blocks(s, out, title):
+    plt = common.pyplot()
+    names = [b["name"] for b in s["blocks"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(names) + 1.8), sharey=True)
+    for ax, key in zip(axes, ("top", "trace")):
+        means = np.array([b[key]["mean"] for b in s["blocks"]])
+        ax.barh(names, np.abs(means), xerr=[b[key]["std"] for b in s["blocks"]],
+                color=np.where(means >= 0, "tab:blue", "tab:red"))
+        ax.set(xscale="log", xlabel=f"|{'top eigenvalue' if key == 'top' else 'trace'}| (red: negative)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].invert_yaxis()  # the first block on top
+    fig.suptitle(f"{title}: per block, BN {s['bn_mode']}, {s['images']} images, ± std over {s['repeats']} seed(s)",
+                 fontsize=9)
+    common.save_figure(fig, os.path.join(out, "blocks.png"))
+    return "blocks.png"
 
 
 def main(argv=None):
@@ -281,7 +498,9 @@ def finish_surface(args, cfg, files, surface, extra):
         run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
         title = f"{cfg['model']} {run_of(args.ckpt)}" + (
             f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
-        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x")
+        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x",
+                                 extra.get("trajectory"))
+    written += plot_spectrum(extra, args.out, title) if "spectrum" in extra else []
     files.save(surface, "complete", dict(extra, figures=written))
     return written
 
@@ -298,20 +517,13 @@ def landscape_in_folder(args, rank, device):
     images, labels = evaluation_data(args, cfg, device)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
-    directions = make_directions(args, model, device)
-    try:
-        axes = [(coords, common.direction_list(model, directions[axis], device))
-                for axis, coords in (("x", args.x), ("y", args.y)) if coords]
-    except (KeyError, ValueError) as e:
-        raise common.UsageError(f"directions do not fit {args.ckpt}: {e}") from None
-    os.makedirs(args.out, exist_ok=True)
-    if rank == 0 and not args.interp:
-        common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
+    axes, path = prepare_axes(args, model, device, rank)
     info = dict(model=cfg["model"], device=common.device_name(device), world_size=world,
                 precision_used=numerics.precision, memory_format=numerics.memory_format)
     files = SurfaceFiles(args, settings, info, surface, seconds_before)
     if rank == 0:
-        what = f"interpolation to {args.interp}" if args.interp else f"{args.norm}-normalized directions"
+        what = f"interpolation to {args.interp}" if args.interp else f"the path of {args.trajectory}" \
+            if args.trajectory else f"{args.norm}-normalized directions"
         print(f"{args.ckpt}: {cfg['model']} | {what} | {len(args.x)} x {len(args.y or [1])} points on "
               f"{len(labels)} {args.split} images | {device} x {world}, {numerics} | out {args.out}", flush=True)
     with common.GracefulStop() as stop, common.preserved(model):
@@ -324,8 +536,13 @@ def landscape_in_folder(args, rank, device):
             print(f"stopped with {int(surface['done'].sum())}/{surface['done'].size} points; resume with the "
                   f"same command plus --resume", flush=True)
         return 0 if finished else 130
-    extra = dict(hessian=hessian(model, images, labels, criterion, args, device, numerics)) if args.hessian \
-        else {}
+    extra = hessian_extras(model, images, labels, criterion, args, numerics)
+    if path is not None:  # the loss at each snapshot's projection onto the plane, for the 3D figure
+        with common.preserved(model):
+            path["loss"] = [common.evaluate_at(model, base, [(x, axes[0][1]), (y, axes[1][1])], images, labels,
+                                               criterion, device, numerics, args.bn_mode, args.batch_size)[0]
+                            for x, y in zip(path["x"], path["y"])]
+        extra["trajectory"] = path
     written = finish_surface(args, cfg, files, surface, extra)
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "

@@ -49,11 +49,12 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
     "full": dict(t1="", t2="", bn="--epochs 20 --probe-direction update --sharpness-every 100",
                  bn_paper="--paper --sharpness-every 100",
                  landscape="--n-items 10000 --hessian-iters 20", visualize="", grid="-1:1:51", interp="-0.5:1.5:41",
-                 best_seeds=1, recipes=["ours", "report"]),
+                 best_seeds=1, recipes=["ours", "report"], trajectory_every=702,
+                 spectrum="--n-items 2000 --repeats 3"),
     "quick": dict(t1="--epochs 10", t2="--epochs 10", bn="--epochs 5 --probe-every 25 --probe-direction update "
                   "--sharpness-every 50", bn_paper="--paper --steps 1755 --probe-every 5 --sharpness-every 50",
                   landscape="--n-items 2000 --hessian-iters 20", visualize="", grid="-1:1:21", interp="-0.5:1.5:21",
-                  best_seeds=1, recipes=["ours"]),
+                  best_seeds=1, recipes=["ours"], trajectory_every=351, spectrum="--n-items 1000 --repeats 3"),
     "cpu": dict(t1="--device cpu --width 0.25 --subset 10000 --epochs 4",
                 t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
                 bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 --probe-direction update "
@@ -61,13 +62,15 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                 bn_paper="--paper --device cpu --width 0.5 --subset 10000 --steps 390 --probe-every 25 "
                          "--sharpness-every 50",
                 landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
-                grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3, recipes=["ours"]),
+                grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3, recipes=["ours"], trajectory_every=10,
+                spectrum="--n-items 256 --trace-probes 8 --slq-probes 2 --slq-steps 20 --hessian-iters 10 --repeats 2"),
     "smoke": dict(t1=f"{SMOKE} --epochs 1", t2=f"{SMOKE} --epochs 1",
                   bn=f"{SMOKE} --epochs 1 --probe-every 2 --probe-direction update --sharpness-every 3 "
                      "--sharpness-images 32 --sharpness-iters 3",
                   bn_paper=f"--paper {SMOKE} --steps 6 --probe-every 2 --lrs 0.1",
                   landscape="--device cpu --n-items 100 --hessian-iters 3", visualize="--device cpu",
-                  grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"]),
+                  grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"], trajectory_every=2,
+                  spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
 FULL_SCALE_JOBS = [  # the cpu-full profile, in the order it runs: (run name, script, flags, the report's row, its %)
     ("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd --recipe fast",
@@ -115,7 +118,10 @@ LOSS_RUNS = [  # report beyond 4.3, on the best grid configuration: (label, run 
 ]
 SHARPNESS_ROWS = [("best SGD model", "best_sgd"), ("best Adam model", "best_adam"), ("VGG-A (Adam)", "vgg_a"),
                   ("VGG-A + BN (Adam)", "vgg_a_bn")]
-INTERP, VISUALIZE, BN_TRAIN_MODE = "interp_sgd_adam", "visualize", "vgg_a_bn_bntrain"
+INTERP, VISUALIZE, BN_TRAIN_MODE, TRAJECTORY = "interp_sgd_adam", "visualize", "vgg_a_bn_bntrain", "trajectory"
+SPECTRA = [("spectrum_vgg_a", "vgg_a", "eval"), ("spectrum_vgg_a_bn_eval", "vgg_a_bn", "eval"),
+           ("spectrum_vgg_a_bn_train", "vgg_a_bn", "train")]  # (landscape folder, Task 2 Adam model, BN mode)
+SPECTRUM_FLAGS = ["--hessian", "--hessian-trace", "--hessian-density", "--per-block"]
 BN_DIR, BN_PAPER_DIR = "bn_analysis", "bn_analysis_paper"  # the course's Adam rates; Santurkar et al.'s SGD
 
 
@@ -218,7 +224,21 @@ def analysis_jobs(p, out):
     jobs = training_jobs("task1/train.py", t1 + ["--loss", cfg["loss"]], out, os.path.basename(best), extra_seeds)
     for _, name, flags in LOSS_RUNS:
         jobs += training_jobs("task1/train.py", t1 + shlex.split(flags), out, name, p["seeds"])
-    return jobs + bn
+    return jobs + trajectory_jobs(p, out) + bn
+
+
+def trajectory_jobs(p, out):
+    """The best SGD and the best Adam grid configuration trained once more, with the same seed, keeping their
+    path (--save-trajectory), so that phase 3 draws it on its own plane; the grid runs keep no snapshots."""
+    jobs = []
+    for opt in ("sgd", "adam"):
+        best = best_grid_run(out, opt)
+        if best:
+            cfg = read_result(best)["config"]
+            flags = [*p["data"], *p["t1"], "--arch", cfg["arch"], "--act", cfg["act"], "--loss", cfg["loss"],
+                     "--opt", opt, "--save-trajectory", str(p["trajectory_every"])]
+            jobs += training_jobs("task1/train.py", flags, out, f"{TRAJECTORY}_{opt}", [0])
+    return jobs
 
 
 def landscape_jobs(p, out):
@@ -240,6 +260,14 @@ def landscape_jobs(p, out):
     ckpt = os.path.join(run_dir(out, t2_name("vgg_a_bn", "adam")), "best.pt")
     if os.path.exists(ckpt):  # BN statistics re-estimated at every point (VGG-A has no BN: one surface serves)
         jobs.append(surface(ckpt, BN_TRAIN_MODE, "--x", p["grid"][0], "--y", p["grid"][0], "--bn-mode", "train"))
+    for opt in ("sgd", "adam"):  # the paths kept in phase 2, on their own planes
+        if read_result(run_dir(out, f"{TRAJECTORY}_{opt}")):
+            jobs.append(surface(os.path.join(run_dir(out, f"{TRAJECTORY}_{opt}"), "last.pt"), f"{TRAJECTORY}_{opt}",
+                                "--trajectory", run_dir(out, f"{TRAJECTORY}_{opt}"), "--x", p["grid"][0]))
+    for name, model, mode in SPECTRA:  # VGG-A has no BN: one spectrum serves both modes
+        ckpt = os.path.join(run_dir(out, t2_name(model, "adam")), "best.pt")
+        if os.path.exists(ckpt):
+            jobs.append(surface(ckpt, name, "--x", "0:0:1", "--bn-mode", mode, *SPECTRUM_FLAGS, *p["spectrum"]))
     if best["any"]:
         jobs.append(["task1/visualize.py", *p["data"], *p["visualize"], "--ckpt", f"{best['any']}/best.pt",
                      "--n", "16", "--out", os.path.join(out, VISUALIZE)])
@@ -516,6 +544,76 @@ def sharpness_table(out):
     return md
 
 
+def spectrum_section(out):
+    """Table 7 and figures/spectra.png: the Hessian of VGG-A and VGG-A + BN (both BN modes) at the checkpoint."""
+    md = ["### 7. The Hessian's spectrum at the checkpoint: VGG-A vs VGG-A + BN (Adam runs)", "",
+          *table_head("model", "BN mode", "top eigenvalue", "trace (Hutchinson)", "largest block top eigenvalue",
+                      "images", "seeds", "folder")]
+    infos = {}
+    for name, model, mode in SPECTRA:
+        path = os.path.join(out, "landscapes", name, "surface.json")
+        info = common.load_json(path) if os.path.exists(path) else {}
+        s, h = info.get("spectrum"), info.get("hessian")
+        if not s:
+            md.append(row([model, mode, *["–"] * 5, "missing"]))
+            continue
+        infos[f"{model}, BN {mode}" if model != "vgg_a" else "vgg_a (no BN)"] = s
+        top_block = max(s.get("blocks", []), key=lambda b: b["top"]["mean"], default=None)
+        trace = s.get("trace")
+        md.append(row([model, mode, f"{h['top_eigenvalue']:.4g} ± {h['top_eigenvalue_std']:.2g}" if h else "–",
+                       f"{trace['mean']:.4g} ± {trace['std']:.2g} (SE {trace['stderr'][0]:.2g})" if trace else "–",
+                       f"{top_block['top']['mean']:.4g} ({top_block['name']})" if top_block else "–", s["images"],
+                       s["repeats"], link(out, os.path.join(out, "landscapes", name))]))
+    if infos:
+        plot_spectra(infos, os.path.join(out, "figures", "spectra.png"))
+    return md + ["", "± is the standard deviation over the seeds (Lanczos starts, Hutchinson and SLQ probes); SE "
+                 "is the first seed's Hutchinson standard error. VGG-A has no BN, so its one spectrum serves both "
+                 "modes; `train` normalizes with batch statistics (dropout off)."]
+
+
+def trajectory_section(out):
+    """Table 8: the best SGD and Adam configurations trained again keeping their path, and that path's plane."""
+    md = ["### 8. Training paths on their own planes (PCA of the path, Li et al. 2018)", "",
+          *table_head("optimizer", "run", "test acc at best val", "snapshots", "PC1 / PC2 share of the path's "
+                      "variance", "surface")]
+    for opt in ("sgd", "adam"):
+        name = f"{TRAJECTORY}_{opt}"
+        result, path = read_result(run_dir(out, name)), os.path.join(out, "landscapes", name, "surface.json")
+        t = common.load_json(path).get("trajectory") if os.path.exists(path) else None
+        md.append(row([opt, link(out, run_dir(out, name)) if result else "missing",
+                       stat([result], "test_acc_at_best_val") if result else "–", t["snapshots"] if t else "–",
+                       " / ".join(f"{100 * v:.1f} %" for v in t["explained_variance"]) if t else "–",
+                       link(out, os.path.dirname(path)) if t else "missing"]))
+    return md + ["", "Each is the best grid configuration for its optimizer (by mean validation accuracy) trained "
+                 "once more with the same seed and `--save-trajectory`; the figures draw the path on the surface."]
+
+
+def plot_spectra(infos, path):
+    """The SLQ densities side by side on one log axis, and per block the top eigenvalue of each network."""
+    plt = common.pyplot()
+    fig, (ax_d, ax_b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for (label, s), colour in zip(infos.items(), ("tab:orange", "tab:blue", "tab:green")):
+        if "density" in s:
+            spectra = [[(np.array(n), np.array(w)) for n, w in zip(ns, ws)]
+                       for ns, ws in zip(s["density"]["nodes"], s["density"]["weights"])]
+            nodes = np.concatenate([n for sp in spectra for n, _ in sp])
+            sigma = max(float(np.ptp(nodes)), 1e-12) / 200
+            grid = np.linspace(nodes.min() - 10 * sigma, nodes.max() + 10 * sigma, 1000)
+            density = np.mean([common.spectral_density(sp, grid, sigma) for sp in spectra], 0)
+            ax_d.plot(grid, np.maximum(density, 1e-12), color=colour, label=label)
+        if "blocks" in s:
+            ax_b.plot([b["name"] for b in s["blocks"]], [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
+                      label=label)
+    ax_d.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
+             title="Hessian eigenvalue density")
+    ax_b.set(yscale="log", ylabel="top eigenvalue of the block's Hessian", title="per block (the rest fixed)")
+    ax_b.tick_params(axis="x", rotation=60, labelsize=7)
+    for ax in (ax_d, ax_b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    common.save_figure(fig, path)
+
+
 def hessian_cell(h, key):
     """An eigenvalue, marked when Lanczos did not converge; surfaces made before Lanczos (power iteration,
     no residual test, no bottom eigenvalue) are marked as such."""
@@ -532,6 +630,10 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
     ("landscapes/best_adam/surface_3d.png", "surface_best_adam.png", "loss surface of the best Adam model"),
     (f"landscapes/{INTERP}/loss_1d.png", "interp_sgd_adam.png",
      "linear interpolation from the best SGD model (α = 0) to its Adam twin (α = 1)"),
+    (f"landscapes/{TRAJECTORY}_sgd/contour.png", "trajectory_sgd.png",
+     "the best SGD configuration's training path on its own plane (PCA of the path)"),
+    (f"landscapes/{TRAJECTORY}_adam/contour.png", "trajectory_adam.png",
+     "the best Adam configuration's training path on its own plane (PCA of the path)"),
 ]
 
 
@@ -558,6 +660,8 @@ def figures_section(out):
         if os.path.exists(os.path.join(out, src)):
             shutil.copy(os.path.join(out, src), os.path.join(figures, dst))
             listed.append((dst, caption))
+    if os.path.exists(os.path.join(figures, "spectra.png")):  # drawn by spectrum_section
+        listed.append(("spectra.png", "Hessian spectrum and per-block top eigenvalues, VGG-A vs VGG-A + BN"))
     surfaces = {m: load_surface(os.path.join(out, "landscapes", m)) for m in ("vgg_a", "vgg_a_bn", BN_TRAIN_MODE)}
     if surfaces["vgg_a"] and surfaces["vgg_a_bn"]:
         plot_surfaces_side_by_side([surfaces["vgg_a"], surfaces["vgg_a_bn"]], ["VGG-A", "VGG-A + BN"],
@@ -611,7 +715,7 @@ def write_report(out, profile=""):
     jobs = PROFILES.get(profile, {}).get("jobs")
     sections = [full_scale_table(out, jobs), curves_section(out)] if jobs else [
         hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
-        sharpness_table(out), figures_section(out)]
+        sharpness_table(out), spectrum_section(out), trajectory_section(out), figures_section(out)]
     for section in sections:
         md += [""] + section
     text = "\n".join(md) + "\n"
