@@ -250,10 +250,11 @@ def precision_table(rows):
             cells += [f"{r[key]:.4g}", f"{r[key] / base[key]:.2f}"]
         cells += [f"{r['train_gflop_per_s']:.0f}", f"{r['percent_of_peak']}" if r["percent_of_peak"] else "–"]
         md.append("| " + " | ".join(cells) + " |")
-    for r in (r for r in rows if r["what"] == "matmul"):
-        md.append(f"\n{r['precision']} {r['n']}×{r['n']} matmul: {r['gflop_per_s']:.0f} GFLOP/s "
-                  f"({r['percent_of_peak']} % of the nominal peak, {1e3 * r['peak_tflop_per_s']:.0f} GFLOP/s).")
-    return "\n".join(md)
+    matmul = [r for r in rows if r["what"] == "matmul"]
+    parts = [f"{r['precision']} {r['gflop_per_s']:.0f} GFLOP/s ({r['percent_of_peak']} % of the nominal "
+             f"{1e3 * r['peak_tflop_per_s']:.0f})" for r in matmul]
+    return "\n".join(md + ([f"\n{matmul[0]['n']}×{matmul[0]['n']} matmul: " + ", ".join(parts) + "."]
+                          if matmul else []))
 
 
 def bench_precision(args, device):
