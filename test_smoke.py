@@ -1029,8 +1029,9 @@ def tiny_net_hessian():
         model.train()(x)
     model.eval()
     params = common.trainable(model)
-    batch_losses = lambda: (torch.nn.functional.cross_entropy(model(x[i:i + 4]), y[i:i + 4], reduction="sum")  # noqa: E731
-                            for i in range(0, 12, 4))
+    def batch_losses():
+        return (torch.nn.functional.cross_entropy(model(x[i:i + 4]), y[i:i + 4], reduction="sum")
+                for i in range(0, 12, 4))
     names = [n for n, p in model.named_parameters()]
 
     def mean_loss(flat):
@@ -1057,7 +1058,8 @@ def test_hessian_trace_spectrum_and_blocks_against_the_full_hessian():
     sigma = float(exact.max() - exact.min()) / 50
     density = common.spectral_density(spectrum, np.linspace(float(exact.min()) - 8 * sigma, float(exact.max())
                                                             + 8 * sigma, 4001), sigma)
-    assert np.trapezoid(density, dx=(float(exact.max() - exact.min()) + 16 * sigma) / 4000) == pytest.approx(1, rel=1e-3)
+    width = float(exact.max() - exact.min()) + 16 * sigma
+    assert np.trapezoid(density, dx=width / 4000) == pytest.approx(1, rel=1e-3)
     # Hutchinson: within 4 standard errors of the exact trace
     t = common.hessian_trace(model, batch_losses, 12, probes=64, seed=1)
     assert abs(t["trace"] - full.trace().item()) <= 4 * t["stderr"] and t["stderr"] > 0
@@ -1423,7 +1425,7 @@ def test_interpolation_beyond_the_checkpoints_reports_non_finite_points(checkpoi
         assert non_finite == 0 if mode == "train" else np.isfinite(loss[0])  # α = 0 is checkpoint 1 itself
 
 
-# ---------------------------------------------------------------------------------------- nothing lost, skipped or mixed up
+# ---------------------------------------------------------------------------------------- nothing lost or mixed up
 
 RUN_ALL = os.path.join(ROOT, "run_all.sh")
 
@@ -1559,7 +1561,8 @@ def test_bn_analysis_names_its_columns_and_needs_two_models(fake_data, tmp_path,
     ("lr beyond fp32", ["--lr", "1e300"], "--lr 1e+300: out of range"),
     ("--out is a file", ["--out", "FILE"], "is a file, not a folder"),
     ("labels outside 0-9", ["--data-dir", "BADLABELS"], "labels range from 0 to 12"),
-    ("BN with one image per batch", ["--model", "vgg_a_bn", "--batch-size", "1"], "BatchNorm needs batches of at least 2"),
+    ("BN with one image per batch", ["--model", "vgg_a_bn", "--batch-size", "1"],
+     "BatchNorm needs batches of at least 2"),
 ])
 def test_user_mistakes_are_one_line_and_write_nothing(fake_data, tmp_path, mistake, flags, message):
     (tmp_path / "FILE").write_text("not a folder")

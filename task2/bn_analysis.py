@@ -84,7 +84,7 @@ def parse_args(argv=None):
     if len(set(args.models)) < 2 or len(set(args.models)) < len(args.models):
         parser.error("--models needs two or more different models: the first is the baseline, the others are "
                      "compared with it")
-    if args.seeds < 1 or args.probe_every < 1 or args.sharpness_every < 0 or args.sharpness_images < 1 or args.sharpness_iters < 1:
+    if min(args.seeds, args.probe_every, args.sharpness_images, args.sharpness_iters) < 1 or args.sharpness_every < 0:
         parser.error("--seeds, --probe-every, --sharpness-images and --sharpness-iters must be at least 1, "
                      "--sharpness-every at least 0")
     if not all(math.isfinite(v) and v > 0 for v in args.probe_etas + args.lrs):
@@ -543,7 +543,9 @@ def plot_sharpness(runs, path):
         cfg, per_epoch = run["result"]["config"], int(run["arrays"]["steps_per_epoch"])
         if cfg["opt"] in ("sgd", "sgd_scratch"):
             total = run["result"].get("steps") or cfg["epochs"] * per_epoch
-            ax.plot(*stability_limit(cfg, lr, per_epoch, total), "k--", lw=1,
+            steps, limit = stability_limit(cfg, lr, per_epoch, total)
+            top = 10 * max((float(np.nanmax(v)) for v in shown), default=np.inf)  # as lr_t → 0 the limit → ∞:
+            ax.plot(steps[limit <= top], limit[limit <= top], "k--", lw=1,  # it must not set the scale
                     label=f"2(1+μ)/lr_t, μ = {cfg.get('momentum', 0):g}: full-batch GD's limit")
         scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], per_epoch)
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel="top Hessian eigenvalue", yscale="log")
