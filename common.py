@@ -192,13 +192,13 @@ def normalize(images, channels_last=False):
 
 # -- precision and memory format ---------------------------------------------------------------
 
-def cpu_has_fast_bf16():
+def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo"):
     """oneDNN has bf16 kernels and the CPU computes bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm),
     read from /proc/cpuinfo. Elsewhere bf16 would be emulated, slower than fp32, so False."""
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = set(f.read().split())
     except (OSError, RuntimeError, AttributeError):
         return False

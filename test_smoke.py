@@ -515,6 +515,14 @@ def test_flat_loss_at_chance_stops_as_diverged(fake_data, tmp_path):
 
 # ---------------------------------------------------------------------------------------- precision
 
+def test_bf16_is_fast_only_where_the_cpu_says_so(tmp_path):
+    onednn = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for flags, native in (("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fp asimd bf16", True)):
+        (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : {flags}\n")
+        assert common.cpu_has_fast_bf16(str(tmp_path / "cpuinfo")) == (native and onednn), flags
+    assert not common.cpu_has_fast_bf16(str(tmp_path / "missing"))  # unreadable: fp32, the safe side
+
+
 def test_precision_auto_follows_what_the_device_computes_fast(monkeypatch):
     cpu = torch.device("cpu")
     for fast, expected in ((True, ("bf16", "channels_last")), (False, ("fp32", "channels_last"))):
