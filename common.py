@@ -474,7 +474,7 @@ class ScratchSGD(torch.optim.Optimizer):
 def param_groups(model, cfg):
     """The model's parameters for the optimizer; where cfg says decay_bn_bias False, biases and BN weights (the
     1-D tensors) form a second group without weight decay (Goyal et al. 2017; He et al. 2019, "no bias decay")."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     if cfg.get("decay_bn_bias", True):
         return params
     return [dict(params=[p for p in params if p.dim() > 1]), dict(params=[p for p in params if p.dim() <= 1],
@@ -1262,7 +1262,7 @@ def probe_along(model, loss_closure, etas, direction=None):
     default d = −g, g = ∇L(θ)), for each step size η: L(θ + ηd), ‖∇L(θ) − ∇L(θ + ηd)‖ and that over ‖ηd‖ (β).
     The model (weights, BN statistics, RNG) is left as found. Returns floats loss, grad_norm, step_norm (‖d‖)
     and per-η lists losses, grad_dists, betas."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     device = params[0].device
     with preserved(model):
         rng = rng_state(device)
@@ -1508,6 +1508,17 @@ def parameter_blocks(model):
             else:
                 blocks.append((f"{part}.{name}", params))
     return blocks
+
+
+def density_curves(density, points=1000):
+    """(grid, σ, one smoothed density per seed) of surface.json's 'density' entry (nodes and weights per seed
+    and probe): σ is 1/200 of the nodes' range, the grid spans it with 10 σ on each side."""
+    spectra = [[(np.array(n), np.array(w)) for n, w in zip(nodes, weights)]
+               for nodes, weights in zip(density["nodes"], density["weights"])]
+    every = np.concatenate([n for spectrum in spectra for n, _ in spectrum])
+    sigma = max(float(np.ptp(every)), 1e-12) / 200
+    grid = np.linspace(every.min() - 10 * sigma, every.max() + 10 * sigma, points)
+    return grid, sigma, [spectral_density(spectrum, grid, sigma) for spectrum in spectra]
 
 
 def spectral_density(spectrum, grid, sigma):

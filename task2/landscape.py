@@ -428,13 +428,7 @@ def plot_spectrum(info, out, title):
     blocks.png: per block the top eigenvalue and the trace (log x, ± std over seeds). Returns the files."""
     plt, written, s = common.pyplot(), [], info["spectrum"]
     if "density" in s:
-        nodes = np.concatenate([np.concatenate(n) for n in s["density"]["nodes"]])
-        lo, hi = float(nodes.min()), float(nodes.max())
-        sigma = max(hi - lo, 1e-12) / 200
-        grid = np.linspace(lo - 10 * sigma, hi + 10 * sigma, 1000)
-        curves = [common.spectral_density([(np.array(n), np.array(w)) for n, w in zip(nodes_k, weights_k)],
-                                          grid, sigma)
-                  for nodes_k, weights_k in zip(s["density"]["nodes"], s["density"]["weights"])]
+        grid, sigma, curves = common.density_curves(s["density"])
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for curve in curves:
             ax.plot(grid, np.maximum(curve, 1e-12), color="tab:blue", lw=0.6, alpha=0.5)

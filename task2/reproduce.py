@@ -594,13 +594,8 @@ def plot_spectra(infos, path):
     fig, (ax_d, ax_b) = plt.subplots(1, 2, figsize=(13, 4.5))
     for (label, s), colour in zip(infos.items(), ("tab:orange", "tab:blue", "tab:green")):
         if "density" in s:
-            spectra = [[(np.array(n), np.array(w)) for n, w in zip(ns, ws)]
-                       for ns, ws in zip(s["density"]["nodes"], s["density"]["weights"])]
-            nodes = np.concatenate([n for sp in spectra for n, _ in sp])
-            sigma = max(float(np.ptp(nodes)), 1e-12) / 200
-            grid = np.linspace(nodes.min() - 10 * sigma, nodes.max() + 10 * sigma, 1000)
-            density = np.mean([common.spectral_density(sp, grid, sigma) for sp in spectra], 0)
-            ax_d.plot(grid, np.maximum(density, 1e-12), color=colour, label=label)
+            grid, _, curves = common.density_curves(s["density"])
+            ax_d.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color=colour, label=label)
         if "blocks" in s:
             ax_b.plot([b["name"] for b in s["blocks"]], [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
                       label=label)
