@@ -1139,7 +1139,7 @@ def finish_epoch(run, stop):
         f.write(json.dumps(json_safe(m)) + "\n")
     run.session_epochs += 1
     eta = (time.time() - run.session_start) / run.session_epochs * (run.epochs - state["epoch"])
-    print(f"epoch {m['epoch']:3d}/{cfg['epochs']} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
+    print(f"epoch {m['epoch']:3d}/{run.epochs} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
           f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr at start {m['lr']:.2e} "
           f"| {m['img_per_s']:.0f} img/s "
           f"| {format_seconds(m['elapsed'])} elapsed, ETA {format_seconds(eta)}", flush=True)

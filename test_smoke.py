@@ -778,10 +778,13 @@ def seeded_runs(ratios_by_seed, probes=40):
     return runs
 
 
-def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path):
-    """--steps 12 on 8-step epochs: 12 optimizer steps, the second epoch cut short, the schedule over the 12."""
-    cfg = parse([*TINY, "--data-dir", fake_data, "--opt", "adam", "--steps", "12", "--out", str(tmp_path)])
+def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path, capsys):
+    """--steps 12 on 8-step epochs: 12 optimizer steps, the second epoch cut short, the schedule over the 12;
+    the progress lines count the epochs the budget takes, not --epochs."""
+    cfg = parse([*TINY, "--data-dir", fake_data, "--opt", "adam", "--steps", "12", "--epochs", "5",
+                 "--out", str(tmp_path)])
     result = common.train(cfg)
+    assert "epoch   2/2 |" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert result["status"] == "completed" and result["epochs_run"] == 2 and result["steps"] == 12
     assert int(ckpt["optimizer"]["state"][0]["step"]) == 12 and ckpt["scheduler"]["last_epoch"] == 12
