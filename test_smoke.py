@@ -798,6 +798,20 @@ def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path, capsys):
     assert cfg["steps"] // args.probe_every >= 300
 
 
+def test_predicted_time_of_the_cpu_profiles_paper_analysis_counts_every_run_and_probe(tmp_path):
+    """The bench's predictor reads a BN analysis job as bn_analysis.py does: 2 models x 2 lrs x 2 seeds of
+    15,000 steps, 8 passes per probe every 50 steps, a 20-iteration Lanczos on 256 images every 500 steps."""
+    import throughput
+    job = next(j for j in reproduce.plan("analysis", "cpu", str(tmp_path), "data") if "bn_analysis_paper" in j[-1])
+    runs, extra = throughput.bn_analysis_runs(job[1:])
+    assert len(runs) == 8 and {r["model"] for r in runs} == {"vgg_a", "vgg_a_bn"}
+    assert all(r["steps"] == 15000 and r["width"] == 0.25 and r["batch_size"] == 128 for r in runs)
+    assert extra == pytest.approx(8 / 50 + 2 * 20 * 256 / 128 / 500)
+    cache = {(r["model"], r["arch"], r["width"], r["batch_size"]): (1000.0, 2000.0) for r in runs}  # img/s, given
+    per_run = 15000 * 128 * (1 + extra) / 1000 + (5000 * 43 + 2 * 10000) / 2000
+    assert throughput.training_seconds(job, torch.device("cpu"), cache) == pytest.approx(8 * per_run)
+
+
 @pytest.mark.parametrize("ratios, expected", [
     ([[0.5, 0.6, 0.7], [0.55, 0.65]], "holds"),
     ([[1.5, 1.2], [1.3, 1.4, 1.6]], "does not hold"),

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import reproduce  # noqa: E402
 
@@ -349,20 +350,32 @@ def train_config(flags, task2=False):
     return common.config_from_args(parser.parse_known_args(flags)[0], common.TASK2_LR if task2 else None)
 
 
+def bn_analysis_runs(flags):
+    """A BN analysis job's training configs (every model x lr x seed) and the extra cost of its probes and
+    Hessians per training step, in training images per image (each pass counted as a training step)."""
+    args = bn_analysis.parse_args(flags)
+    cfg = common.config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                        if k not in bn_analysis.ANALYSIS_KEYS}))
+    probe = (len(args.probe_etas) + 1) / args.probe_every  # a gradient at θ and one at every η
+    hessian = 2 * args.sharpness_iters * args.sharpness_images / cfg["batch_size"] / args.sharpness_every \
+        if args.sharpness_every else 0.0  # a Hessian-vector product costs about two passes
+    return [dict(cfg, model=m) for m in args.models for _ in args.lrs for _ in range(args.seeds)], probe + hessian
+
+
 def training_seconds(job, device, cache):
-    """One training job (or all 8 runs of a BN analysis): steps, validation every epoch, test twice."""
+    """One training job (or every run of a BN analysis): steps, validation every epoch, test twice."""
     script, flags = job[0], job[1:]
     cfg = train_config(flags, task2=script.startswith("task2"))
+    runs, probe_cost = [cfg], 0.0
+    if script.endswith("bn_analysis.py"):
+        runs, probe_cost = bn_analysis_runs(flags)
+        cfg = runs[0]
     n_val = min(cfg["val"], 5000)
     n_train = min(cfg["subset"] or 50000, 50000 - n_val)
     steps_per_epoch = max(1, n_train // cfg["batch_size"])
     steps = cfg.get("steps") or steps_per_epoch * cfg["epochs"]
     images, epochs = steps * cfg["batch_size"], -(-steps // steps_per_epoch)
     evaluations = n_val * epochs + 2 * (cfg["test_subset"] or 10000)
-    runs, probe_cost = [cfg], 0.0
-    if script.endswith("bn_analysis.py"):  # vgg_a and vgg_a_bn at 4 lrs; a probe is 6 forward-backward passes
-        runs = [dict(cfg, model=m) for m in ("vgg_a", "vgg_a_bn") for _ in range(4)]
-        probe_cost = 6 / int(flags[flags.index("--probe-every") + 1] if "--probe-every" in flags else 50)
     return sum(images * (1 + probe_cost) / train_rate + evaluations / eval_rate
                for train_rate, eval_rate in (measured_rates(c, device, cache) for c in runs))
 

@@ -59,8 +59,7 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                 t2="--device cpu --width 0.5 --subset 10000 --epochs 5",
                 bn="--device cpu --width 0.5 --subset 10000 --epochs 5 --probe-every 25 --probe-direction update "
                    "--sharpness-every 100",
-                bn_paper="--paper --device cpu --width 0.5 --subset 10000 --steps 390 --probe-every 25 "
-                         "--sharpness-every 50",
+                bn_paper="--paper --device cpu --width 0.25 --seeds 2 --sharpness-every 500",
                 landscape="--device cpu --n-items 1000 --hessian-iters 20", visualize="--device cpu",
                 grid="-1:1:11", interp="-0.5:1.5:21", best_seeds=3, recipes=["ours"], trajectory_every=10,
                 spectrum="--n-items 256 --trace-probes 8 --slq-probes 2 --slq-steps 20 --hessian-iters 10 --repeats 2"),
