@@ -764,6 +764,18 @@ def test_claims_table_from_known_arrays():
     assert band[3:5] == ["0", "0"] and band[7].startswith("not measured")  # one lr: no band, no ratio
 
 
+def test_loss_band_ends_where_a_run_diverged():
+    """The baseline's lr 0.5 run diverges at step 3: its band exists at step 2 only (width 2), not as the
+    zero spread of the one lr left; BN's band 0.5, 0.5, 0.2, 0.1, so the one paired ratio is 0.25."""
+    probes = ([1, 1, 1], [1, 1, 1], [1, 1, 1])
+    runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1, 1, 1], *probes), known_run("vgg_a", 0.5, [3, 2, 4, np.nan], *probes),
+            known_run("vgg_a_bn", 0.1, [3, 2, 2, 1, 1, 1], *probes),
+            known_run("vgg_a_bn", 0.5, [3, 2, 2.5, 1.5, 1.2, 1.1], *probes)]
+    table = bn_analysis.claims_table(runs, dict(opt="sgd")).splitlines()
+    band = next(line for line in table if line.startswith(f"| {bn_analysis.BAND_CLAIM}")).split(" | ")
+    assert band[3:6] == ["2", "0.35", "0.25 [0.25, 0.25]"] and band[6] == "100% of 1"
+
+
 def seeded_runs(ratios_by_seed, probes=40):
     """vgg_a and vgg_a_bn over seeds: the baseline's loss range 2 at every probe, BN's 2 × the given ratio
     (cycled); 2 steps per epoch, a probe every step; step 0 says the opposite and must be left out."""

@@ -240,10 +240,11 @@ def measurements(run, key):
 
 
 def band_widths(runs, model, seed):
-    """{step: max − min over the learning rates of the training loss} of one model and seed, after epoch 1."""
+    """{step: max − min over the learning rates of the training loss} of one model and seed, after epoch 1; NaN
+    where a run has no finite loss (it diverged): the band of the lrs left would understate it."""
     model_runs = [r for r in runs if r["model"] == model and r.get("seed", 0) == seed]
     losses = stack_padded([r["arrays"]["step_loss"] for r in model_runs])
-    width = nan_reduce(np.nanmax, losses, 0) - nan_reduce(np.nanmin, losses, 0)
+    width = losses.max(axis=0) - losses.min(axis=0) if losses.size else np.zeros(0)
     steps = np.arange(len(width))
     late = after_first_epoch(model_runs[0], steps) if len(steps) else np.zeros(0, dtype=bool)
     return dict(zip(steps[late].tolist(), width[late].tolist()))
