@@ -764,16 +764,32 @@ def test_claims_table_from_known_arrays():
     assert band[3:5] == ["0", "0"] and band[7].startswith("not measured")  # one lr: no band, no ratio
 
 
+def test_a_single_spike_does_not_set_the_figures_scale():
+    """1,000 losses in [1, 2] and one divergence spike of 1,000: linear y topped at 3 x the 99.5th percentile,
+    the spike counted in a note; without the spike nothing is clipped."""
+    plt = common.pyplot()
+    values = np.concatenate([np.linspace(1, 2, 1000), [1000.0]])
+    for data, clipped in ((values, True), (values[:-1], False)):
+        fig, ax = plt.subplots()
+        ax.plot(data)
+        bn_analysis.scale_and_first_epoch(ax, data, 0)
+        assert ax.get_yscale() == "linear"
+        top, note = ax.get_ylim()[1], " ".join(t.get_text() for t in ax.texts)
+        assert 2 <= top < 7 and ("1 value(s) above the top" in note) == clipped
+        plt.close(fig)
+
+
 def test_loss_band_ends_where_a_run_diverged():
     """The baseline's lr 0.5 run diverges at step 3: its band exists at step 2 only (width 2), not as the
-    zero spread of the one lr left; BN's band 0.5, 0.5, 0.2, 0.1, so the one paired ratio is 0.25."""
+    zero spread of the one lr left; BN's band 0.5, 0.5, 0.2, 0.1, so the one paired ratio is 0.25 and BN's
+    median is taken over that step too."""
     probes = ([1, 1, 1], [1, 1, 1], [1, 1, 1])
     runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1, 1, 1], *probes), known_run("vgg_a", 0.5, [3, 2, 4, np.nan], *probes),
             known_run("vgg_a_bn", 0.1, [3, 2, 2, 1, 1, 1], *probes),
             known_run("vgg_a_bn", 0.5, [3, 2, 2.5, 1.5, 1.2, 1.1], *probes)]
     table = bn_analysis.claims_table(runs, dict(opt="sgd")).splitlines()
     band = next(line for line in table if line.startswith(f"| {bn_analysis.BAND_CLAIM}")).split(" | ")
-    assert band[3:6] == ["2", "0.35", "0.25 [0.25, 0.25]"] and band[6] == "100% of 1"
+    assert band[3:6] == ["2", "0.5", "0.25 [0.25, 0.25]"] and band[6] == "100% of 1"
 
 
 def seeded_runs(ratios_by_seed, probes=40):

@@ -307,6 +307,10 @@ def claim_pairs(runs, baseline, model, lr, key):
 
 
 def claim_line(claim, lr, model, pairs):
+    """One row of the claims table; both medians over the steps where both runs have a number (a run that
+    diverged has none after it; NaN is no number, while an overflow to inf still counts as larger)."""
+    pairs = [tuple({s: m[s] for s in base.keys() & other.keys() if not math.isnan(base[s] + other[s])}
+                   for m in (base, other)) for base, other in pairs]
     v = verdict(paired_ratios(pairs))
     share = "–" if not v["n"] else f"{v['smaller']:.0%} of {v['n']}"
     return (f"| {claim} | {lr} | {model} | {short_number(pooled_median(p[0] for p in pairs))} | "
@@ -330,7 +334,8 @@ def claims_table(runs, settings):
                   for claim, key in CLAIMS for lr in lrs]
         lines.append(claim_line(BAND_CLAIM, "all", model, [(band_widths(runs, baseline, s),
                                                             band_widths(runs, model, s)) for s in seeds]))
-    lines += ["", f"Medians over the measurements after the first epoch, pooled over {len(seeds)} seed(s); the "
+    lines += ["", "Medians over the measurements after the first epoch that both models have (same seed and step), "
+              f"pooled over {len(seeds)} seed(s); the "
               "ratio is the median of the per-measurement ratios (compared / baseline, same step, same batch), "
               f"its interval a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the seeds, then of the "
               "measurements within each). 'holds': the whole interval below 1; 'does not hold': above 1; "
@@ -426,12 +431,18 @@ def seed_mean(runs, model, lr, key):
 
 
 def scale_and_first_epoch(ax, values, steps_per_epoch):
-    """Log y when the finite positive values span more than two decades (a step-0 spike then no longer sets
-    the scale); the first epoch shaded and labelled, as the verdicts leave it out."""
+    """Log y when the finite positive values span more than two decades; the top at 3 x their 99.5th
+    percentile when a few spikes (a diverging step) lie above it, with a note of how many, so that no single
+    spike sets the scale; the first epoch shaded and labelled, as the verdicts leave it out."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v) & (v > 0)]
-    if v.size and v.max() > 100 * v.min():
+    top = 3 * np.percentile(v, 99.5) if v.size else math.inf
+    if v.size and min(v.max(), top) > 100 * v.min():
         ax.set_yscale("log")
+    if v.size and v.max() > top:
+        ax.set_ylim(top=top)
+        ax.text(0.01, 0.99, f"{int((v > top).sum())} value(s) above the top, not shown", transform=ax.transAxes,
+                va="top", fontsize=7)
     if steps_per_epoch:
         ax.axvspan(0, steps_per_epoch, color="0.85", zorder=0, label="epoch 1 (not in the verdicts)")
     ax.grid(alpha=0.3)
