@@ -383,7 +383,7 @@ def write_bn_report(runs, out, settings, smooth=1):
     plot_probe(runs, os.path.join(out, "grad_predictiveness.png"), "probe_grad_dists", "‖∇L(θ) − ∇L(θ + ηd)‖",
                f"gradient predictiveness: change of the gradient along d = {d}, range over η")
     plot_probe(runs, os.path.join(out, "beta_smoothness.png"), "probe_betas", "max over η of ‖Δ∇L‖ / ‖ηd‖",
-               "effective β-smoothness", band=False)
+               "effective β-smoothness", band=False, reference=settings.get("probe_direction") != "update")
     plot_runs_curves(runs, os.path.join(out, "curves.png"))
     figures = [n for n in BN_FIGURES if n != "sharpness.png"]
     if any(r["arrays"].get("sharpness_top", np.zeros(0)).size for r in runs):
@@ -477,9 +477,10 @@ def lr_panels(runs):
     return plt, fig, list(zip(axes[0], lrs)), model_colours(runs)
 
 
-def plot_probe(runs, path, key, ylabel, title, band=True):
+def plot_probe(runs, path, key, ylabel, title, band=True, reference=False):
     """One panel per learning rate (sorted), one colour family per model: the band over step sizes η of a
-    probe quantity (band=True) or its max over η, at every probed step, averaged over seeds."""
+    probe quantity (band=True) or its max over η, at every probed step, averaged over seeds; reference: β's
+    value 1/η_min when the gradient changes by its own norm over the smallest step along −g."""
     plt, fig, panels, colours = lr_panels(runs)
     for ax, lr in panels:
         shown = []
@@ -494,6 +495,9 @@ def plot_probe(runs, path, key, ylabel, title, band=True):
             else:
                 ax.plot(steps, hi, color=colour, lw=1.2, label=model)
             shown += [lo, hi] if band else [hi]
+        if reference:
+            eta = min(float(np.min(r["arrays"]["etas"])) for r in runs if r["lr"] == lr)
+            ax.axhline(1 / eta, color="k", ls="--", lw=1, label=f"1/η_min = {1 / eta:g} (‖Δ∇L‖ = ‖∇L‖)")
         scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], int(runs[0]["arrays"]["steps_per_epoch"]))
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel=ylabel)
         ax.legend(fontsize=7)
