@@ -142,16 +142,19 @@ def setup_distributed(device_flag):
 
 
 def figure_z(loss, log=False, zmax=None):
-    """(z, axis label, title note): the loss clipped at --zmax if given, on a log10 scale with --log or by
-    default when the finite values span more than two decades (so corner spikes do not flatten the bowl)."""
-    z, note = loss.astype(float), ""
-    if zmax is not None:
-        z, note = np.minimum(z, zmax), f" (loss clipped at {zmax:g})"
+    """(to_z, axis label, title note): to_z maps losses (the surface's, a path's) to figure heights: clipped at
+    --zmax if given, on a log10 scale with --log or by default when the surface's finite values span more than
+    two decades (so corner spikes do not flatten the bowl)."""
+    def clip(values):
+        values = np.asarray(values, dtype=float)
+        return values if zmax is None else np.minimum(values, zmax)
+    note = "" if zmax is None else f" (loss clipped at {zmax:g})"
+    z = clip(loss)
     finite = z[np.isfinite(z) & (z > 0)]
     if log or (zmax is None and finite.size and finite.max() > 100 * finite.min()):
-        return np.log10(np.maximum(z, 1e-12)), "log10 loss", note + (" (log10: the loss spans > 2 decades)"
-                                                                     if not log else "")
-    return z, "loss", note
+        return (lambda values: np.log10(np.maximum(clip(values), 1e-12))), "log10 loss", \
+            note + ("" if log else " (log10: the loss spans > 2 decades)")
+    return clip, "loss", note
 
 
 def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", path=None):
@@ -160,8 +163,8 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
     snapshot, explained variance) drawn on the first and last. Returns the files written."""
     plt = common.pyplot()
     x, y, acc = surface["x"], surface["y"], surface["acc"]
-    z, zlabel, note = figure_z(surface["loss"], log, zmax)
-    title += note
+    to_z, zlabel, note = figure_z(surface["loss"], log, zmax)
+    z, title = to_z(surface["loss"]), title + note
     if len(y) == 0:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
@@ -193,10 +196,7 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.8)
     if path is not None:  # the path at the loss of its own points on the plane
-        path_z = np.array(path["loss"], dtype=float)
-        path_z = np.minimum(path_z, zmax) if zmax is not None else path_z
-        ax.plot(path["x"], path["y"], np.log10(np.maximum(path_z, 1e-12)) if zlabel.startswith("log") else path_z,
-                "r.-")
+        ax.plot(path["x"], path["y"], to_z(path["loss"]), "r.-")
     ax.set(xlabel=labels[0], ylabel=labels[1], zlabel=zlabel, title=title)
     common.save_figure(fig, os.path.join(out, "surface_3d.png"))
     return ["contour.png", "heatmap.png", "surface_3d.png"]

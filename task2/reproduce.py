@@ -680,16 +680,15 @@ def full_scale_table(out, jobs):
         "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "epochs", "wall time",
         "device", "status")]
     for name, _, _, label, report_acc in jobs:
-        rs = seed_results(out, name)
+        rs, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
         if not rs:
-            md.append(row([name, label, f"{report_acc:.2f}" if report_acc else "–", *["–"] * 5, "missing"]))
+            md.append(row([name, label, report, *["–"] * 5, "missing"]))
             continue
         ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
         diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
         wall = statistics.mean(r.get("wall_seconds", r["train_seconds"]) for r in rs)
-        md.append(row([link(out, run_dir(out, name)), label, f"{report_acc:.2f}" if report_acc else "–",
-                       stat(rs, "test_acc_at_best_val"),
-                       diff, f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
+        md.append(row([link(out, run_dir(out, name)), label, report, stat(rs, "test_acc_at_best_val"), diff,
+                       f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
                        rs[0].get("machine", rs[0]["device"]), common_value(rs, "status")]))
     return md
 
