@@ -792,6 +792,20 @@ def test_loss_band_ends_where_a_run_diverged():
     assert band[3:6] == ["2", "0.5", "0.25 [0.25, 0.25]"] and band[6] == "100% of 1"
 
 
+def test_figures_average_each_step_over_the_seeds_that_reached_it():
+    """Seed 0 diverged after 2 probes (its last value non-finite), seed 1 ran all 4: the drawn mean is over both
+    seeds while both ran and seed 1's own values after, for 1D and [probe, η] arrays; titles say so."""
+    runs = [dict(model="vgg_a", lr=0.5, arrays=dict(step_loss=np.array([2.0, 4.0, np.inf]),
+                                                    probe_losses=np.array([[1.0, 3.0], [5.0, 7.0]]))),
+            dict(model="vgg_a", lr=0.5, arrays=dict(step_loss=np.array([4.0, 6.0, 3.0, 1.0]),
+                                                    probe_losses=np.array([[3.0, 5.0], [7.0, 9.0], [1.0, 1.0]])))]
+    assert bn_analysis.seed_mean(runs, "vgg_a", 0.5, "step_loss").tolist() == [3.0, 5.0, 3.0, 1.0]
+    assert bn_analysis.seed_mean(runs, "vgg_a", 0.5, "probe_losses").tolist() == [[2, 4], [6, 8], [1, 1]]
+    assert bn_analysis.seed_mean(runs, "vgg_a_bn", 0.5, "step_loss") is None
+    assert bn_analysis.with_seeds_note("β", runs) == "β\nmean over 2 seeds, at each step over those that reached it"
+    assert bn_analysis.with_seeds_note("β", runs[:1]) == "β"
+
+
 def seeded_runs(ratios_by_seed, probes=40):
     """vgg_a and vgg_a_bn over seeds: the baseline's loss range 2 at every probe, BN's 2 × the given ratio
     (cycled); 2 steps per epoch, a probe every step; step 0 says the opposite and must be left out."""
@@ -1251,6 +1265,10 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert len(runs) == 68 and f"[{len(jobs['train'])}/{len(jobs['train'])}]" in proc.stdout  # 2 keep their path
     for run in runs:
         assert f"[{os.path.basename(run)}](runs/{os.path.basename(run)})" in tables, run
+    spectra = tables.split("### 7. ", 1)[1].split("\n### ", 1)[0]  # its second table: per block, 3 spectra
+    per_block = [r for r in spectra.split("| block |", 1)[1].splitlines()[2:] if r.startswith("|")]
+    assert [r.split(" | ")[0] for r in per_block] == [f"| {k}" for k in range(1, 12)]  # VGG-A: 8 conv + 3 linear
+    assert per_block[0].split(" | ")[3].startswith("features.0+1: ") and "–" not in "".join(per_block)
     grid = table_rows(tables, "2. The 24-configuration grid")
     assert sum(r[0].startswith("**") for r in grid) == 1  # exactly one best row, in bold
     assert [r[0].strip("*") for r in grid] == [str(k) for k in range(1, 25)]
@@ -1578,6 +1596,25 @@ def test_a_surface_is_complete_only_with_its_figures_and_for_its_checkpoint(chec
     with pytest.raises(SystemExit) as e:  # one point on an axis is no surface: refused before any work
         landscape.main([*job[1:-2], "--y", "0:0:1", "--out", str(tmp_path / "flat")])
     assert e.value.code == 2 and not (tmp_path / "flat").exists()
+
+
+def test_replot_redraws_a_complete_surface_without_its_checkpoint(checkpoints, fake_data, tmp_path, capsys):
+    out = tmp_path / "surface"
+    assert landscape.main(["--ckpt", checkpoints[0], "--x", "-1:1:3", "--y", "-1:1:3", "--n-items", "50",
+                           "--data-dir", fake_data, "--no-download", "--device", "cpu", "--out", str(out)]) == 0
+    before, arrays = read_json(out / "surface.json"), (out / "surface.npz").read_bytes()
+    os.remove(out / "surface_3d.png")
+    assert landscape.main(["--replot", str(out), "--zmax", "1.5"]) == 0
+    assert (out / "surface_3d.png").exists() and (out / "surface.npz").read_bytes() == arrays
+    assert read_json(out / "surface.json") == before  # same figures listed, nothing else touched
+    capsys.readouterr()
+    assert landscape.main(["--replot", str(tmp_path / "nothing")]) == 2
+    assert "no surface.json there" in capsys.readouterr().err.strip().splitlines()[-1]
+    partial = dict(before, status="partial")
+    common.write_json(str(out / "surface.json"), partial)
+    assert landscape.main(["--replot", str(out)]) == 2
+    assert "the surface is partial" in capsys.readouterr().err
+    assert read_json(out / "surface.json") == partial and not (out / ".lock").exists()
 
 
 def test_array_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ the numbers) and the figures. Repeating the command reuses a finished run made w
 resumes one interrupted by Ctrl-C; one killed outright or made otherwise is trained again from its start.
 """
 import argparse
+import collections
 import copy
 import json
 import math
@@ -394,9 +395,11 @@ def write_bn_report(runs, out, settings, smooth=1):
 
 
 def stack_padded(arrays):
-    """Rows of unequal length (a run that stopped early) as one [n, max_len] array, NaN-padded;
-    non-finite values become NaN so bands ignore them."""
-    out = np.full((len(arrays), max((len(a) for a in arrays), default=0)), np.nan)
+    """Arrays of unequal length (a run that stopped early) stacked as one [n, max_len, ...] array, NaN-padded;
+    non-finite values become NaN so bands and means ignore them."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    tail = arrays[0].shape[1:] if arrays else ()
+    out = np.full((len(arrays), max((len(a) for a in arrays), default=0), *tail), np.nan)
     for row, a in zip(out, arrays):
         row[:len(a)] = np.where(np.isfinite(a), a, np.nan)
     return out
@@ -422,12 +425,21 @@ def model_colours(runs):
 
 
 def seed_mean(runs, model, lr, key):
-    """The arrays of one model and lr averaged over its seeds (the same steps at every seed), or None."""
+    """The arrays of one model and lr averaged over its seeds, or None: at each step the mean over the seeds
+    that reached it (a run that stopped early counts until it stopped; the steps are the same at every seed)."""
     arrays = [r["arrays"].get(key, np.zeros(0)) for r in runs if (r["model"], r["lr"]) == (model, lr)]
     arrays = [a for a in arrays if a.size]
-    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
-        return arrays[0] if arrays else None
-    return nan_reduce(np.nanmean, np.stack([np.where(np.isfinite(a), a, np.nan) for a in arrays]), 0)
+    return nan_reduce(np.nanmean, stack_padded(arrays), 0) if arrays else None
+
+
+def seeds_note(runs):
+    """For figure titles: how the seeds were combined, when there are several ("" for one)."""
+    n = max(collections.Counter((r["model"], r["lr"]) for r in runs).values())
+    return "" if n == 1 else f"mean over {n} seeds, at each step over those that reached it"
+
+
+def with_seeds_note(title, runs):
+    return "\n".join(filter(None, [title, seeds_note(runs)]))
 
 
 def scale_and_first_epoch(ax, values, steps_per_epoch):
@@ -465,6 +477,7 @@ def plot_loss_band(runs, path, smooth=1):
     ax.set(xlabel="training step", ylabel="training loss",
            title=f"loss band: min..max training loss over lr in {{{', '.join(f'{lr:g}' for lr in lrs)}}}"
                  + (f" (moving average {smooth})" if smooth > 1 else ""))
+    ax.set_title(with_seeds_note(ax.get_title(), runs))
     ax.legend(fontsize=8)
     common.save_figure(fig, path)
 
@@ -501,13 +514,13 @@ def plot_probe(runs, path, key, ylabel, title, band=True, reference=False):
         scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], int(runs[0]["arrays"]["steps_per_epoch"]))
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel=ylabel)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(with_seeds_note(title, runs), fontsize=10)
     common.save_figure(fig, path)
 
 
 def plot_runs_curves(runs, path):
-    """Training loss and validation accuracy per epoch (mean over seeds): one colour family per model, darker
-    for a larger lr, the legend sorted by model and lr."""
+    """Training loss and validation accuracy per epoch (mean over the seeds that reached each epoch): one colour
+    family per model, darker for a larger lr, the legend sorted by model and lr."""
     plt = common.pyplot()
     lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -516,18 +529,20 @@ def plot_runs_curves(runs, path):
             histories = [r["history"] for r in runs if (r["model"], r["lr"]) == (model, lr) and r["history"]]
             if not histories:
                 continue
-            n = min(len(h) for h in histories)
-            mean = lambda k: [statistics.mean(h[e][k] for h in histories) for e in range(n)]  # noqa: E731
+            mean = {k: nan_reduce(np.nanmean, stack_padded([[e[k] for e in h] for h in histories]), 0)
+                    for k in ("train_loss", "val_acc")}
             style = dict(color=plt.get_cmap(colours[model])(0.35 + 0.6 * (i + 1) / len(lrs)), marker=".",
                          label=f"{model} lr {lr:g}")
-            ax_loss.plot(range(1, n + 1), mean("train_loss"), **style)
-            ax_acc.plot(range(1, n + 1), mean("val_acc"), **style)
+            epochs = np.arange(1, max(len(h) for h in histories) + 1)
+            ax_loss.plot(epochs, mean["train_loss"], **style)
+            ax_acc.plot(epochs, mean["val_acc"], **style)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7, ncol=2)
+    fig.suptitle(seeds_note(runs), fontsize=9)
     common.save_figure(fig, path)
 
 
@@ -566,7 +581,7 @@ def plot_sharpness(runs, path):
         scale_and_first_epoch(ax, np.concatenate(shown) if shown else [], per_epoch)
         ax.set(title=f"lr {lr:g}", xlabel="training step", ylabel="top Hessian eigenvalue", yscale="log")
         ax.legend(fontsize=7)
-    fig.suptitle("sharpness over training (fixed training batch, BN in train mode)", fontsize=10)
+    fig.suptitle(with_seeds_note("sharpness over training (fixed training batch, BN in train mode)", runs), fontsize=10)
     common.save_figure(fig, path)
 
 

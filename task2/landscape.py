@@ -6,6 +6,7 @@ linear interpolation between two checkpoints; optionally the Hessian at the chec
     python task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51             # 2D surface
     python task2/landscape.py --ckpt runs/sgd/best.pt --interp runs/adam/best.pt --x -0.5:1.5:41
     torchrun --nproc_per_node 4 task2/landscape.py --ckpt runs/X/best.pt --y -1:1:51   # sharded
+    python task2/landscape.py --replot runs/X/landscape_51x51 --zmax 10    # figures again, nothing recomputed
 
 Files in --out (default <checkpoint folder>/landscape_<NX> or landscape_<NX>x<NY>, or interp_<NX>):
   surface.npz    x, y (empty in 1D), loss, acc, done; loss[i, j] belongs to (x[i], y[j]) on any grid
@@ -97,6 +98,9 @@ def parse_args(argv=None):
     common.add_precision_arg(p)  # the surface's evaluations; the Hessian is always fp32
     p.add_argument("--log", action="store_true", help="log10 z scale in the figures")
     p.add_argument("--zmax", type=float, help="clip the loss at this value in the figures")
+    p.add_argument("--replot", metavar="DIR",
+                   help="draw the figures of DIR's complete surface again from its files, with --log / --zmax "
+                        "(no checkpoint needed, nothing recomputed)")
     add_hessian_args(p)
     p.add_argument("--resume", action="store_true", help="compute only the points --out does not have yet")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a surface")
@@ -111,6 +115,8 @@ def parse_args(argv=None):
     if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not args.hessian_tol > 0:
         p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --hessian-tol, --repeats "
                 "and the probe and step counts positive")
+    if args.replot:
+        return args
     if not (args.ckpt or args.trajectory):
         p.error("--ckpt (or --trajectory RUN) is required")
     if args.trajectory and (args.interp or args.dir_file):
@@ -164,7 +170,7 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
     plt = common.pyplot()
     x, y, acc = surface["x"], surface["y"], surface["acc"]
     to_z, zlabel, note = figure_z(surface["loss"], log, zmax)
-    z, title = to_z(surface["loss"]), title + note
+    z, title = to_z(surface["loss"]), "\n".join(filter(None, [title, note.strip()]))  # the note on a line of its own
     if len(y) == 0:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
@@ -466,7 +472,7 @@ def plot_blocks(s, out, title):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return landscape(args)
+        return replot(args.replot, args.log, args.zmax) if args.replot else landscape(args)
     except common.USER_ERRORS as e:
         return common.fail(e)
     finally:
@@ -482,21 +488,44 @@ def landscape(args):
         return landscape_in_folder(args, rank, device)
 
 
-def finish_surface(args, cfg, files, surface, extra):
+def finish_surface(args, files, surface, extra):
     """Arrays (and the Hessian) saved, the figures drawn, and only then surface.json says complete, listing
     them: a surface killed between the two is finished again, not skipped. Returns the figures."""
     files.save(surface, "partial", extra)
     if files.non_finite:
         print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
-    with np.load(files.npz) as saved:
-        run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
-        title = f"{cfg['model']} {run_of(args.ckpt)}" + (
-            f" (α=0) to {run_of(args.interp)} (α=1)" if args.interp else "")
-        written = plot_landscape(dict(saved), args.out, title, args.log, args.zmax, "α" if args.interp else "x",
-                                 extra.get("trajectory"))
-    written += plot_spectrum(extra, args.out, title) if "spectrum" in extra else []
+    written = draw_figures(args.out, common.load_json(files.json), args.log, args.zmax)
     files.save(surface, "complete", dict(extra, figures=written))
     return written
+
+
+def draw_figures(folder, info, log, zmax):
+    """The figures of the surface in `folder` (its surface.npz; `info`: its surface.json); returns their names."""
+    settings = info["settings"]
+    run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
+    title = f"{info['model']} {run_of(settings['ckpt'])}" + (
+        f" (α=0) to {run_of(settings['interp'])} (α=1)" if settings["interp"] else "")
+    with np.load(os.path.join(folder, "surface.npz")) as saved:
+        written = plot_landscape(dict(saved), folder, title, log, zmax, "α" if settings["interp"] else "x",
+                                 info.get("trajectory"))
+    return written + (plot_spectrum(info, folder, title) if "spectrum" in info else [])
+
+
+def replot(folder, log, zmax):
+    """--replot: a complete surface's figures drawn again from its files (e.g. another clip), nothing else
+    changed but surface.json's list of figures. Exit code."""
+    path = os.path.join(folder, "surface.json")
+    if not os.path.exists(path):
+        raise common.UsageError(f"--replot {folder}: no surface.json there, nothing to draw")
+    with common.folder_lock(folder):
+        info = common.load_json(path)
+        if info.get("status") != "complete":
+            raise common.UsageError(f"--replot {folder}: the surface is {info.get('status')}; finish it first "
+                                    "(its command plus --resume)")
+        info["figures"] = draw_figures(folder, info, log, zmax)
+        common.write_json(path, info)
+    print(f"drew {', '.join(info['figures'])} in {folder}", flush=True)
+    return 0
 
 
 def landscape_in_folder(args, rank, device):
@@ -537,7 +566,7 @@ def landscape_in_folder(args, rank, device):
                                                criterion, device, numerics, args.bn_mode, args.batch_size)[0]
                             for x, y in zip(path["x"], path["y"])]
         extra["trajectory"] = path
-    written = finish_surface(args, cfg, files, surface, extra)
+    written = finish_surface(args, files, surface, extra)
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
           f"wrote surface.npz, surface.json, {', '.join(written)} in {args.out}", flush=True)

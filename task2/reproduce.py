@@ -567,7 +567,23 @@ def spectrum_section(out):
         plot_spectra(infos, os.path.join(out, "figures", "spectra.png"))
     return md + ["", "± is the standard deviation over the seeds (Lanczos starts, Hutchinson and SLQ probes); SE "
                  "is the first seed's Hutchinson standard error. VGG-A has no BN, so its one spectrum serves both "
-                 "modes; `train` normalizes with batch statistics (dropout off)."]
+                 "modes; `train` normalizes with batch statistics (dropout off).", ""] + per_block_table(infos)
+
+
+def per_block_table(infos):
+    """Per block, in network order, each spectrum's top eigenvalue and trace of that block's own Hessian."""
+    blocks = {label: s.get("blocks", []) for label, s in infos.items()}
+    if not any(blocks.values()):
+        return []
+    md = table_head("block", *(f"{label}: {what}" for label in blocks for what in ("top eigenvalue", "trace")))
+    for k in range(max(len(b) for b in blocks.values())):
+        cells = []
+        for b in blocks.values():
+            cells += [f"{b[k]['name']}: {b[k]['top']['mean']:.4g} ± {b[k]['top']['std']:.2g}",
+                      f"{b[k]['trace']['mean']:.4g} ± {b[k]['trace']['std']:.2g}"] if k < len(b) else ["–", "–"]
+        md.append(row([k + 1, *cells]))
+    return md + ["", "Each block's parameters alone (the rest fixed), mean ± std over the seeds; in VGG-A + BN a "
+                 "block is a layer with the BN after it (`features.0+1`: convolution 0 and BN 1)."]
 
 
 def trajectory_section(out):
