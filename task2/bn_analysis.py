@@ -475,9 +475,8 @@ def plot_loss_band(runs, path, smooth=1):
         shown += [lo, hi]
     scale_and_first_epoch(ax, np.concatenate(shown), int(runs[0]["arrays"].get("steps_per_epoch", 0)))
     ax.set(xlabel="training step", ylabel="training loss",
-           title=f"loss band: min..max training loss over lr in {{{', '.join(f'{lr:g}' for lr in lrs)}}}"
-                 + (f" (moving average {smooth})" if smooth > 1 else ""))
-    ax.set_title(with_seeds_note(ax.get_title(), runs))
+           title=with_seeds_note(f"loss band: min..max training loss over lr in {{{', '.join(f'{lr:g}' for lr in lrs)}}}"
+                                 + (f" (moving average {smooth})" if smooth > 1 else ""), runs))
     ax.legend(fontsize=8)
     common.save_figure(fig, path)
 
