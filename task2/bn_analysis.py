@@ -429,7 +429,12 @@ def seed_mean(runs, model, lr, key):
     that reached it (a run that stopped early counts until it stopped; the steps are the same at every seed)."""
     arrays = [r["arrays"].get(key, np.zeros(0)) for r in runs if (r["model"], r["lr"]) == (model, lr)]
     arrays = [a for a in arrays if a.size]
-    return nan_reduce(np.nanmean, stack_padded(arrays), 0) if arrays else None
+    return padded_mean(arrays) if arrays else None
+
+
+def padded_mean(arrays):
+    """Mean of arrays of unequal length at each index over those that reach it (non-finite values ignored)."""
+    return nan_reduce(np.nanmean, stack_padded(arrays), 0)
 
 
 def seeds_note(runs):
@@ -528,8 +533,7 @@ def plot_runs_curves(runs, path):
             histories = [r["history"] for r in runs if (r["model"], r["lr"]) == (model, lr) and r["history"]]
             if not histories:
                 continue
-            mean = {k: nan_reduce(np.nanmean, stack_padded([[e[k] for e in h] for h in histories]), 0)
-                    for k in ("train_loss", "val_acc")}
+            mean = {k: padded_mean([[e[k] for e in h] for h in histories]) for k in ("train_loss", "val_acc")}
             style = dict(color=plt.get_cmap(colours[model])(0.35 + 0.6 * (i + 1) / len(lrs)), marker=".",
                          label=f"{model} lr {lr:g}")
             epochs = np.arange(1, max(len(h) for h in histories) + 1)
