@@ -4,6 +4,7 @@ here and own their outputs. One training loop (`train`), one "model at θ + δ" 
 """
 import argparse
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,7 +44,6 @@ NORMALIZATIONS = {  # input (mean, std) per channel
     "report": (CIFAR10_MEAN, (0.2023, 0.1994, 0.2010)),  # the report's Task 1 code
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the report's Task 2 code
 }
-RECIPES = ["ours", "report", "fast"]
 FAST_WARMUP = 5 / 24  # share of the one-cycle schedule spent warming up, as in Myrtle's ResNet-9 (24 epochs, 5 up)
 RESVGG16_ARCHS = {  # stage channels, hidden FC widths
     "standard": ([64, 128, 256, 512, 512], [4096, 4096]),
@@ -54,15 +54,7 @@ VGG_A_STAGES = [[64], [128], [256, 256], [512, 512], [512, 512]]
 
 LOSSES = ["ce", "nll", "mse"]
 OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_scratch"]
-DEFAULT_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-4, "adamw": 1e-4}
-DEFAULT_WD = {"sgd": 5e-4, "sgd_scratch": 5e-4, "adam": 0.0, "adamw": 1e-2}
-TASK2_LR = {"sgd": 0.01, "sgd_scratch": 0.01, "adam": 1e-3, "adamw": 1e-3}
-TASK2_DEFAULTS = dict(model="vgg_a", opt="adam")  # epochs 20, dropout 0: with_recipe
-
-RUNTIME_KEYS = {"data_dir", "no_download", "device", "compile", "out", "resume", "overwrite",
-                "save_trajectory"}  # --resume takes new ones; they do not change what is trained
 PRECISIONS = ["auto", "bf16", "fp32"]
-NUMERICS_KEYS = ("precision", "memory_format")  # resolved values in config.json; older configs lack them
 EVAL_BATCH = 1000
 LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each check syncs a GPU)
 PROGRESS_EVERY_S = 30.0
@@ -92,13 +84,13 @@ def fail(error):
 
 # -- data --------------------------------------------------------------------------------------
 
+def add_precision_arg(parser):
+    return add_settings(parser, names=("precision",), suppress=False)
+
+
 def add_data_args(parser):
-    """--data-dir, --no-download and --device: the flags every script that reads data shares."""
-    parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", "data"),
-                        help="folder holding cifar-10-batches-py/ (default $CIFAR10_DIR or ./data)")
-    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="CUDA when available")
-    return parser
+    """--data-dir, --no-download and --device: the flags every script that reads data shares (SETTINGS')."""
+    return add_settings(parser, names=("data_dir", "no_download", "device"), suppress=False)
 
 
 def _unpickle(path):
@@ -414,7 +406,7 @@ def initialize(model, init, act):
 
 def build_model(cfg):
     """The model a config describes; `cfg` is the dict stored in config.json and in every checkpoint."""
-    cfg = with_recipe(cfg)
+    cfg = complete_config(cfg)
     name, common_args = cfg["model"], dict(act=cfg["act"], width=cfg["width"], dropout=cfg["dropout"],
                                            num_classes=cfg["num_classes"], normalization=cfg["normalization"],
                                            leaky_slope=cfg["leaky_slope"])
@@ -510,88 +502,247 @@ def lr_schedule(optimizer, kind, epochs, steps_per_epoch, total=None):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[kind])
 
 
-# -- train / evaluate / checkpoint -------------------------------------------------------------
+# -- settings: every setting of a run and every recipe, as data -------------------------------
+#
+# A run's config is built in one place, make_config: each setting's default < the script's task defaults <
+# the recipe's value for the model's task < the settings given. SETTINGS names every config key once with
+# its kind, from which the rest is derived: "run" keys decide what is trained (two runs are the same run
+# when they agree on them), "runtime" keys only where and how it runs (--resume may change them),
+# "numerics" keys are --precision resolved on the device (configs from before they were recorded lack them).
 
-def add_train_args(parser, default_lr=None):
-    """The flags of every training script; scripts change defaults with set_defaults and default_lr."""
-    default_lr = default_lr or DEFAULT_LR
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default="resvgg16", choices=MODELS,
-                   help="resvgg16 (Task 1), vgg_a, vgg_a_bn, vgg_a_res_bn (Task 2)")
-    g.add_argument("--arch", default="standard", choices=sorted(RESVGG16_ARCHS),
-                   help="ResVGG16 widths: standard [64..512] + FC 4096x2, light [32..256] + FC 1024/512")
-    g.add_argument("--act", default="relu", choices=sorted(ACTIVATIONS), help="activation everywhere")
-    g.add_argument("--no-residual", dest="residual", action="store_false",
-                   help="ResVGG16 without shortcuts: stem + 13 conv-BN-act (the report's plain VGG16: --model vgg16)")
-    g.add_argument("--init", default=None, choices=INITS,
-                   help="weights: default (PyTorch), xavier, kaiming, kaiming_all (default: per model and --recipe)")
-    g.add_argument("--leaky-slope", type=float, default=None, help="LeakyReLU slope (default 0.1 vgg16, else 0.01)")
-    g.add_argument("--width", type=float, default=1.0, help="multiplies every channel and FC width")
-    g.add_argument("--dropout", type=float, default=None, help="dropout in the classifier (default 0.5; Task 2: 0)")
-    g = parser.add_argument_group("loss and optimizer")
-    g.add_argument("--loss", default="ce", choices=LOSSES, help="nll = log_softmax + NLLLoss; mse: softmax vs one-hot")
-    g.add_argument("--label-smoothing", type=float, default=None,
-                   help="label smoothing for --loss ce (default 0; 0.1 with --recipe fast)")
-    g.add_argument("--opt", default="sgd", choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr})")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--nesterov", action="store_true", default=None,
-                   help="Nesterov momentum for SGD (default off; on with --recipe fast)")
-    g.add_argument("--wd", type=float, default=None, help=f"weight decay (default {DEFAULT_WD})")
-    g.add_argument("--epochs", type=int, default=None, help="default 60; 100 with --recipe report")
-    g.add_argument("--steps", type=int, default=None,
-                   help="a budget of optimizer steps instead of --epochs: train exactly N steps (the last epoch "
-                        "may be partial; the schedule spans the N steps)")
-    g.add_argument("--batch-size", type=int, default=None, help="default 128; 64 for Task 2 with --recipe report")
-    g.add_argument("--recipe", default="ours", choices=RECIPES,
-                   help="report: the settings the report author's code ran (README: what the report's code did); "
-                        "fast: a short one-cycle schedule for a CPU (README: the fast recipe)")
-    g = add_data_args(parser.add_argument_group("data and device"))
-    g.add_argument("--val", type=int, default=5000,
-                   help="training images held out for validation (at most a tenth of them)")
-    g.add_argument("--subset", type=int, default=0, help="train on the first N remaining training images (0: all)")
-    g.add_argument("--test-subset", type=int, default=0, help="test on the first N test images (0: all)")
-    g = parser.add_argument_group("run")
-    add_precision_arg(g)
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (inductor; on the CPU it needs a C++ compiler and a minute or more)")
-    g.add_argument("--seed", type=int, default=0, help="initialization, data order and augmentation")
-    g.add_argument("--save-trajectory", type=int, default=0, metavar="K",
-                   help="keep the weights every K steps and at each epoch end in <out>/trajectory/ (float16, 2 bytes "
-                        "a parameter), for landscape.py --trajectory (0: never)")
-    g.add_argument("--diverge-patience", type=int, default=5,
-                   help="stop as diverged after this many epochs in a row at chance train accuracy without a new "
-                        "lowest train loss (0: never); a non-finite loss stops at once")
-    g.add_argument("--out", default=None, help="run folder (default runs/<name from the config>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    g.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
-    return parser
+RECIPE = "the recipe's"  # a default taken from RECIPES
 
 
-def add_precision_arg(parser):
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 autocast (+ channels_last) where the device computes bf16 fast (CUDA, a CPU "
-                             "with AVX512-BF16/AMX), else fp32; stored resolved in config.json")
+class Per:
+    """A recipe value that depends on another setting: Per("opt", sgd=0.01, adam=1e-4, other=0.0) is the value
+    named for cfg[field], or `other`."""
+
+    def __init__(self, field, other=None, **values):
+        self.field, self.other, self.values = field, other, values
+
+    def __call__(self, cfg):
+        return self.values.get(cfg[self.field], self.other)
+
+    def __str__(self):
+        named = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.values.items()
+                 if not (k == "sgd_scratch" and v == self.values.get("sgd"))]
+        return ", ".join(named + ([f"else {self.other}"] if self.other is not None else []))
 
 
-def config_from_args(args, default_lr=None):
-    """The run's config (what config.json stores): every flag, per-optimizer defaults filled in, --precision
-    resolved on the device (precision and memory_format)."""
-    cfg = with_recipe(vars(args))
+def per_opt(sgd, adam, adamw=None):
+    """A value for each optimizer; sgd_scratch is SGD by hand, AdamW takes Adam's unless given."""
+    return Per("opt", sgd=sgd, sgd_scratch=sgd, adam=adam, adamw=adam if adamw is None else adamw)
+
+
+# Every recipe's settings per task (a task is the model's family: Task 1 ResVGG16 / VGG16, Task 2 VGG-A).
+# ours: README's recipe; report: what the report author's code ran (results/what-the-reports-code-did.md);
+# fast: README, "The fast recipe" (each value with its source); paper: Santurkar et al. 2018, Appendix A.
+_OURS = dict(epochs=60, batch_size=128, lr=per_opt(0.01, 1e-4), momentum=0.9, nesterov=False,
+             wd=per_opt(5e-4, 0.0, 1e-2), dropout=0.5, label_smoothing=0.0, schedule="cosine_step",
+             normalization="cifar10", augment=True, classifier_bn=False, decay_bn_bias=True,
+             init=Per("model", resvgg16="default", vgg16="kaiming", other="xavier"),
+             leaky_slope=Per("model", vgg16=0.1, other=0.01))
+_FAST = dict(_OURS, epochs=18, batch_size=256, lr=per_opt(0.1, 1e-4), nesterov=True, dropout=0.0,
+             label_smoothing=Per("loss", ce=0.1, other=0.0), schedule="onecycle", decay_bn_bias=False,
+             init=Per("model", resvgg16="default", other="xavier"))
+_TASK2 = dict(lr=per_opt(0.01, 1e-3), init="xavier")
+RECIPES = {
+    "task1": {
+        "ours": _OURS,
+        "report": dict(_OURS, epochs=100, wd=per_opt(1e-4, 0.0), schedule=per_opt("cosine_epoch", "none"),
+                       normalization="report", init=Per("model", resvgg16="xavier", other="kaiming")),
+        "fast": _FAST,
+    },
+    "task2": {
+        "ours": dict(_OURS, epochs=20, dropout=0.0, **_TASK2),
+        "report": dict(_OURS, epochs=50, batch_size=64, wd=0.0, dropout=Per("model", vgg_a=0.0, other=0.5),
+                       schedule="none", normalization="half", augment=False,
+                       classifier_bn=Per("model", vgg_a=False, other=True), **dict(_TASK2, init="kaiming_all")),
+        "fast": dict(_FAST, **dict(_TASK2, lr=per_opt(0.1, 1e-3))),
+        "paper": dict(_OURS, epochs=20, dropout=0.0, **dict(_TASK2, lr=0.1), opt="sgd", momentum=0.0, wd=0.0,
+                      schedule="none", augment=False, steps=15000),
+    },
+}
+TASK_DEFAULTS = {  # what each task's train.py trains without flags: Task 1 the report's best configuration
+    "task1": dict(model="resvgg16", arch="standard", act="leaky_relu", opt="sgd"),
+    "task2": dict(model="vgg_a", arch="standard", act="relu", opt="adam"),
+}
+TASK = "the task's"  # a default taken from TASK_DEFAULTS
+
+
+def _setting(kind, default, help="", flag=True, **argparse_kwargs):
+    return dict(kind=kind, default=default, help=help, flag=flag, argparse=argparse_kwargs)
+
+
+SETTINGS = {  # name: kind, default, --help text; flag=False: set by the recipe only; grouped as --help shows
+    "model": dict(
+        model=_setting("run", TASK, "resvgg16, vgg16 (Task 1); vgg_a, vgg_a_bn, vgg_a_res_bn (Task 2)",
+                       choices=MODELS),
+        arch=_setting("run", TASK, "ResVGG16 widths: standard [64..512] + FC 4096x2, light [32..256] + FC 1024/512",
+                      choices=sorted(RESVGG16_ARCHS)),
+        act=_setting("run", TASK, "activation everywhere", choices=sorted(ACTIVATIONS)),
+        residual=_setting("run", True, "ResVGG16 without shortcuts: stem + 13 conv-BN-act (the report's plain VGG16: "
+                          "--model vgg16)", action="store_false", option="--no-residual"),
+        init=_setting("run", RECIPE, "weights: default (PyTorch), xavier, kaiming, kaiming_all", choices=INITS),
+        leaky_slope=_setting("run", RECIPE, "LeakyReLU slope", type=float),
+        width=_setting("run", 1.0, "multiplies every channel and FC width", type=float),
+        dropout=_setting("run", RECIPE, "dropout in the classifier", type=float),
+        classifier_bn=_setting("run", RECIPE, flag=False),
+        normalization=_setting("run", RECIPE, flag=False),
+        num_classes=_setting("run", 10, flag=False)),
+    "loss and optimizer": dict(
+        loss=_setting("run", "ce", "nll = log_softmax + NLLLoss; mse: softmax vs one-hot", choices=LOSSES),
+        label_smoothing=_setting("run", RECIPE, "label smoothing for --loss ce", type=float),
+        opt=_setting("run", TASK, "optimizer", choices=OPTIMIZERS),
+        lr=_setting("run", RECIPE, "peak learning rate", type=float),
+        momentum=_setting("run", RECIPE, "SGD momentum", type=float),
+        nesterov=_setting("run", RECIPE, "Nesterov momentum for SGD", action="store_true"),
+        wd=_setting("run", RECIPE, "weight decay", type=float),
+        decay_bn_bias=_setting("run", RECIPE, flag=False),
+        epochs=_setting("run", RECIPE, "epochs", type=int),
+        steps=_setting("run", None, "a budget of optimizer steps instead of --epochs: train exactly N steps (the "
+                       "last epoch may be partial; the schedule spans the N steps)", type=int),
+        batch_size=_setting("run", RECIPE, "training batch size", type=int),
+        schedule=_setting("run", RECIPE, flag=False),
+        recipe=_setting("run", "ours", "report: the settings the report author's code ran (README: what the report's "
+                        "code did); fast: a short one-cycle schedule for a CPU (README: the fast recipe); paper "
+                        "(Task 2): Santurkar et al.'s"),
+        augment=_setting("run", RECIPE, flag=False)),
+    "data and device": dict(
+        data_dir=_setting("runtime", os.environ.get("CIFAR10_DIR", "data"),
+                          "folder holding cifar-10-batches-py/ ($CIFAR10_DIR or ./data)"),
+        no_download=_setting("runtime", False, "fail instead of downloading a missing dataset", action="store_true"),
+        device=_setting("runtime", "auto", "CUDA when available", choices=["auto", "cpu", "cuda"]),
+        val=_setting("run", 5000, "training images held out for validation (at most a tenth of them)", type=int),
+        subset=_setting("run", 0, "train on the first N remaining training images (0: all)", type=int),
+        test_subset=_setting("run", 0, "test on the first N test images (0: all)", type=int)),
+    "run": dict(
+        precision=_setting("numerics", "auto", "auto: bf16 autocast (+ channels_last) where the device computes "
+                           "bf16 fast (CUDA, a CPU with AVX512-BF16/AMX), else fp32; stored resolved in config.json",
+                           choices=PRECISIONS),
+        memory_format=_setting("numerics", None, flag=False),
+        compile=_setting("runtime", False, "torch.compile the model (inductor; on the CPU it needs a C++ compiler "
+                         "and a minute or more)", action="store_true"),
+        seed=_setting("run", 0, "initialization, data order and augmentation", type=int),
+        save_trajectory=_setting("runtime", 0, "keep the weights every K steps and at each epoch end in "
+                                 "<out>/trajectory/ (float16, 2 bytes a parameter), for landscape.py --trajectory "
+                                 "(0: never)", type=int, metavar="K"),
+        diverge_patience=_setting("run", 5, "stop as diverged after this many epochs in a row at chance train "
+                                  "accuracy without a new lowest train loss (0: never); a non-finite loss stops at "
+                                  "once", type=int),
+        out=_setting("runtime", None, "run folder (default runs/<name from the config>)"),
+        resume=_setting("runtime", False, "continue the run in --out from its last.pt", action="store_true"),
+        overwrite=_setting("runtime", False, "start over in an --out that already holds a run",
+                           action="store_true")),
+}
+SETTING = {name: s for group in SETTINGS.values() for name, s in group.items()}
+RUNTIME_KEYS = frozenset(k for k, s in SETTING.items() if s["kind"] == "runtime")
+NUMERICS_KEYS = tuple(k for k, s in SETTING.items() if s["kind"] == "numerics")
+
+
+def task_of(model):
+    return "task2" if model in VGG_A_MODELS else "task1"
+
+
+def recipe_default(name, task, recipe):
+    """A setting's default in one recipe of a task, as data (a value, a Per, or None when the recipe leaves it)."""
+    return RECIPES[task][recipe].get(name)
+
+
+def default_text(name, task):
+    """What --help says a setting defaults to in `task`: its value, or the value per recipe."""
+    s = SETTING[name]
+    if s["default"] is TASK:
+        return str(TASK_DEFAULTS[task][name])
+    if s["default"] is not RECIPE:
+        return str(s["default"])
+    per_recipe = [(r, recipe_default(name, task, r)) for r in RECIPES[task]]
+    shown = [f"{r}: {'' if v is None else v}" for r, v in per_recipe]
+    return "; ".join(shown) if len({str(v) for _, v in per_recipe}) > 1 else str(per_recipe[0][1])
+
+
+def complete_config(cfg, task=None):
+    """cfg with every "run" setting it lacks (missing or None) filled in; what it was given wins, then the
+    recipe's values for the model's task, the task's defaults (task: the script's, else the model's), each
+    setting's default, and last the recipe's values that depend on another setting (a Per). A config saved
+    before a setting existed gets the value it was trained with, so a new setting must default to the old
+    behaviour."""
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    defaults = TASK_DEFAULTS[task or task_of(cfg.get("model", "resvgg16"))]
+    cfg.setdefault("model", defaults["model"])
+    cfg.setdefault("recipe", "ours")
+    recipes = RECIPES[task_of(cfg["model"])]
+    if cfg["recipe"] not in recipes:
+        raise UsageError(f"--recipe {cfg['recipe']} is not a recipe of {cfg['model']} (its recipes: "
+                         f"{', '.join(recipes)})")
+    recipe = recipes[cfg["recipe"]]
+    plain = {k: v for k, v in recipe.items() if not isinstance(v, Per)}
+    own = {k: s["default"] for k, s in SETTING.items() if s["kind"] == "run" and s["default"] not in (TASK, RECIPE)}
+    for values in (plain, defaults, own):
+        for name, value in values.items():
+            cfg.setdefault(name, value)
+    for name, value in recipe.items():
+        if isinstance(value, Per):
+            cfg.setdefault(name, value(cfg))
+    return cfg
+
+
+def make_config(task="task1", **given):
+    """The complete config of a new run (what config.json stores) from the settings given by name (None: not
+    given): complete_config, runtime defaults, --precision resolved on the device, --out defaulted. Raises
+    UsageError for a value that makes no sense."""
+    unknown = sorted(set(given) - set(SETTING))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}")
+    cfg = complete_config(given, task)
+    for name, s in SETTING.items():
+        if s["kind"] != "run" and cfg.get(name) is None:
+            cfg[name] = s["default"]
     cfg.update(numerics_for(cfg["precision"], resolve_device(cfg["device"])).as_dict())
-    cfg["lr"] = (default_lr or DEFAULT_LR)[cfg["opt"]] if cfg["lr"] is None else cfg["lr"]
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise UsageError("--label-smoothing applies to --loss ce only")
     check_numbers(cfg)
-    cfg["num_classes"] = 10
     cfg["out"] = cfg["out"] or os.path.join("runs", run_name(cfg))
-    return cfg
+    return {name: cfg[name] for name in SETTING}  # one key order for every config.json
+
+
+def add_settings(parser, task="task1", names=None, suppress=True):
+    """The flags of SETTINGS (or only `names`, without group headers) on parser, each with the default it has in
+    `task`. suppress: a flag not given is absent from the parsed namespace (argparse.SUPPRESS), so that
+    make_config knows what was given; else it holds the setting's default."""
+    for group, settings in SETTINGS.items():
+        chosen = [(n, s) for n, s in settings.items() if s["flag"] and (names is None or n in names)]
+        g = parser.add_argument_group(group) if chosen and names is None else parser
+        for name, s in chosen:
+            kwargs = dict(s["argparse"])
+            option = kwargs.pop("option", "--" + name.replace("_", "-"))
+            if name == "recipe":
+                kwargs["choices"] = list(RECIPES[task])
+            shown = "" if kwargs.get("action") == "store_false" or s["default"] is None else \
+                f" (default: {default_text(name, task)})"
+            default = argparse.SUPPRESS if suppress else s["default"]
+            g.add_argument(option, dest=name, default=default, help=s["help"] + shown, **kwargs)
+    return parser
+
+
+def train_parser(script, task):
+    return add_settings(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."), task)
+
+
+def task_of_script(script):
+    return "task2" if script.replace(os.sep, "/").startswith("task2") else "task1"
+
+
+def parse_config(script, argv):
+    """The config a training script makes of its command line (argparse errors exit 2, as the script would)."""
+    task = task_of_script(script)
+    return make_config(task, **vars(train_parser(script, task).parse_args(argv)))
 
 
 def check_numbers(cfg):
     """UsageError naming the first flag whose value makes no sense."""
     big = torch.finfo(torch.float32).max  # an lr or weight decay beyond it cannot even be applied to fp32 weights
-    rules = [("--epochs", cfg["epochs"] >= 1), ("--steps", (cfg.get("steps") or 1) >= 1),
+    rules = [("--epochs", cfg["epochs"] >= 1), ("--steps", cfg.get("steps") is None or cfg["steps"] >= 1),
              ("--batch-size", cfg["batch_size"] >= 1),
              ("--width", 0 < cfg["width"] < math.inf), ("--lr", 0 <= cfg["lr"] < big), ("--wd", 0 <= cfg["wd"] < big),
              ("--momentum", 0 <= cfg["momentum"] < 1),
@@ -604,41 +755,6 @@ def check_numbers(cfg):
             value = cfg[flag[2:].replace("-", "_")]
             raise UsageError(f"{flag} {value}: out of range (positive finite sizes, an lr and weight decay >= 0 "
                              "that fp32 can hold; dropout, label smoothing and momentum in [0, 1); no negative counts)")
-
-
-def with_recipe(cfg):
-    """cfg with every setting --recipe decides filled in where it is missing or None (flags given win). Configs
-    saved before a setting existed get the value they were trained with, which is the 'ours' one."""
-    cfg = dict(cfg)
-    recipe, task2 = cfg.setdefault("recipe", "ours"), cfg["model"] in VGG_A_MODELS
-    report = recipe == "report"
-    sgd, bn_model = cfg.get("opt") in ("sgd", "sgd_scratch"), cfg["model"] in ("vgg_a_bn", "vgg_a_res_bn")
-    if recipe == "fast":  # README, "The fast recipe": every setting with its source
-        settings = dict(epochs=18, batch_size=256, dropout=0.0, wd=5e-4 if sgd else DEFAULT_WD.get(cfg.get("opt")),
-                        schedule="onecycle", normalization="cifar10",
-                        augment=True, classifier_bn=False, init="default" if cfg["model"] == "resvgg16" else "xavier",
-                        nesterov=True, decay_bn_bias=False, lr=0.1 if sgd else None,
-                        label_smoothing=0.1 if cfg.get("loss", "ce") == "ce" else 0.0)
-    elif not report:
-        settings = dict(epochs=20 if task2 else 60, batch_size=128, dropout=0.0 if task2 else 0.5,
-                        wd=DEFAULT_WD.get(cfg.get("opt"), 0.0), schedule="cosine_step", normalization="cifar10",
-                        augment=True, classifier_bn=False,
-                        init={"resvgg16": "default", "vgg16": "kaiming"}.get(cfg["model"], "xavier"))
-    elif task2:  # the author's task2/task2_better_train.py
-        settings = dict(epochs=50, batch_size=64, dropout=0.5 if bn_model else 0.0, wd=0.0, schedule="none",
-                        normalization="half", augment=False, classifier_bn=bn_model, init="kaiming_all")
-    else:  # the author's task1/run.sh -> newvgg16.py
-        settings = dict(epochs=100, batch_size=128, dropout=0.5, wd=1e-4 if sgd else 0.0,
-                        schedule="cosine_epoch" if sgd else "none", normalization="report", augment=True,
-                        classifier_bn=False, init="xavier" if cfg["model"] == "resvgg16" else "kaiming")
-    settings["leaky_slope"] = 0.1 if cfg["model"] == "vgg16" else 0.01
-    settings.setdefault("label_smoothing", 0.0)
-    settings.setdefault("decay_bn_bias", True)
-    settings.setdefault("nesterov", False)
-    for key, value in settings.items():
-        if cfg.get(key) is None:
-            cfg[key] = value
-    return cfg
 
 
 def run_name(cfg):
@@ -654,6 +770,8 @@ def run_name(cfg):
         parts.append(f"n{cfg['subset']}")
     return "_".join(parts + [f"s{cfg['seed']}"])
 
+
+# -- train / evaluate / checkpoint -------------------------------------------------------------
 
 def resolve_device(name):
     if name == "auto":
@@ -889,19 +1007,12 @@ def prepare_run_dir(cfg):
         shutil.rmtree(os.path.join(out, TRAJECTORY_FOLDER))  # no snapshots of the old run on the new path
 
 
-def train_parser(script, defaults=None, default_lr=None):
-    parser = add_train_args(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script}).",
-                                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter), default_lr)
-    parser.set_defaults(**(defaults or {}))
-    return parser
-
-
 def ignored_on_resume(cfg, argv):
     """The flags given beside --resume whose value differs from the saved run's ('--epochs 5 (saved 3)')."""
     path = os.path.join(cfg["out"], "config.json")
     if not os.path.exists(path):
         return []
-    saved = with_recipe(load_json(path))
+    saved = complete_config(load_json(path))
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     given = {"residual" if k == "no_residual" else k for k in given}
     return [f"--{k.replace('_', '-')} {cfg[k]} (saved {saved.get(k)})" for k in config_differences(saved, cfg)
@@ -920,20 +1031,21 @@ def resume_config(cfg, argv):
     return cfg
 
 
-def config_differences(saved, cfg):
+def config_differences(saved, cfg, numerics=True):
     """The settings, runtime flags aside, in which cfg differs from a saved config (one made before a recipe
-    setting existed counts as trained with the value it had then)."""
-    saved = with_recipe(saved)
-    return sorted(k for k, v in cfg.items() if k not in RUNTIME_KEYS and saved.get(k) != v
+    setting existed counts as trained with the value it had then). numerics=False: the resolved precision and
+    memory format do not count (a run made with --precision auto on a machine whose auto is another)."""
+    saved = complete_config(saved)
+    skip = RUNTIME_KEYS | (frozenset() if numerics else frozenset(NUMERICS_KEYS))
+    return sorted(k for k, v in cfg.items() if k not in skip and saved.get(k) != v
                   and not (k in NUMERICS_KEYS and k not in saved))  # older runs: as they were made
 
 
-def train_main(script, argv=None, defaults=None, default_lr=None):
+def train_main(script, argv=None):
     """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
-    parser = train_parser(script, defaults, default_lr)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = config_from_args(parser.parse_args(argv), default_lr)
+        cfg = parse_config(script, argv)
         if cfg["resume"]:
             cfg = resume_config(cfg, argv)
         result = train(cfg)
@@ -959,37 +1071,60 @@ def train(cfg, step_hook=None):
         run = setup_run(cfg)
         status = "completed"  # the run's one status: completed, diverged or interrupted
         with GracefulStop() as stop:
-            while status == "completed" and run.state["epoch"] < run.epochs:
+            while status == "completed" and run.state.epoch < run.epochs:
                 status = train_epoch(run, stop, step_hook)
                 if status == "completed":
                     status = finish_epoch(run, stop)
         return finish_run(run, status, stop.signal_name)
 
 
+@dataclasses.dataclass
+class Progress:
+    """How far a run is (what last.pt saves of it): `global_step` counts optimizer steps from the start of
+    training, the one step counter; `epoch` the finished epochs; the sums are those of the epoch under way."""
+    epoch: int = 0
+    global_step: int = 0
+    perm: torch.Tensor = None  # the epoch's image order
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    epoch_lr: float = None  # the lr of the epoch's first step
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # of the sessions before this one
+    best_val_acc: float = None
+    best_epoch: int = None
+    stuck_epochs: int = 0
+    history: list = dataclasses.field(default_factory=list)  # metrics.jsonl's records
+
+
 class Run:
-    """One training run: config, device, data on the device, model, optimizer, and `state` (what last.pt saves)."""
+    """One training run: config, device, data on the device, model, optimizer, and its Progress."""
 
     def __init__(self, cfg, device):
         self.cfg, self.out, self.device = cfg, cfg["out"], device
         self.numerics = saved_numerics(cfg, device)
         self.session_start, self.session_epochs = time.time(), 0
-        self.state = dict(epoch=0, step=0, perm=None, loss_sum=0.0, correct=0, seen=0, epoch_seconds=0.0,
-                          train_seconds=0.0, wall_seconds=0.0, best_val_acc=None, best_epoch=None, stuck_epochs=0,
-                          history=[])
+        self.state = Progress()
         self.load_data()
         self.build()
 
+    @property
+    def epoch_step(self):
+        """Steps done in the epoch under way (0 at an epoch's start)."""
+        return self.state.global_step - min(self.state.epoch * self.steps_per_epoch, self.total_steps)
+
     def wall_seconds(self):
         """Wall time of the run over all its sessions (data loading, training, validation)."""
-        return self.state["wall_seconds"] + time.time() - self.session_start
+        return self.state.wall_seconds + time.time() - self.session_start
 
     def checkpoint(self):
         """Everything --resume needs to continue bit-exactly (on CPU)."""
         torch_rng, cuda_rng = rng_state(self.device)
-        return dict(model=self.model.state_dict(), config=self.cfg, epoch=self.state["epoch"],
+        return dict(model=self.model.state_dict(), config=self.cfg, epoch=self.state.epoch,
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(),
-                    progress=dict(self.state, wall_seconds=self.wall_seconds()))
+                    progress=dict(vars(self.state), wall_seconds=self.wall_seconds()))
 
     def load_data(self):
         """The run's training, validation and test images and labels, uint8 and int64 on its device."""
@@ -1035,7 +1170,7 @@ def setup_run(cfg):
     ckpt = None
     if cfg["resume"]:
         ckpt = read_checkpoint(os.path.join(cfg["out"], "last.pt"))  # a truncated file is one line
-        cfg = {**with_recipe(ckpt["config"]), **{k: cfg[k] for k in RUNTIME_KEYS}}
+        cfg = {**complete_config(ckpt["config"]), **{k: cfg[k] for k in RUNTIME_KEYS}}
     run = Run(cfg, device)  # data and model are checked before a new run writes anything
     if ckpt is None:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
@@ -1048,50 +1183,51 @@ def setup_run(cfg):
         run.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state((ckpt["torch_rng"], ckpt["cuda_rng"]), run.device)
         run.gen.set_state(ckpt["data_rng"])
-        run.state.update(ckpt["progress"])  # wall_seconds: the earlier sessions'; this one's runs from Run()
-        print(f"resumed from {run.out}/last.pt at epoch {run.state['epoch'] + 1}, step {run.state['step']}",
-              flush=True)
+        run.state = Progress(**ckpt["progress"])  # wall_seconds: the earlier sessions'; this one's from Run()
+        print(f"resumed from {run.out}/last.pt at epoch {run.state.epoch + 1}, step {run.epoch_step}", flush=True)
     write_text(os.path.join(run.out, "metrics.jsonl"),  # rewritten so it matches last.pt exactly
-               "".join(json.dumps(json_safe(m)) + "\n" for m in run.state["history"]))
+               "".join(json.dumps(json_safe(m)) + "\n" for m in run.state.history))
     return run
 
 
 def train_epoch(run, stop, step_hook=None):
     """The steps left in the epoch; returns 'completed', 'diverged' (non-finite loss) or 'interrupted'."""
     state, device = run.state, run.device
-    if state["step"] == 0:
-        state.update(perm=torch.randperm(len(run.train_y), generator=run.gen), loss_sum=0.0, correct=0, seen=0,
-                     epoch_seconds=0.0, epoch_lr=run.optimizer.param_groups[0]["lr"])
+    if run.epoch_step == 0:
+        state.perm, state.loss_sum, state.correct, state.seen = torch.randperm(len(run.train_y), generator=run.gen), \
+            0.0, 0, 0
+        state.epoch_seconds, state.epoch_lr = 0.0, run.optimizer.param_groups[0]["lr"]
     run.model.train()
-    loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float64)
-    correct = torch.tensor(state["correct"], device=device, dtype=torch.int64)
+    loss_sum = torch.tensor(state.loss_sum, device=device, dtype=torch.float64)
+    correct = torch.tensor(state.correct, device=device, dtype=torch.int64)
     status, started, last_print = "completed", time.time(), time.time()
-    n_steps = min(run.steps_per_epoch, run.total_steps - state["epoch"] * run.steps_per_epoch)  # --steps: fewer
-    for step in range(state["step"], n_steps):
+    n_steps = min(run.steps_per_epoch, run.total_steps - state.epoch * run.steps_per_epoch)  # --steps: fewer
+    for step in range(run.epoch_step, n_steps):
         loss, n_correct, n = train_step(run, step, step_hook)
         loss_sum += loss.detach().double() * n
         correct += n_correct
-        state.update(seen=state["seen"] + n, step=step + 1)
-        if run.cfg.get("save_trajectory") and (state["epoch"] * run.steps_per_epoch + step + 1) % \
-                run.cfg["save_trajectory"] == 0:
+        state.seen += n
+        state.global_step += 1
+        if run.cfg.get("save_trajectory") and state.global_step % run.cfg["save_trajectory"] == 0:
             save_snapshot(run)
         if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == n_steps or stop.requested:
             if not math.isfinite(loss_sum.item()):  # a running sum is non-finite as soon as one loss was
-                print(f"epoch {state['epoch'] + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
+                print(f"epoch {state.epoch + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
                 status = "diverged"
                 break
         if time.time() - last_print > PROGRESS_EVERY_S:  # checked every step: a slow CPU step can take seconds
             last_print = time.time()
-            rate = state["seen"] / (state["epoch_seconds"] + last_print - started)
-            print(f"  epoch {state['epoch'] + 1} step {step + 1}/{n_steps} loss "
-                  f"{loss_sum.item() / state['seen']:.4f} {rate:.0f} img/s epoch ETA "
-                  f"{format_seconds((n_steps - step - 1) * run.cfg['batch_size'] / rate)}", flush=True)
+            rate = state.seen / (state.epoch_seconds + last_print - started)
+            print(f"  epoch {state.epoch + 1} step {step + 1}/{n_steps} loss {loss_sum.item() / state.seen:.4f} "
+                  f"{rate:.0f} img/s epoch ETA {format_seconds((n_steps - step - 1) * run.cfg['batch_size'] / rate)}",
+                  flush=True)
         if stop.requested:
             break
     seconds = time.time() - started
-    state.update(loss_sum=loss_sum.item(), correct=correct.item(), epoch_seconds=state["epoch_seconds"] + seconds,
-                 train_seconds=state["train_seconds"] + seconds)
-    if status == "completed" and state["step"] < n_steps:
+    state.loss_sum, state.correct = loss_sum.item(), correct.item()
+    state.epoch_seconds += seconds
+    state.train_seconds += seconds
+    if status == "completed" and run.epoch_step < n_steps:
         status = "interrupted"
     return status
 
@@ -1099,7 +1235,7 @@ def train_epoch(run, stop, step_hook=None):
 def train_step(run, step, step_hook):
     """One optimizer step on batch `step` of the epoch's order; returns (loss, correct count, batch size)."""
     batch = run.cfg["batch_size"]
-    idx = run.state["perm"][step * batch:(step + 1) * batch].to(run.device)
+    idx = run.state.perm[step * batch:(step + 1) * batch].to(run.device)
     x = run.numerics.inputs(augment(run.train_x[idx], run.gen) if run.cfg["augment"] else run.train_x[idx])
     y = run.train_y[idx]
     with run.numerics.autocast(run.device):
@@ -1108,7 +1244,7 @@ def train_step(run, step, step_hook):
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if step_hook is not None:
-        step_hook(run, x, y, loss, run.state["epoch"] * run.steps_per_epoch + step)
+        step_hook(run, x, y, loss, run.state.global_step)
     run.optimizer.step()
     run.scheduler.step()
     return loss, (logits.argmax(1) == y).sum(), len(y)
@@ -1121,30 +1257,28 @@ def finish_epoch(run, stop):
     if cfg.get("save_trajectory"):
         save_snapshot(run)
     val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device, numerics=run.numerics)
-    state["epoch"] += 1
-    m = dict(epoch=state["epoch"], train_loss=state["loss_sum"] / state["seen"],
-             train_acc=state["correct"] / state["seen"], val_loss=val_loss, val_acc=val_acc,
-             lr=state.get("epoch_lr", run.optimizer.param_groups[0]["lr"]),  # the lr of the epoch's first step
-             img_per_s=state["seen"] / max(state["epoch_seconds"], 1e-9),
-             epoch_seconds=state["epoch_seconds"], elapsed=state["train_seconds"])
-    state["stuck_epochs"] = state["stuck_epochs"] + 1 if is_stuck(m, state["history"], cfg["num_classes"]) else 0
-    state["history"].append(m)
-    state.update(step=0, perm=None)
-    if state["best_val_acc"] is None or val_acc > state["best_val_acc"]:
-        state.update(best_val_acc=val_acc, best_epoch=state["epoch"])
+    state.epoch += 1
+    m = dict(epoch=state.epoch, train_loss=state.loss_sum / state.seen, train_acc=state.correct / state.seen,
+             val_loss=val_loss, val_acc=val_acc, lr=state.epoch_lr, img_per_s=state.seen / max(state.epoch_seconds, 1e-9),
+             epoch_seconds=state.epoch_seconds, elapsed=state.train_seconds)
+    state.stuck_epochs = state.stuck_epochs + 1 if is_stuck(m, state.history, cfg["num_classes"]) else 0
+    state.history.append(m)
+    state.perm = None
+    if state.best_val_acc is None or val_acc > state.best_val_acc:
+        state.best_val_acc, state.best_epoch = val_acc, state.epoch
         save_checkpoint(os.path.join(run.out, "best.pt"),
-                        dict(model=run.model.state_dict(), config=cfg, epoch=state["epoch"], val_acc=val_acc))
+                        dict(model=run.model.state_dict(), config=cfg, epoch=state.epoch, val_acc=val_acc))
     save_checkpoint(os.path.join(run.out, "last.pt"), run.checkpoint())
     with open(os.path.join(run.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(json_safe(m)) + "\n")
     run.session_epochs += 1
-    eta = (time.time() - run.session_start) / run.session_epochs * (run.epochs - state["epoch"])
+    eta = (time.time() - run.session_start) / run.session_epochs * (run.epochs - state.epoch)
     print(f"epoch {m['epoch']:3d}/{run.epochs} | train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} "
           f"| val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} | lr at start {m['lr']:.2e} "
           f"| {m['img_per_s']:.0f} img/s "
           f"| {format_seconds(m['elapsed'])} elapsed, ETA {format_seconds(eta)}", flush=True)
-    if 0 < cfg["diverge_patience"] <= state["stuck_epochs"]:
-        print(f"train accuracy at chance and no new lowest loss for {state['stuck_epochs']} epochs -> diverged",
+    if 0 < cfg["diverge_patience"] <= state.stuck_epochs:
+        print(f"train accuracy at chance and no new lowest loss for {state.stuck_epochs} epochs -> diverged",
               flush=True)
         return "diverged"
     return "interrupted" if stop.requested else "completed"
@@ -1163,7 +1297,7 @@ def save_snapshot(run):
     parameter), as <run>/trajectory/step<global step>.pt; index.json names the parameters and their shapes.
     A step already saved (an epoch end that is also a multiple of K) is not written twice."""
     folder = os.path.join(run.out, TRAJECTORY_FOLDER)
-    step = run.state["epoch"] * run.steps_per_epoch + run.state["step"]
+    step = run.state.global_step
     path = os.path.join(folder, f"step{step:08d}.pt")
     if os.path.exists(path):
         return
@@ -1173,27 +1307,27 @@ def save_snapshot(run):
         write_json(os.path.join(folder, "index.json"), dict(names=[n for n, _ in named],
                                                              shapes=[list(p.shape) for _, p in named], dtype="float16"))
     flat = torch.cat([p.detach().reshape(-1) for _, p in named]).to(torch.float16).cpu()
-    save_checkpoint(path, dict(step=step, epoch=run.state["epoch"], params=flat))
+    save_checkpoint(path, dict(step=step, epoch=run.state.epoch, params=flat))
 
 
 def finish_run(run, status, signal_name=None):
     """last.pt, result.json (built here and only here) and curves.png; returns the result."""
     state, out = run.state, run.out
     save_checkpoint(os.path.join(out, "last.pt"), run.checkpoint())
-    history = state["history"]
+    history = state.history
     result = dict(status=status, epochs_run=len(history), epochs=run.epochs, steps=run.total_steps,
-                  best_val_acc=state["best_val_acc"], best_epoch=state["best_epoch"],
+                  best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
                   test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None, final_test_loss=None,
                   final_val_acc=history[-1]["val_acc"] if history else None,
                   convergence_epoch=convergence_epoch(history), test_images=len(run.test_y),
-                  params=count_params(run.model), train_seconds=state["train_seconds"],
+                  params=count_params(run.model), train_seconds=state.train_seconds,
                   device=device_name(run.device), torch_version=torch.__version__, config=run.cfg)
     if status != "interrupted":
         result.update(evaluate_test_set(run))
     result.update(wall_seconds=run.wall_seconds(), machine=machine_name(run.device))
     write_json(os.path.join(out, "result.json"), result)
     if status == "interrupted":
-        print(f"interrupted ({signal_name}) at epoch {state['epoch'] + 1}, step {state['step']}; "
+        print(f"interrupted ({signal_name}) at epoch {state.epoch + 1}, step {run.epoch_step}; "
               f"state saved to {out}/last.pt", flush=True)
         return result
     if history:
@@ -1208,9 +1342,9 @@ def evaluate_test_set(run):
     """Test loss and accuracy of the last weights and of best.pt (the best validation epoch)."""
     state, test = run.state, (run.test_x, run.test_y, run.criterion, run.device, EVAL_BATCH, run.numerics)
     final, best = evaluate(run.model, *test), (None, None)
-    if state["best_epoch"] == state["epoch"] and state["step"] == 0:  # best.pt holds these very weights
+    if state.best_epoch == state.epoch and run.epoch_step == 0:  # best.pt holds these very weights
         best = final
-    elif state["best_epoch"] is not None:
+    elif state.best_epoch is not None:
         best = evaluate(run.numerics.place(load_checkpoint(os.path.join(run.out, "best.pt"))[0], run.device), *test)
     return dict(test_loss_at_best_val=best[0], test_acc_at_best_val=best[1],
                 final_test_loss=final[0], final_test_acc=final[1])
@@ -1538,7 +1672,28 @@ def hessian_vector_product(params, batch_losses, n_items, vector):
     return out
 
 
-# -- the plot every run writes -----------------------------------------------------------------
+# -- tables and figures: one cell format and one axis rule for all ----------------------------
+
+def short_number(v):
+    return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+
+def seeds_cell(values, scale=1.0, digits=None):
+    """One table cell over seeds: the value, or mean ± sample std (n=N) of the finite ones; '–' when none is
+    finite. digits: fixed decimals, else 4 significant digits."""
+    values = [scale * v for v in values if v is not None and math.isfinite(v)]
+    show = (lambda v: f"{v:.{digits}f}") if digits is not None else short_number
+    if len(values) < 2:
+        return show(values[0]) if values else "–"
+    return f"{show(statistics.mean(values))} ± {show(statistics.stdev(values))} (n={len(values)})"
+
+
+def spans_decades(values, decades=2):
+    """Whether the finite positive values span more than `decades` decades: every figure then goes log."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    return bool(v.size) and v.max() > 10 ** decades * v.min()
+
 
 def pyplot():
     import matplotlib

@@ -113,7 +113,7 @@ run_phase() {
 [ -z "$phase" ] || [ "$phase" = landscapes ] && run_phase landscapes
 # 4. tables and figures
 if [ -z "$phase" ] || [ "$phase" = report ]; then
-  $PY task2/reproduce.py report "$out" --profile "$profile" $update_readme || echo "report step" >> "$failures"
+  $PY task2/report.py "$out" --profile "$profile" $update_readme || echo "report step" >> "$failures"
 fi
 elapsed=$(( $(date +%s) - started ))
 if [ -s "$failures" ]; then

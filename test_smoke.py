@@ -1,6 +1,6 @@
 """Tests: `python -m pytest -q` (about 2.5 min on 2 cores; `FAST=1` skips the three slowest). CPU, tiny fake data."""
-import argparse
 import math
+import itertools
 import os
 import pickle
 import shlex
@@ -22,6 +22,7 @@ sys.path[:0] = [os.path.join(ROOT, "task1"), os.path.join(ROOT, "task2"), os.pat
 import bn_analysis  # noqa: E402
 import cuda_checks  # noqa: E402
 import landscape  # noqa: E402
+import report  # noqa: E402
 import reproduce  # noqa: E402
 import visualize  # noqa: E402
 
@@ -71,7 +72,7 @@ def fake_data(tmp_path_factory):
 
 
 def parse(argv):
-    return common.config_from_args(common.add_train_args(__import__("argparse").ArgumentParser()).parse_args(argv))
+    return common.parse_config("task1/train.py", argv)
 
 
 def run_cli(args, **kwargs):
@@ -279,7 +280,7 @@ def vgg16_param_count(channels, hidden):
 
 @pytest.mark.parametrize("arch, expected", [("standard", 33_638_218), ("light", 4_473_258)])
 def test_the_report_authors_plain_vgg16(arch, expected):
-    model = common.build_model(common.with_recipe(dict(model="vgg16", arch=arch, act="leaky_relu", width=1.0,
+    model = common.build_model(common.complete_config(dict(model="vgg16", arch=arch, act="leaky_relu", width=1.0,
                                                        dropout=0.5, num_classes=10, opt="sgd", recipe="report")))
     assert common.count_params(model) == vgg16_param_count(*common.RESVGG16_ARCHS[arch]) == expected
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -293,7 +294,7 @@ def test_the_report_authors_plain_vgg16(arch, expected):
 
 
 def test_report_classifier_of_the_task2_bn_models():
-    counts = {name: common.count_params(common.build_model(common.with_recipe(dict(
+    counts = {name: common.count_params(common.build_model(common.complete_config(dict(
         model=name, act="relu", width=1.0, dropout=0.5, num_classes=10, opt="sgd", recipe="report"))))
         for name in ("vgg_a_bn", "vgg_a_res_bn")}
     assert counts == {"vgg_a_bn": 9_758_474, "vgg_a_res_bn": 20_736_522}
@@ -453,7 +454,7 @@ def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch
         stopped = common.train(parse([*args, "--out", str(tmp_path / "cut")]))
     assert stopped["status"] == "interrupted" and len(metrics(tmp_path / "cut")) == 1
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    assert ckpt["progress"]["step"] == 4 and ckpt["epoch"] == 1  # saved mid-epoch, after the current step
+    assert ckpt["progress"]["global_step"] == 8 + 4 and ckpt["epoch"] == 1  # saved mid-epoch, after the current step
     resumed = common.train(parse([*args, "--out", str(tmp_path / "cut"), "--resume"]))
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "ref")
     for key in ("status", "best_val_acc", "best_epoch", "test_acc_at_best_val", "final_test_acc", "final_test_loss"):
@@ -831,8 +832,7 @@ def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path, capsys):
     assert result["status"] == "completed" and result["epochs_run"] == 2 and result["steps"] == 12
     assert int(ckpt["optimizer"]["state"][0]["step"]) == 12 and ckpt["scheduler"]["last_epoch"] == 12
     args = bn_analysis.parse_args(["--paper", "--data-dir", fake_data])
-    cfg = common.config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                                        if k not in bn_analysis.ANALYSIS_KEYS}))
+    cfg = bn_analysis.run_config(args, "vgg_a", args.lrs[0], str(tmp_path / "run"))
     assert (cfg["opt"], cfg["momentum"], cfg["wd"], cfg["batch_size"], cfg["schedule"], cfg["augment"],
             cfg["init"], cfg["steps"]) == ("sgd", 0.0, 0.0, 128, "none", False, "xavier", 15000)
     assert args.lrs == [0.1, 0.5] and args.probe_scale == "relative" and args.probe_direction == "grad"
@@ -1415,11 +1415,11 @@ def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
         fake_result(first + (f"_s{k}" if k else ""), acc)
     fake_result(second, 0.65)
     assert reproduce.best_grid_run(str(tmp_path)) == second
-    rows = table_rows("\n".join(reproduce.grid_table(str(tmp_path), second, "ours")), "2. The 24")
+    rows = table_rows("\n".join(report.grid_table(str(tmp_path), second, "ours")), "2. The 24")
     assert rows[0][6:8] == ["60.00 ± 10.00 (n=3)", "50.00 ± 10.00 (n=3)"] and rows[1][6] == "**65.00**"
     assert rows[2][9] == "missing"
     fake_result(first + "_s2", 0.7, status="diverged")
-    assert reproduce.grid_table(str(tmp_path), second, "ours")[4].count("completed ×2, diverged ×1") == 1
+    assert report.grid_table(str(tmp_path), second, "ours")[4].count("completed ×2, diverged ×1") == 1
 
 
 # ---------------------------------------------------------------------------------------- CUDA and the GPU check
@@ -1471,7 +1471,7 @@ def test_refused_landscape_resume_changes_nothing(checkpoints, fake_data, tmp_pa
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "report",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "report.py"),
                            str(tmp_path / "absent")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "holds no runs" in proc.stderr and not (tmp_path / "absent").exists()
 
@@ -1529,7 +1529,7 @@ def test_relative_out_is_the_users_and_an_empty_one_never_touches_readme(tmp_pat
         assert proc.returncode == 2 and "holds no runs" in proc.stderr
         assert not (tmp_path / "typo").exists() and not os.path.exists(os.path.join(ROOT, "typo"))
         fake_result(tmp_path / "rel" / "runs" / "r", 0.5, status="interrupted")
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "reproduce.py"), "report",
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "task2", "report.py"),
                                str(tmp_path / "rel"), "--update-readme"], capture_output=True, text=True)
         assert proc.returncode == 2 and "holds no finished run" in proc.stderr
         proc = run_all("--profile", "smoke", "--out", "rel", "--phase", "4", cwd=tmp_path)
@@ -1686,3 +1686,24 @@ def test_resume_keeps_the_saved_data_folder(tmp_path):
     common.write_json(str(out / "config.json"), dict(cfg, data_dir="/the/saved/data"))
     assert common.resume_config(cfg, ["--resume"])["data_dir"] == "/the/saved/data"
     assert common.resume_config(cfg, ["--resume", "--data-dir=data"])["data_dir"] == "data"  # given again: wins
+
+
+def test_a_profile_rerun_on_the_committed_results_trains_and_computes_nothing():
+    """Every committed run, BN-analysis run and surface is recognized as finished by the job runner, whatever
+    precision --precision auto resolves to on this machine and although the checkpoints are not committed."""
+    for profile, out in (("cpu", "results/cpu-profile"), ("cpu-full", "results/cpu-full")):
+        out = os.path.join(ROOT, out)
+        for phase in reproduce.PHASES:
+            for script, *args in reproduce.plan(phase, profile, out, "data"):
+                folder = reproduce.option(args, "--out")
+                if script.endswith("train.py") and not os.path.exists(os.path.join(folder, "result.json")):
+                    continue  # a run the profile has not made yet
+                if script.endswith("bn_analysis.py"):
+                    a = bn_analysis.parse_args(args)
+                    for seed, model, lr in itertools.product(range(a.seeds), a.models, a.lrs):
+                        run = os.path.join(folder, "runs", bn_analysis.run_key(model, lr, seed))
+                        settings = {k: getattr(a, k) for k in bn_analysis.PROBE_KEYS}
+                        assert bn_analysis.reusable_run(run, bn_analysis.run_config(a, model, lr, run, seed),
+                                                        settings, numerics=False) is not None, run
+                    continue
+                assert reproduce.job_state(script, args) == "done", (profile, script, folder)

@@ -37,12 +37,9 @@ def fake_data(tmp):
 
 
 def config(tmp, device, name, *flags, task2=False):
-    parser = common.add_train_args(argparse.ArgumentParser(), common.TASK2_LR if task2 else None)
-    if task2:
-        parser.set_defaults(**common.TASK2_DEFAULTS)
-    return common.config_from_args(parser.parse_args(
-        [*TINY, "--device", device.type, "--data-dir", fake_data(tmp), "--out", os.path.join(tmp, name), *flags]),
-        common.TASK2_LR if task2 else None)
+    return common.parse_config("task2/train.py" if task2 else "task1/train.py",
+                               [*TINY, "--device", device.type, "--data-dir", fake_data(tmp),
+                                "--out", os.path.join(tmp, name), *flags])
 
 
 def close(a, b, rel):

@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh --dry-run DATA_DIR OUT_DIR    # the same steps on the CPU at a tiny scale (< 2 min)
 # Steps, each with its own time cap (one that hits it records how far it got, and the script goes on):
 #   env (versions) · cuda_checks (bench/cuda_checks.py) · throughput (ResVGG16 standard and light, ours eager
-#   and compiled vs the naive DataLoader + PIL pipeline, TFLOP/s and % of peak) · default job (60 epochs) ·
+#   and compiled vs the naive DataLoader + PIL pipeline, TFLOP/s and % of peak) · headline job (60 epochs) ·
 #   VGG-A and VGG-A + BN (Adam 1e-3, 20 epochs) · 51x51 surface on 2,000 images · torchrun NCCL == one process.
 # OUT_DIR gets 8 files: summary.md, summary.json, env.txt, cuda_checks.log, steps.log, throughput.jsonl,
 # default_curves.png, surface_3d.png. Checkpoints stay in a scratch folder that is removed at the end.

@@ -116,12 +116,10 @@ def bench_train(args, device):
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         write_fake_dataset(tmp, images, labels)
-        parser = common.add_train_args(argparse.ArgumentParser())
-        cfg = common.config_from_args(parser.parse_args([
-            "--model", args.model, "--arch", args.arch, "--width", str(args.width), "--data-dir", tmp,
-            "--no-download", "--epochs", str(args.epochs), "--batch-size", "128", "--device", args.device,
-            "--out", os.path.join(tmp, "run"), "--val", "100", "--precision", args.precision]
-            + (["--compile"] if args.compile else [])))
+        cfg = common.make_config(
+            model=args.model, arch=args.arch, act="relu", width=args.width, data_dir=tmp, no_download=True,
+            epochs=args.epochs, batch_size=128, device=args.device, out=os.path.join(tmp, "run"), val=100,
+            precision=args.precision, compile=args.compile)
         common.train(cfg)
         history = common.read_metrics(os.path.join(tmp, "run"))
         results.append(dict(pipeline="ours" + (" compiled" if args.compile else ""), what="train",
@@ -282,11 +280,10 @@ def bench_precision(args, device):
 
 def precision_rates(args, cfg, numerics, tmp, device):
     """train img/s (the last of --epochs epochs of common.train), eval img/s and landscape points/s."""
-    parser = common.add_train_args(argparse.ArgumentParser())
-    run_cfg = common.config_from_args(parser.parse_args([
-        "--model", cfg["model"], "--arch", args.arch, "--width", str(args.width), "--data-dir", tmp,
-        "--no-download", "--epochs", str(args.epochs), "--device", args.device, "--val", "100",
-        "--out", os.path.join(tmp, f"{cfg['model']}_{numerics.precision}_{numerics.memory_format}")]))
+    run_cfg = common.make_config(
+        model=cfg["model"], arch=args.arch, act="relu", width=args.width, data_dir=tmp, no_download=True,
+        epochs=args.epochs, device=args.device, val=100,
+        out=os.path.join(tmp, f"{cfg['model']}_{numerics.precision}_{numerics.memory_format}"))
     run_cfg.update(numerics.as_dict())
     common.train(run_cfg)
     train_rate = common.read_metrics(run_cfg["out"])[-1]["img_per_s"]
@@ -344,18 +341,16 @@ def timed_steps(model, optimizer, x, y, train, device, min_seconds, numerics):
 
 def train_config(flags, task2=False):
     """The config a training job's flags resolve to (unknown flags, such as --probe-every, ignored)."""
-    parser = common.add_train_args(argparse.ArgumentParser(), common.TASK2_LR if task2 else None)
-    if task2:
-        parser.set_defaults(**common.TASK2_DEFAULTS)
-    return common.config_from_args(parser.parse_known_args(flags)[0], common.TASK2_LR if task2 else None)
+    task = "task2" if task2 else "task1"
+    parser = common.train_parser("", task)
+    return common.make_config(task, **vars(parser.parse_known_args(flags)[0]))
 
 
 def bn_analysis_runs(flags):
     """A BN analysis job's training configs (every model x lr x seed) and the extra cost of its probes and
     Hessians per training step, in training images per image (each pass counted as a training step)."""
     args = bn_analysis.parse_args(flags)
-    cfg = common.config_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                                        if k not in bn_analysis.ANALYSIS_KEYS}))
+    cfg = bn_analysis.run_config(args, args.models[0], args.lrs[0], os.path.join("runs", "bn_analysis"))
     probe = (len(args.probe_etas) + 1) / args.probe_every  # a gradient at θ and one at every η
     hessian = 2 * args.sharpness_iters * args.sharpness_images / cfg["batch_size"] / args.sharpness_every \
         if args.sharpness_every else 0.0  # a Hessian-vector product costs about two passes

@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import statistics
 import sys
 import warnings
 
@@ -29,58 +28,64 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 
-ANALYSIS_KEYS = ("models", "lrs", "seeds", "probe_every", "probe_etas", "probe_direction", "probe_scale",
-                 "probe_precision", "paper", "sharpness_every", "sharpness_images", "sharpness_iters", "smooth",
-                 "replot")
-PROBE_KEYS = ("probe_every", "probe_etas", "probe_direction", "probe_scale", "sharpness_every", "sharpness_images",
-              "sharpness_iters", "probe_precision")  # a saved probe.npz is reused only when these match
 BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", "beta_smoothness.png", "sharpness.png",
               "curves.png"]
 PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
 SHARPNESS_FIELDS = ("step", "top", "bottom", "residual_top", "converged")  # probe.npz: sharpness_*
 COLOUR_FAMILIES = ["Oranges", "Blues", "Greens", "Purples"]  # baseline, then each compared model
-# Santurkar et al. 2018, Appendix A: VGG, plain SGD at batch 128, a fixed lr of 0.1 (0.5 in Figure 1), no data
-# augmentation, no weight decay, Glorot init, 15,000 steps on CIFAR-10; the probe along the gradient at step
-# lengths in [1/2, 4] x the step size (A.2.2), here every 50 steps: 300 probes a run
-PAPER = dict(opt="sgd", momentum=0.0, lrs=[0.1, 0.5], batch_size=128, schedule="none", augment=False, wd=0.0,
-             init="xavier", steps=15000, probe_every=50, probe_direction="grad", probe_scale="relative",
+PROBE_FLAGS = {  # the probe's settings (a saved probe.npz is reused only when they match): default, --help
+    "probe_every": (50, "probe every K training steps", dict(type=int)),
+    "probe_etas": ([0.1, 0.3, 1.0, 3.0, 10.0], "step sizes η", dict(nargs="+", type=float)),
+    "probe_direction": ("grad", "grad: along -∇L; update: along the step the run's optimizer takes next (Adam's, "
+                        "momentum's)", dict(choices=["grad", "update"])),
+    "probe_scale": ("relative", "relative: θ + η·lr·d, so η = 1 is one step (exactly the next one with 'update'); "
+                    "absolute: θ + η·d; d is -∇L or the update divided by the lr",
+                    dict(choices=["relative", "absolute"])),
+    "sharpness_every": (0, "top Hessian eigenvalue on a fixed training batch every K steps (0: never)",
+                        dict(type=int)),
+    "sharpness_images": (256, "the fixed batch: the first N training images", dict(type=int)),
+    "sharpness_iters": (20, "Lanczos iterations at most", dict(type=int)),
+    "probe_precision": ("fp32", "the probe's forward passes (gradients, losses at θ + ηd); the sharpness "
+                        "Hessian-vector products are always fp32, whatever --precision trains in",
+                        dict(choices=["fp32", "bf16"])),
+}
+PROBE_KEYS = tuple(PROBE_FLAGS)
+# Santurkar et al. 2018, Appendix A: --paper is the training recipe "paper" (common.RECIPES: VGG, plain SGD at
+# batch 128, a fixed lr, no augmentation or weight decay, Glorot init, 15,000 steps) at lrs 0.1 and 0.5 (Figure
+# 1), with the probe along the gradient at step lengths in [1/2, 4] x the step size (A.2.2), here every 50
+# steps: 300 probes a run
+PAPER = dict(recipe="paper", lrs=[0.1, 0.5], probe_every=50, probe_direction="grad", probe_scale="relative",
              probe_etas=[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
+RECORDED = ("opt", "momentum", "epochs", "steps", "batch_size", "subset", "width", "seed")  # in bn_analysis.json
 
 
 def parse_args(argv=None):
-    parser = common.add_train_args(argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter), common.TASK2_LR)
-    parser.set_defaults(**common.TASK2_DEFAULTS, diverge_patience=0)
+    """The analysis' options as attributes; args.train: the training settings given (common.make_config's),
+    with --paper's and the analysis' defaults (no divergence stop) beside them."""
+    parser = common.add_settings(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), "task2")
     g = parser.add_argument_group("BN analysis")
     g.add_argument("--models", nargs="+", default=["vgg_a", "vgg_a_bn"], choices=common.MODELS,
-                   help="the first is the baseline the summary's claims compare the others with")
-    g.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 1e-4, 5e-4], help="one run per model and lr")
+                   help="the first is the baseline the summary's claims compare the others with (default: vgg_a vgg_a_bn)")
+    g.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 1e-4, 5e-4],
+                   help="one run per model and lr (default: 0.001 0.002 0.0001 0.0005)")
     g.add_argument("--seeds", type=int, default=1, help="every model and lr with seeds 0 .. N-1 (same batches "
-                                                         "for every model at a seed)")
-    g.add_argument("--probe-every", type=int, default=50, help="probe every K training steps")
-    g.add_argument("--probe-direction", default="grad", choices=["grad", "update"],
-                   help="grad: along -∇L; update: along the step the run's optimizer takes next (Adam's, momentum's)")
-    g.add_argument("--probe-scale", default="relative", choices=["relative", "absolute"],
-                   help="relative: θ + η·lr·d, so η = 1 is one step (exactly the next one with 'update'); "
-                        "absolute: θ + η·d; d is -∇L or the update divided by the lr")
-    g.add_argument("--probe-etas", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0], help="step sizes η")
+                                                         "for every model at a seed; default 1)")
+    for name, (default, text, kwargs) in PROBE_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), default=default, help=f"{text} (default: {default})", **kwargs)
     g.add_argument("--paper", action="store_true",
                    help="Santurkar et al.'s settings: " + ", ".join(f"{k} {v}" for k, v in PAPER.items())
                         + " (flags given beside it win)")
-    g.add_argument("--sharpness-every", type=int, default=0,
-                   help="top Hessian eigenvalue on a fixed training batch every K steps (0: never)")
-    g.add_argument("--sharpness-images", type=int, default=256, help="the fixed batch: the first N training images")
-    g.add_argument("--sharpness-iters", type=int, default=20, help="Lanczos iterations at most")
-    g.add_argument("--probe-precision", default="fp32", choices=["fp32", "bf16"],
-                   help="the probe's forward passes (gradients, losses at θ + ηd); the sharpness Hessian-vector "
-                        "products are always fp32, whatever --precision trains in")
     g.add_argument("--smooth", type=int, default=1, help="moving-average window of the loss-band figure")
     g.add_argument("--replot", metavar="DIR", help="only redraw figures and summary.md from DIR's raw numbers")
     argv = sys.argv[1:] if argv is None else argv
     if "--paper" in argv:
-        parser.set_defaults(**PAPER)
+        parser.set_defaults(**{k: v for k, v in PAPER.items() if k != "recipe"})
     args = parser.parse_args(argv)
-    if args.lr is not None:
+    args.train = {k: v for k, v in vars(args).items() if k in common.SETTING}
+    args.train.setdefault("diverge_patience", 0)
+    if args.paper:
+        args.train.setdefault("recipe", PAPER["recipe"])
+    if "lr" in args.train:
         parser.error("use --lrs: the analysis runs every learning rate given there")
     if len(set(args.models)) < 2 or len(set(args.models)) < len(args.models):
         parser.error("--models needs two or more different models: the first is the baseline, the others are "
@@ -91,6 +96,13 @@ def parse_args(argv=None):
     if not all(math.isfinite(v) and v > 0 for v in args.probe_etas + args.lrs):
         parser.error("--probe-etas and --lrs must be positive numbers")
     return args
+
+
+def run_config(args, model, lr, run_dir, seed=0):
+    """The training config of one run of the analysis (common.make_config of the settings given)."""
+    return common.make_config("task2", **{**args.train, "model": model, "lr": lr, "out": run_dir,
+                                          "seed": args.train.get("seed", 0) + seed, "resume": False,
+                                          "overwrite": True})
 
 
 # -- the probe, a step hook of common.train ----------------------------------------------------
@@ -287,10 +299,6 @@ def verdict(groups):
     return dict(n=int(pooled.size), ratio=ratio, low=low, high=high, smaller=float((pooled < 1).mean()), verdict=word)
 
 
-def short_number(v):
-    return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
-
-
 def pooled_median(maps):
     values = [v for m in maps for v in m.values() if math.isfinite(v)]
     return float(np.median(values)) if values else math.nan
@@ -314,9 +322,9 @@ def claim_line(claim, lr, model, pairs):
                    for m in (base, other)) for base, other in pairs]
     v = verdict(paired_ratios(pairs))
     share = "–" if not v["n"] else f"{v['smaller']:.0%} of {v['n']}"
-    return (f"| {claim} | {lr} | {model} | {short_number(pooled_median(p[0] for p in pairs))} | "
-            f"{short_number(pooled_median(p[1] for p in pairs))} | {short_number(v['ratio'])} "
-            f"[{short_number(v['low'])}, {short_number(v['high'])}] | {share} | {v['verdict']} |")
+    return (f"| {claim} | {lr} | {model} | {common.short_number(pooled_median(p[0] for p in pairs))} | "
+            f"{common.short_number(pooled_median(p[1] for p in pairs))} | {common.short_number(v['ratio'])} "
+            f"[{common.short_number(v['low'])}, {common.short_number(v['high'])}] | {share} | {v['verdict']} |")
 
 
 def claims_table(runs, settings):
@@ -344,15 +352,6 @@ def claims_table(runs, settings):
     return "\n".join(lines)
 
 
-def seeds_cell(values, scale=1.0, digits=None):
-    """One table cell over seeds: the value, or mean ± sample std (n=N); '–' when none is finite."""
-    values = [scale * v for v in values if v is not None and math.isfinite(v)]
-    show = (lambda v: f"{v:.{digits}f}") if digits is not None else short_number
-    if len(values) < 2:
-        return show(values[0]) if values else "–"
-    return f"{show(statistics.mean(values))} ± {show(statistics.stdev(values))} (n={len(values)})"
-
-
 def bn_summary_table(runs, link_prefix=""):
     """Markdown: per model and lr, over its seeds (mean ± sample std), accuracy, convergence epoch and each
     claim's median over the measurements after the first epoch, linking the run folders (run["dir"], relative
@@ -363,10 +362,10 @@ def bn_summary_table(runs, link_prefix=""):
     for model, lr in dict.fromkeys((r["model"], r["lr"]) for r in sorted(runs, key=lambda r: r["lr"])):
         rs = [r for r in runs if (r["model"], r["lr"]) == (model, lr)]
         res = [r["result"] for r in rs]
-        cells = [seeds_cell([x[k] for x in res], 100, 2) for k in ("final_val_acc", "test_acc_at_best_val",
+        cells = [common.seeds_cell([x[k] for x in res], 100, 2) for k in ("final_val_acc", "test_acc_at_best_val",
                                                                    "final_test_acc")]
-        cells.append(seeds_cell([x["convergence_epoch"] for x in res], digits=1 if len(rs) > 1 else 0))
-        cells += [seeds_cell([pooled_median([measurements(r, key)]) for r in rs]) for _, key in CLAIMS]
+        cells.append(common.seeds_cell([x["convergence_epoch"] for x in res], digits=1 if len(rs) > 1 else 0))
+        cells += [common.seeds_cell([pooled_median([measurements(r, key)]) for r in rs]) for _, key in CLAIMS]
         links = ", ".join(f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']})" for r in rs)
         status = ", ".join(sorted({x["status"] for x in res}))
         lines.append(f"| {model} | {lr:g} | {status} | " + " | ".join(cells) + f" | {links} |")
@@ -454,7 +453,7 @@ def scale_and_first_epoch(ax, values, steps_per_epoch):
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v) & (v > 0)]
     top = 3 * np.percentile(v, 99.5) if v.size else math.inf
-    if v.size and min(v.max(), top) > 100 * v.min():
+    if common.spans_decades(np.minimum(v, top)):
         ax.set_yscale("log")
     if v.size and v.max() > top:
         ax.set_ylim(top=top)
@@ -595,16 +594,15 @@ def run_key(model, lr, seed):
     return f"{model}_lr{lr:g}" + (f"_s{seed}" if seed else "")
 
 
-def analysis_run(args, base, model, lr, out, seed=0):
+def analysis_run(args, model, lr, out, seed=0):
     """Train one model at one lr and seed with the probe, or reuse the finished run of an earlier call with the
     same training config and probe settings; None when interrupted."""
     run_dir = os.path.join(out, "runs", run_key(model, lr, seed))
     probe_file = os.path.join(run_dir, "probe.npz")
-    cfg = common.config_from_args(argparse.Namespace(**{**base, "model": model, "lr": lr, "out": run_dir,
-                                                         "seed": base["seed"] + seed, "resume": False,
-                                                         "overwrite": True}))
+    cfg = run_config(args, model, lr, run_dir, seed)
     probe_settings = {k: getattr(args, k) for k in PROBE_KEYS}
-    reused = reusable_run(run_dir, cfg, probe_settings)
+    numerics = args.train.get("precision", "auto") != "auto"  # auto: whatever it resolved to where it ran
+    reused = reusable_run(run_dir, cfg, probe_settings, numerics)
     if reused is not None:
         print(f"reusing {run_dir}", flush=True)
         return dict(model=model, lr=lr, seed=seed, dir=os.path.relpath(run_dir, out), **reused)
@@ -613,7 +611,7 @@ def analysis_run(args, base, model, lr, out, seed=0):
                     common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
                     args.sharpness_images, args.sharpness_iters, common.Numerics(args.probe_precision))
     partial = os.path.join(run_dir, "probe_partial.npz")
-    restored = interrupted_probe(run_dir, cfg, probe_settings)
+    restored = interrupted_probe(run_dir, cfg, probe_settings, numerics)
     if restored is not None:  # Ctrl-C'd earlier: the run resumes from last.pt, the probe from its arrays
         probe.restore(restored)
         cfg = {**cfg, "resume": True, "overwrite": False}
@@ -630,17 +628,18 @@ def analysis_run(args, base, model, lr, out, seed=0):
                 history=common.read_metrics(run_dir), arrays=arrays)
 
 
-def same_settings(config_file, cfg, arrays, probe_settings):
-    """Whether a run folder's config.json is `cfg` and the probe arrays saved there (their 'settings' entry is
-    taken out of `arrays`) were recorded with `probe_settings`."""
+def same_settings(config_file, cfg, arrays, probe_settings, numerics=True):
+    """Whether a run folder's config.json is `cfg` (numerics=False: whatever precision --precision auto resolved
+    to) and the probe arrays saved there (their 'settings' entry is taken out of `arrays`) were recorded with
+    `probe_settings`."""
     saved_probe = json.loads(str(arrays.pop("settings"))) if "settings" in arrays else None
     if saved_probe is not None:
         saved_probe.setdefault("probe_precision", "fp32")  # probes made before the flag: fp32 on the CPU
-    return not common.config_differences(common.load_json(config_file), cfg) and \
+    return not common.config_differences(common.load_json(config_file), cfg, numerics) and \
         saved_probe == json.loads(json.dumps(probe_settings))
 
 
-def interrupted_probe(run_dir, cfg, probe_settings):
+def interrupted_probe(run_dir, cfg, probe_settings, numerics=True):
     """The probe arrays of an interrupted run in run_dir that --resume can continue (same config and probe
     settings, last.pt at the very step the arrays end), else None."""
     paths = [os.path.join(run_dir, n) for n in ("probe_partial.npz", "last.pt", "config.json")]
@@ -649,12 +648,12 @@ def interrupted_probe(run_dir, cfg, probe_settings):
     with np.load(paths[0]) as npz:
         arrays = {k: npz[k] for k in npz.files}
     progress = common.read_checkpoint(paths[1])["progress"]
-    same = same_settings(paths[2], cfg, arrays, probe_settings)
-    at_step = len(arrays["step_loss"]) == progress["epoch"] * int(arrays["steps_per_epoch"]) + progress["step"]
+    same = same_settings(paths[2], cfg, arrays, probe_settings, numerics)
+    at_step = len(arrays["step_loss"]) == progress["global_step"]
     return arrays if same and at_step else None
 
 
-def reusable_run(run_dir, cfg, probe_settings):
+def reusable_run(run_dir, cfg, probe_settings, numerics=True):
     """{result, history, arrays} of a finished run in run_dir made with this config and these probe settings,
     else None (nothing there, interrupted, or other settings: it is trained again from the start)."""
     files = [os.path.join(run_dir, n) for n in ("probe.npz", "result.json", "config.json")]
@@ -664,7 +663,7 @@ def reusable_run(run_dir, cfg, probe_settings):
     with np.load(files[0]) as npz:
         arrays = {k: npz[k] for k in npz.files}
     if result.get("status") not in ("completed", "diverged") or not same_settings(files[2], cfg, arrays,
-                                                                                   probe_settings):
+                                                                                   probe_settings, numerics):
         print(f"{run_dir} is not a finished run of these settings", flush=True)
         return None
     return dict(result=result, history=common.read_metrics(run_dir), arrays=arrays)
@@ -680,7 +679,7 @@ def main(argv=None):
         figures = write_bn_report(runs, args.replot, settings, args.smooth)
         print(f"redrew {', '.join(figures)} and summary.md in {args.replot}")
         return 0
-    out = args.out or os.path.join("runs", "bn_analysis")
+    out = args.train.get("out") or os.path.join("runs", "bn_analysis")
     try:
         with common.folder_lock(out):
             return analysis(args, out)
@@ -690,18 +689,18 @@ def main(argv=None):
 
 def analysis(args, out):
     """Every (model, lr) run, then the raw numbers, figures and summary.md in `out`; the exit code."""
-    base = {k: v for k, v in vars(args).items() if k not in ANALYSIS_KEYS}
     runs, plan = [], [(m, lr, s) for s in range(args.seeds) for m in args.models for lr in args.lrs]
     for i, (model, lr, seed) in enumerate(plan):
-        print(f"=== run {i + 1} of {len(plan)}: {model}, {args.opt} lr {lr:g}, seed {seed}", flush=True)
-        run = analysis_run(args, base, model, lr, out, seed)
+        print(f"=== run {i + 1} of {len(plan)}: {model}, lr {lr:g}, seed {seed}", flush=True)
+        run = analysis_run(args, model, lr, out, seed)
         if run is None:
             print("interrupted; rerun the same command: finished runs are reused, the interrupted one resumes",
                   flush=True)
             return 130
         runs.append(run)
-    settings = {k: getattr(args, k) for k in ("models", "lrs", "seeds", "opt", "momentum", "epochs", "steps",
-                                              "batch_size", "subset", "width", "seed", "paper", *PROBE_KEYS)}
+    first = runs[0]["result"]["config"]  # the settings every run shares, as the runs resolved them
+    settings = {**{k: getattr(args, k) for k in ("models", "lrs", "seeds")}, **{k: first[k] for k in RECORDED},
+                "paper": args.paper, **{k: getattr(args, k) for k in PROBE_KEYS}}
     save_bn_analysis(runs, out, settings)
     figures = write_bn_report(runs, out, settings, args.smooth)
     print(claims_table(runs, settings))

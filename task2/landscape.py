@@ -155,9 +155,7 @@ def figure_z(loss, log=False, zmax=None):
         values = np.asarray(values, dtype=float)
         return values if zmax is None else np.minimum(values, zmax)
     note = "" if zmax is None else f" (loss clipped at {zmax:g})"
-    z = clip(loss)
-    finite = z[np.isfinite(z) & (z > 0)]
-    if log or (zmax is None and finite.size and finite.max() > 100 * finite.min()):
+    if log or (zmax is None and common.spans_decades(clip(loss))):
         return (lambda values: np.log10(np.maximum(clip(values), 1e-12))), "log10 loss", \
             note + ("" if log else " (log10: the loss spans > 2 decades)")
     return clip, "loss", note

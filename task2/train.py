@@ -12,4 +12,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(common.train_main("task2/train.py", defaults=common.TASK2_DEFAULTS, default_lr=common.TASK2_LR))
+    sys.exit(common.train_main("task2/train.py"))

@@ -1,0 +1,484 @@
+"""The report: tables.md and figures/ of a results folder, made from its result files only (nothing is
+trained or computed here), optionally copied into README's results section.
+
+    python task2/report.py OUT [--profile P] [--update-readme]     # OUT/tables.md and OUT/figures/
+
+tables.md: the hyper-parameter search, the grid, loss functions, Task 2, the BN analyses, sharpness, spectra
+and paths (or, for a profile that is a list of runs such as cpu-full, the side-by-side table with the report),
+every row linking its run folder, cells over several seeds as mean ± sample std (n); figures/ (seed 0): curves
+of every run, filters, surfaces, interpolation, BN figures.
+"""
+import argparse
+import collections
+import itertools
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import numpy as np  # noqa: E402
+
+import bn_analysis  # noqa: E402
+import common  # noqa: E402
+from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
+                       PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       grid, grid_name, read_result, run_dir, seed_results, t2_name)
+
+# -- tables --------------------------------------------------------------------------------
+
+def row(cells, bold=False):
+    return "| " + " | ".join(f"**{c}**" if bold and c != "" else str(c) for c in cells) + " |"
+
+
+def table_head(*columns):
+    return [row(columns), "|" + "---|" * len(columns)]
+
+
+def link(out, folder):
+    return f"[{os.path.basename(folder)}]({os.path.relpath(folder, out)})"
+
+
+def missing_row(cells, status_at, name):
+    """The row of a run with no result.json: `cells` first, 'missing' as its status, its name last."""
+    cells = list(cells)
+    cells[status_at], cells[-1] = "missing", name
+    return row(cells)
+
+
+def stat(results, field, scale=100, digits=2):
+    """A table cell of one result field over the seeds of a run (common.seeds_cell)."""
+    return common.seeds_cell([r[field] for r in results], scale, digits)
+
+
+def common_value(results, field):
+    """The field when every seed agrees (status, epochs run), else each value with its count."""
+    counts = collections.Counter(str(r[field]) for r in results)
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{v} ×{n}" for v, n in counts.items())
+
+
+def hp_table(out):
+    md = ["### 1. Hyper-parameter search (ResVGG16-standard, ReLU, cross-entropy, cosine schedule)", "",
+          *table_head("config", "status", "best val acc", "test acc at best val", "epochs run", "run")]
+    for label, name, _ in HP_RUNS:
+        rs = seed_results(out, name)
+        md.append(row([label, common_value(rs, "status"), stat(rs, "best_val_acc"), stat(rs, "test_acc_at_best_val"),
+                       common_value(rs, "epochs_run"), link(out, run_dir(out, name))]) if rs else
+                  missing_row([label, *["–"] * 5], 1, name))
+    return md
+
+
+def grid_tables(out, best):
+    """Table 2 for our grid; beside it, when it was trained, the grid as the report's code ran it."""
+    md = grid_table(out, best, "ours")
+    if any(seed_results(out, name) for *_, name in grid("report")):
+        md += [""] + grid_table(out, best, "report")
+    return md
+
+
+def grid_table(out, best, recipe):
+    md = [f"### 2{'' if recipe == 'ours' else 'b'}. The 24-configuration grid: {GRIDS[recipe][2]}", "", *table_head(
+        "#", "arch", "act", "loss", "opt", "params", "best val acc", "test acc at best val", "train time", "status",
+        "run")]
+    for k, arch, act, loss, opt, name in grid(recipe):
+        rs, folder = seed_results(out, name), run_dir(out, name)
+        train_time = common.format_seconds(statistics.mean(r["train_seconds"] for r in rs)) if rs else "–"
+        md.append(row([k, arch, act, loss, opt, f"{rs[0]['params']:,}", stat(rs, "best_val_acc"),
+                       stat(rs, "test_acc_at_best_val"), train_time, common_value(rs, "status"),
+                       link(out, folder)], bold=folder == best) if rs else
+                  missing_row([k, arch, act, loss, opt, *["–"] * 6], 9, name))
+    if recipe == "report":
+        return md + ["", "Epochs, schedule, weight decay, init and input standardization as the author's code "
+                     "(`--recipe report`); selection still on our validation split, never on the test set."]
+    return md + ["", "Bold: the best mean validation accuracy over a configuration's seeds (n = 1 unless "
+                 "stated; ± is the sample standard deviation over seeds; train time is the mean). `nll` is "
+                 "log_softmax + NLLLoss, which is exactly how cross-entropy is computed, so every ce row and its "
+                 "nll twin are the same training run up to floating-point nondeterminism (a test checks loss and "
+                 "gradients agree to 1e-6). " + twin_differences(out)]
+
+
+def twin_differences(out):
+    """The largest measured difference between every ce grid run and its nll twin."""
+    diffs = {"best val acc (pp)": [], "test acc at best val (pp)": [], "final train loss": []}
+    for _, arch, act, loss, opt, name in grid():
+        twin = run_dir(out, grid_name(arch, act, "nll", opt))
+        a, b = read_result(run_dir(out, name)), read_result(twin)
+        if loss != "ce" or a is None or b is None:
+            continue
+        for key, field in (("best val acc (pp)", "best_val_acc"),
+                           ("test acc at best val (pp)", "test_acc_at_best_val")):
+            if a[field] is not None and b[field] is not None:
+                diffs[key].append(100 * abs(a[field] - b[field]))
+        la, lb = common.read_metrics(run_dir(out, name)), common.read_metrics(twin)
+        if la and lb and la[-1]["train_loss"] is not None and lb[-1]["train_loss"] is not None:
+            diffs["final train loss"].append(abs(la[-1]["train_loss"] - lb[-1]["train_loss"]))
+    measured = "; ".join(f"{k} {max(v):.3g}" for k, v in diffs.items() if v) or "no complete pairs"
+    return f"Largest difference measured over the {len(diffs['final train loss'])} pairs: {measured}."
+
+
+def loss_table(out):
+    """The loss-function runs beside the ce run of the configuration they were trained on (seed 0)."""
+    md = ["### 3. Loss functions beyond the report (best grid configuration)", ""]
+    trained = [r for r in (read_result(run_dir(out, name)) for _, name, _ in LOSS_RUNS) if r]
+    if not trained:
+        return md + ["Not run yet (it needs a finished grid run)."]
+    cfg = trained[0]["config"]
+    md += [f"Configuration: {cfg['arch']}, {cfg['act']}, {cfg['opt']} (the best mean validation accuracy of the "
+           "grid when these runs were planned).", "",
+           *table_head("loss", "status", "best val acc", "test acc at best val", "final test acc", "epochs run", "run")]
+    ce_twin = grid_name(cfg["arch"], cfg["act"], "ce", cfg["opt"])
+    for label, name in [("ce", ce_twin)] + [(label, name) for label, name, _ in LOSS_RUNS]:
+        rs = seed_results(out, name)
+        md.append(row([label, common_value(rs, "status"), stat(rs, "best_val_acc"), stat(rs, "test_acc_at_best_val"),
+                       stat(rs, "final_test_acc"), common_value(rs, "epochs_run"), link(out, run_dir(out, name))])
+                  if rs else missing_row([label, *["–"] * 6], 1, name))
+    return md
+
+
+def task2_table(out):
+    md = ["### 4. Task 2: VGG-A with and without BatchNorm", "", *table_head(
+        "model", "optimizer", "recipe", "lr", "test acc at best val", "final test acc", "best val acc",
+        "convergence epoch", "params", "status", "run")]
+    recipes = [r for r in GRIDS if r == "ours" or any(seed_results(out, t2_name(m, o, r))
+                                                      for m, o in itertools.product(T2_MODELS, T2_OPTS))]
+    for recipe, model, opt in itertools.product(recipes, T2_MODELS, T2_OPTS):
+        name = t2_name(model, opt, recipe)
+        folder, rs = run_dir(out, name), seed_results(out, name)
+        md.append(row([model, opt, recipe, f"{rs[0]['config']['lr']:g}", stat(rs, "test_acc_at_best_val"),
+                       stat(rs, "final_test_acc"), stat(rs, "best_val_acc"), stat(rs, "convergence_epoch", 1, 0),
+                       f"{rs[0]['params']:,}", common_value(rs, "status"), link(out, folder)]) if rs else
+                  missing_row([model, opt, recipe, *["–"] * 8], 9, name))
+    return md + ["", f"Convergence epoch: the first epoch whose validation accuracy reaches "
+                     f"{common.CONVERGED_FRACTION:.0%} of the run's best. Recipe `report`: the author's Task 2 "
+                     "variant (Dropout-Linear-BN1d classifier in the BN models, Kaiming init, no augmentation, "
+                     "0.5/0.5 standardization, batch 64, constant lr)."]
+
+
+def bn_section(out):
+    """Table 5 from the raw numbers of both BN analyses; their figures are copied into figures/."""
+    md = ["### 5. How BN helps optimization (task2/bn_analysis.py)", ""]
+    for folder_name, title in ((BN_DIR, "the course's Adam learning rates, probe along Adam's own update"),
+                               (BN_PAPER_DIR, "Santurkar et al.'s settings (`--paper`): SGD, probe along −∇L")):
+        folder = os.path.join(out, folder_name)
+        md += [f"#### 5{'a' if folder_name == BN_DIR else 'b'}. {title}", ""]
+        if not os.path.exists(os.path.join(folder, "bn_analysis.json")):
+            md += ["Not run yet.", ""]
+            continue
+        runs, settings = bn_analysis.load_bn_analysis(folder)
+        for name in bn_analysis.BN_FIGURES:
+            if os.path.exists(os.path.join(folder, name)):
+                shutil.copy(os.path.join(folder, name), os.path.join(out, "figures", f"{folder_name}_{name}"))
+        md += [bn_analysis.claims_table(runs, settings).replace("## ", "##### "), "",
+               bn_analysis.bn_summary_table(runs, link_prefix=f"{folder_name}/")]
+    return md
+
+
+def sharpness_table(out):
+    md = ["### 6. Sharpness: extreme Hessian eigenvalues at the checkpoint (Lanczos)", "",
+          *table_head("model", "checkpoint", "top eigenvalue", "most negative", "iterations", "evaluation data")]
+    for label, name in SHARPNESS_ROWS:
+        path = os.path.join(out, "landscapes", name, "surface.json")
+        info = common.load_json(path) if os.path.exists(path) else {}
+        h = info.get("hessian")
+        ckpt = os.path.relpath(info["settings"]["ckpt"], out) if info else None
+        md.append(row([label, f"[{ckpt}]({ckpt})" if ckpt else "–", hessian_cell(h, "top_eigenvalue"),
+                       hessian_cell(h, "bottom_eigenvalue"), h["iterations"] if h else "–",
+                       f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
+    return md
+
+
+def spectrum_section(out):
+    """Table 7 and figures/spectra.png: the Hessian of VGG-A and VGG-A + BN (both BN modes) at the checkpoint."""
+    md = ["### 7. The Hessian's spectrum at the checkpoint: VGG-A vs VGG-A + BN (Adam runs)", "",
+          *table_head("model", "BN mode", "top eigenvalue", "trace (Hutchinson)", "largest block top eigenvalue",
+                      "images", "seeds", "folder")]
+    infos = {}
+    for name, model, mode in SPECTRA:
+        path = os.path.join(out, "landscapes", name, "surface.json")
+        info = common.load_json(path) if os.path.exists(path) else {}
+        s, h = info.get("spectrum"), info.get("hessian")
+        if not s:
+            md.append(row([model, mode, *["–"] * 5, "missing"]))
+            continue
+        infos[f"{model}, BN {mode}" if model != "vgg_a" else "vgg_a (no BN)"] = s
+        top_block = max(s.get("blocks", []), key=lambda b: b["top"]["mean"], default=None)
+        trace = s.get("trace")
+        md.append(row([model, mode, f"{h['top_eigenvalue']:.4g} ± {h['top_eigenvalue_std']:.2g}" if h else "–",
+                       f"{trace['mean']:.4g} ± {trace['std']:.2g} (SE {trace['stderr'][0]:.2g})" if trace else "–",
+                       f"{top_block['top']['mean']:.4g} ({top_block['name']})" if top_block else "–", s["images"],
+                       s["repeats"], link(out, os.path.join(out, "landscapes", name))]))
+    if infos:
+        plot_spectra(infos, os.path.join(out, "figures", "spectra.png"))
+    return md + ["", "± is the standard deviation over the seeds (Lanczos starts, Hutchinson and SLQ probes); SE "
+                 "is the first seed's Hutchinson standard error. VGG-A has no BN, so its one spectrum serves both "
+                 "modes; `train` normalizes with batch statistics (dropout off).", ""] + per_block_table(infos)
+
+
+def per_block_table(infos):
+    """Per block, in network order, each spectrum's top eigenvalue and trace of that block's own Hessian."""
+    blocks = {label: s.get("blocks", []) for label, s in infos.items()}
+    if not any(blocks.values()):
+        return []
+    md = table_head("block", *(f"{label}: {what}" for label in blocks for what in ("top eigenvalue", "trace")))
+    for k in range(max(len(b) for b in blocks.values())):
+        cells = []
+        for b in blocks.values():
+            cells += [f"{b[k]['name']}: {b[k]['top']['mean']:.4g} ± {b[k]['top']['std']:.2g}",
+                      f"{b[k]['trace']['mean']:.4g} ± {b[k]['trace']['std']:.2g}"] if k < len(b) else ["–", "–"]
+        md.append(row([k + 1, *cells]))
+    return md + ["", "Each block's parameters alone (the rest fixed), mean ± std over the seeds; in VGG-A + BN a "
+                 "block is a layer with the BN after it (`features.0+1`: convolution 0 and BN 1)."]
+
+
+def trajectory_section(out):
+    """Table 8: the best SGD and Adam configurations trained again keeping their path, and that path's plane."""
+    md = ["### 8. Training paths on their own planes (PCA of the path, Li et al. 2018)", "",
+          *table_head("optimizer", "run", "test acc at best val", "snapshots", "PC1 / PC2 share of the path's "
+                      "variance", "surface")]
+    for opt in ("sgd", "adam"):
+        name = f"{TRAJECTORY}_{opt}"
+        result, path = read_result(run_dir(out, name)), os.path.join(out, "landscapes", name, "surface.json")
+        t = common.load_json(path).get("trajectory") if os.path.exists(path) else None
+        md.append(row([opt, link(out, run_dir(out, name)) if result else "missing",
+                       stat([result], "test_acc_at_best_val") if result else "–", t["snapshots"] if t else "–",
+                       " / ".join(f"{100 * v:.1f} %" for v in t["explained_variance"]) if t else "–",
+                       link(out, os.path.dirname(path)) if t else "missing"]))
+    return md + ["", "Each is the best grid configuration for its optimizer (by mean validation accuracy) trained "
+                 "once more with the same seed and `--save-trajectory`; the figures draw the path on the surface."]
+
+
+def plot_spectra(infos, path):
+    """The SLQ densities side by side on one log axis, and per block the top eigenvalue of each network."""
+    plt = common.pyplot()
+    fig, (ax_d, ax_b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for (label, s), colour in zip(infos.items(), ("tab:orange", "tab:blue", "tab:green")):
+        if "density" in s:
+            grid, _, curves = common.density_curves(s["density"])
+            ax_d.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color=colour, label=label)
+        if "blocks" in s:
+            ax_b.plot([b["name"] for b in s["blocks"]], [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
+                      label=label)
+    ax_d.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
+             title="Hessian eigenvalue density")
+    ax_b.set(yscale="log", ylabel="top eigenvalue of the block's Hessian", title="per block (the rest fixed)")
+    ax_b.tick_params(axis="x", rotation=60, labelsize=7)
+    for ax in (ax_d, ax_b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    common.save_figure(fig, path)
+
+
+def hessian_cell(h, key):
+    """An eigenvalue, marked when Lanczos did not converge; surfaces made before Lanczos (power iteration,
+    no residual test, no bottom eigenvalue) are marked as such."""
+    if not h or key not in h:
+        return "missing" if not h else "–"
+    note = {True: "", False: " (not converged)", None: " (power iteration, unchecked)"}[h.get("converged")]
+    return f"{h[key]:.4g}{note}"
+
+
+FIGURES = [  # (file under the results folder, name in figures/, caption)
+    (f"{VISUALIZE}/filters.png", "filters.png", "first-layer filters of the best model"),
+    (f"{VISUALIZE}/feature_maps.png", "feature_maps.png", "feature maps of a test image, best model"),
+    ("landscapes/best_sgd/surface_3d.png", "surface_best_sgd.png", "loss surface of the best SGD model"),
+    ("landscapes/best_adam/surface_3d.png", "surface_best_adam.png", "loss surface of the best Adam model"),
+    (f"landscapes/{INTERP}/loss_1d.png", "interp_sgd_adam.png",
+     "linear interpolation from the best SGD model (α = 0) to its Adam twin (α = 1)"),
+    (f"landscapes/{TRAJECTORY}_sgd/contour.png", "trajectory_sgd.png",
+     "the best SGD configuration's training path on its own plane (PCA of the path)"),
+    (f"landscapes/{TRAJECTORY}_adam/contour.png", "trajectory_adam.png",
+     "the best Adam configuration's training path on its own plane (PCA of the path)"),
+]
+
+
+def copy_curves(out):
+    """Every run's curves.png into figures/curves/<run>.png; returns the run names."""
+    names = sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []
+    copied = [n for n in names if os.path.exists(os.path.join(run_dir(out, n), "curves.png"))]
+    for name in copied:
+        shutil.copy(os.path.join(run_dir(out, name), "curves.png"),
+                    os.path.join(out, "figures", "curves", f"{name}.png"))
+    return copied
+
+
+def curves_section(out):
+    return [f"Training curves of the {len(copy_curves(out))} runs: [figures/curves/](figures/curves/)."]
+
+
+def figures_section(out):
+    """Copy every run's curves and the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
+    figures = os.path.join(out, "figures")
+    copy_curves(out)
+    listed = []
+    for src, dst, caption in FIGURES:
+        if os.path.exists(os.path.join(out, src)):
+            shutil.copy(os.path.join(out, src), os.path.join(figures, dst))
+            listed.append((dst, caption))
+    if os.path.exists(os.path.join(figures, "spectra.png")):  # drawn by spectrum_section
+        listed.append(("spectra.png", "Hessian spectrum and per-block top eigenvalues, VGG-A vs VGG-A + BN"))
+    surfaces = {m: load_surface(os.path.join(out, "landscapes", m)) for m in ("vgg_a", "vgg_a_bn", BN_TRAIN_MODE)}
+    if surfaces["vgg_a"] and surfaces["vgg_a_bn"]:
+        plot_surfaces_side_by_side([surfaces["vgg_a"], surfaces["vgg_a_bn"]], ["VGG-A", "VGG-A + BN"],
+                                   os.path.join(figures, "vgg_a_vs_bn.png"), log=True)
+        listed.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same (log10) colour scale"))
+    if all(surfaces.values()):
+        plot_bn_modes(surfaces["vgg_a"], surfaces["vgg_a_bn"], surfaces[BN_TRAIN_MODE],
+                      os.path.join(figures, "vgg_a_vs_bn_bn_modes.png"))
+        listed.append(("vgg_a_vs_bn_bn_modes.png", "VGG-A vs VGG-A + BN with BN's running statistics frozen (eval) "
+                       "and re-estimated at every point (train), one log10 colour scale"))
+    listed += [(f"{d}_{n}", f"Task 2 ({label}): {n[:-4].replace('_', ' ')}") for d, label in
+               ((BN_DIR, "Adam, probe along the update"), (BN_PAPER_DIR, "--paper, SGD"))
+               for n in bn_analysis.BN_FIGURES
+               if os.path.exists(os.path.join(figures, f"{d}_{n}"))]
+    return ["### Figures", "", "Training curves of every run: `figures/curves/`.", ""] + \
+        [f"- {caption}: ![{caption}](figures/{name})" for name, caption in listed]
+
+
+def full_scale_table(out, jobs):
+    """The headline table: every full-scale job beside the report's number for it."""
+    md = ["### Full scale: the report's numbers beside ours", "", *table_head(
+        "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "epochs", "wall time",
+        "device", "status")]
+    for name, _, _, label, report_acc in jobs:
+        rs, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
+        if not rs:
+            md.append(row([name, label, report, *["–"] * 5, "missing"]))
+            continue
+        ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
+        diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
+        wall = statistics.mean(r.get("wall_seconds", r["train_seconds"]) for r in rs)
+        md.append(row([link(out, run_dir(out, name)), label, report, stat(rs, "test_acc_at_best_val"), diff,
+                       f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
+                       rs[0].get("machine", rs[0]["device"]), common_value(rs, "status")]))
+    return md
+
+
+def write_report(out, profile=""):
+    """tables.md and figures/ (drawn afresh: nothing stale stays) from the run folders under `out`; returns the
+    Markdown."""
+    shutil.rmtree(os.path.join(out, "figures"), ignore_errors=True)
+    os.makedirs(os.path.join(out, "figures", "curves"))
+    results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
+        if os.path.isdir(os.path.join(out, "runs")) else []
+    devices = sorted({r["device"] for r in results if r})
+    best = best_grid_run(out)
+    md = [f"Generated by `run_all.sh --profile {profile}` from the result files in this folder; "
+          f"device: {', '.join(devices) or 'n/a'}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+          "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
+          "best-validation epoch."]
+    jobs = PROFILES.get(profile, {}).get("jobs")
+    sections = [full_scale_table(out, jobs), curves_section(out)] if jobs else [
+        hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
+        sharpness_table(out), spectrum_section(out), trajectory_section(out), figures_section(out)]
+    for section in sections:
+        md += [""] + section
+    text = "\n".join(md) + "\n"
+    common.write_text(os.path.join(out, "tables.md"), text)
+    return text
+
+
+def shared_scale(surfaces, log):
+    """The z of each surface (log10 of the loss with log) and 30 contour levels spanning all of them, so
+    surfaces drawn side by side share one colour scale."""
+    zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
+    return zs, np.linspace(float(finite.min()), float(finite.max()), 30)
+
+
+def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
+    """2D surfaces next to each other on one colour scale and one z range: 3D above, filled contours below."""
+    from matplotlib.colors import Normalize
+    plt = common.pyplot()
+    zs, levels = shared_scale(surfaces, log)
+    norm = Normalize(levels[0], levels[-1])
+    fig = plt.figure(figsize=(5.5 * len(surfaces), 9))
+    for k, (s, z, title) in enumerate(zip(surfaces, zs, titles)):
+        gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
+        ax = fig.add_subplot(2, len(surfaces), k + 1, projection="3d")
+        ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0)
+        ax.set(title=title, xlabel="x", ylabel="y", zlim=(norm.vmin, norm.vmax),
+               zlabel="log10 loss" if log else "loss")
+        ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
+        filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
+        ax.set(xlabel="x", ylabel="y", aspect="equal")
+    fig.subplots_adjust(right=0.88)  # the colour bar gets its own strip, clear of the 3D z ticks
+    fig.colorbar(filled, cax=fig.add_axes([0.91, 0.1, 0.015, 0.35]), label="log10 loss" if log else "loss")
+    common.save_figure(fig, path, dpi=110, tight=False)
+
+
+def load_surface(folder):
+    """surface.npz of a landscape folder as a dict, or None when it has none."""
+    path = os.path.join(folder, "surface.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as s:
+        return dict(s)
+
+
+def plot_bn_modes(plain, bn_eval, bn_train, path):
+    """Filled log10-loss contours on one colour scale: VGG-A (no BN, so one surface for both modes) beside
+    VGG-A + BN with frozen running statistics (eval) and with statistics re-estimated at each point (train)."""
+    from matplotlib.colors import Normalize
+    plt = common.pyplot()
+    panels = [(plain, "VGG-A (no BN: both modes)"), (bn_eval, "VGG-A + BN, --bn-mode eval"),
+              (bn_train, "VGG-A + BN, --bn-mode train")]
+    zs, levels = shared_scale([s for s, _ in panels], log=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
+    for ax, (s, title), z in zip(axes, panels, zs):
+        gx, gy = np.meshgrid(s["x"], s["y"], indexing="ij")
+        filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=Normalize(levels[0], levels[-1]),
+                             extend="both")
+        ax.set(title=title, xlabel="x", ylabel="y", aspect="equal")
+    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.9)
+    common.save_figure(fig, path, dpi=110, tight=False)
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme, tables, out):
+    """Replace README's text between the result markers with `tables`, links made relative to README."""
+    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
+    text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", tables)  # every relative link, now from README's folder
+    with open(readme) as f:
+        content = f.read()
+    if README_START not in content or README_END not in content:
+        raise common.UsageError(f"{readme} lacks the markers {README_START} and {README_END}")
+    head, rest = content.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    common.write_text(readme, f"{head}{README_START}\n{text}{README_END}{tail}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="the results folder (holding runs/)")
+    p.add_argument("--profile", default="", help="the profile that made it (cpu-full: the side-by-side table)")
+    p.add_argument("--update-readme", action="store_true", help="replace README's results section with tables.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if not os.path.isdir(os.path.join(args.out, "runs")):  # never replace README's tables with "missing" rows
+            raise common.UsageError(f"{args.out} holds no runs ({os.path.join(args.out, 'runs')} is missing)")
+        finished = [d for d in os.listdir(os.path.join(args.out, "runs"))
+                    if (read_result(run_dir(args.out, d)) or {}).get("status") in FINISHED]
+        if args.update_readme and not finished:
+            raise common.UsageError(f"{args.out} holds no finished run: README's results are left as they are "
+                                    "(check --out)")
+        tables = write_report(args.out, args.profile)
+        print(f"wrote {os.path.join(args.out, 'tables.md')} and {os.path.join(args.out, 'figures')}/")
+        if args.update_readme:
+            update_readme(os.path.join(ROOT, "README.md"), tables, args.out)
+            print("README.md results section updated")
+    except common.USER_ERRORS as e:
+        return common.fail(e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
