@@ -1399,7 +1399,7 @@ def fake_result(folder, val_acc, status="completed", **config):
     os.makedirs(folder, exist_ok=True)
     common.write_json(os.path.join(folder, "result.json"), dict(
         status=status, best_val_acc=val_acc, test_acc_at_best_val=val_acc - 0.1, final_test_acc=val_acc - 0.1,
-        epochs_run=1, train_seconds=1.0, params=10, convergence_epoch=1, device="cpu", config=config))
+        epochs_run=1, epochs=1, train_seconds=1.0, params=10, convergence_epoch=1, device="cpu", config=config))
 
 
 def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
@@ -1707,3 +1707,25 @@ def test_a_profile_rerun_on_the_committed_results_trains_and_computes_nothing():
                                                         settings, numerics=False) is not None, run
                     continue
                 assert reproduce.job_state(script, args) == "done", (profile, script, folder)
+
+
+def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_path):
+    """cpu-full: every report row once, then seeds 1 and 2 of VGG-A and VGG-A + BN with Adam, pair by pair; the
+    report pairs them by seed (an unfinished seed counts nowhere) and puts each run's convergence epoch beside
+    the report's."""
+    outs = [job[-1] for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")]
+    names = [os.path.basename(o) for o in outs]
+    assert names[7:] == ["t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
+    assert "t2_vgg_a_res_bn_sgd" in names[:7] and len(set(names)) == len(names)
+    runs = str(tmp_path / "runs")
+    for seed, (plain, bn) in enumerate([(0.80, 0.86), (0.78, 0.85), (0.79, 0.50)]):
+        fake_result(os.path.join(runs, reproduce.seed_name("t2_vgg_a_adam", seed)), plain + 0.1, seed=seed)
+        fake_result(os.path.join(runs, reproduce.seed_name("t2_vgg_a_bn_adam", seed)), bn + 0.1, seed=seed,
+                    status="interrupted" if seed == 2 else "completed")
+    os.makedirs(tmp_path / "figures" / "curves")
+    text = "\n".join(report.full_scale_sections(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    assert "+6.50 pp ± 0.71 (sample std over 2 seeds); seed 0: +6.00, seed 1: +7.00." in text
+    plain_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_adam]"))
+    assert "79.00 ± 1.00 (n=3)" in plain_row and "| 20 / 1.0 ± 0.0 (n=3) |" in plain_row
+    bn_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_bn_adam]"))
+    assert "85.50 ± 0.71 (n=2)" in bn_row and "completed ×2, interrupted ×1" in bn_row

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import bn_analysis  # noqa: E402
 import common  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       BN_PAIR, PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
                        grid, grid_name, read_result, run_dir, seed_results, t2_name)
 
 # -- tables --------------------------------------------------------------------------------
@@ -338,22 +338,101 @@ def figures_section(out):
 
 
 def full_scale_table(out, jobs):
-    """The headline table: every full-scale job beside the report's number for it."""
+    """The headline table: every full-scale job beside the report's number for it, over its seeds."""
     md = ["### Full scale: the report's numbers beside ours", "", *table_head(
-        "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "epochs", "wall time",
-        "device", "status")]
-    for name, _, _, label, report_acc in jobs:
-        rs, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
+        "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "convergence epoch: "
+        "report / ours", "epochs", "wall time", "device; precision", "status")]
+    for job in jobs:
+        name, report_acc = job["name"], job["report_acc"]
+        every, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
+        rs = [r for r in every if r["status"] in FINISHED]  # a seed under way is not counted yet
+        epoch = "–" if job["report_epoch"] is None else str(job["report_epoch"])
         if not rs:
-            md.append(row([name, label, report, *["–"] * 5, "missing"]))
+            md.append(row([name, job["report"], report, "–", "–", f"{epoch} / –", "–", "–", "–",
+                           common_value(every, "status") if every else "missing"]))
             continue
         ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
         diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
         wall = statistics.mean(r.get("wall_seconds", r["train_seconds"]) for r in rs)
-        md.append(row([link(out, run_dir(out, name)), label, report, stat(rs, "test_acc_at_best_val"), diff,
+        md.append(row([link(out, run_dir(out, name)), job["report"], report, stat(rs, "test_acc_at_best_val"), diff,
+                       f"{epoch} / {stat(rs, 'convergence_epoch', 1, 0 if len(rs) == 1 else 1)}",
                        f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
-                       rs[0].get("machine", rs[0]["device"]), common_value(rs, "status")]))
-    return md
+                       f"{rs[0].get('machine', rs[0]['device'])}; {precisions(rs)}", common_value(every, "status")]))
+    return md + ["", "Convergence epoch: the first whose validation accuracy reaches 95 % of the run's best (the "
+                 "report does not define its own). With seeds: mean ± sample std (n) over the seeds that finished."]
+
+
+def precisions(results):
+    """The precision the runs trained in ('bf16', or 'bf16 (2), fp32 (1)' when the seeds differ)."""
+    counts = collections.Counter(r["config"].get("precision", "fp32") for r in results)
+    return ", ".join(k if len(counts) == 1 else f"{k} ({n})" for k, n in sorted(counts.items()))
+
+
+def paired_bn_difference(out, pair):
+    """'BN helps' as a paired number: per seed that both runs of `pair` (without, with BN) finished, the
+    difference in test accuracy at the best-validation epoch (pp); the mean ± sample std over those seeds."""
+    by_seed = [{seed_of(r): r for r in seed_results(out, name) if r["status"] in FINISHED} for name in pair]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    diffs = [100 * (by_seed[1][k]["test_acc_at_best_val"] - by_seed[0][k]["test_acc_at_best_val"]) for k in seeds]
+    if not diffs:
+        return []
+    per_seed = ", ".join(f"seed {k}: {d:+.2f}" for k, d in zip(seeds, diffs))
+    spread = "" if len(diffs) < 2 else f" ± {statistics.stdev(diffs):.2f} (sample std over {len(diffs)} seeds)"
+    return [f"**BN's gain, paired by seed** ({pair[1]} − {pair[0]}, test accuracy at the best-validation epoch, "
+            f"same seed = same batches): {statistics.mean(diffs):+.2f} pp{spread}; {per_seed}."]
+
+
+def seed_of(result):
+    return result["config"]["seed"]
+
+
+def plot_bn_curves(out, pairs, path):
+    """Training loss and validation accuracy (%) per epoch of VGG-A vs VGG-A + BN, one line per run name,
+    the mean over its seeds at each epoch over those that reached it; from the committed metrics only."""
+    plt = common.pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = []
+    for name, label, colour, style in pairs:
+        folders = [run_dir(out, f"{name}_s{k}" if k else name) for k in
+                   sorted(seed_of(r) for r in seed_results(out, name) if r["status"] in FINISHED)]
+        histories = [common.read_metrics(f) for f in folders if os.path.exists(os.path.join(f, "metrics.jsonl"))]
+        if not histories:
+            continue
+        mean = {k: bn_analysis.padded_mean([[e[k] for e in h] for h in histories]) for k in ("train_loss", "val_acc")}
+        epochs = np.arange(1, len(mean["train_loss"]) + 1)
+        n = f" ({len(histories)} seeds)" if len(histories) > 1 else ""
+        ax_loss.plot(epochs, mean["train_loss"], style, color=colour, label=label + n)
+        ax_acc.plot(epochs, 100 * mean["val_acc"], style, color=colour, label=label + n)
+        drawn.append(name)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss",
+                yscale="log" if common.spans_decades(np.concatenate([line.get_ydata() for line in ax_loss.lines]))
+                else "linear")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle("VGG-A with and without BatchNorm, full width, 45,000 training images (mean over seeds where "
+                 "there are several)", fontsize=10)
+    common.save_figure(fig, path)
+    return path
+
+
+BN_CURVES = [("t2_vgg_a_adam", "VGG-A, Adam 1e-3", "tab:orange", "-"),
+             ("t2_vgg_a_bn_adam", "VGG-A + BN, Adam 1e-3", "tab:blue", "-"),
+             ("t2_vgg_a_sgd", "VGG-A, SGD 0.01", "tab:orange", "--"),
+             ("t2_vgg_a_bn_sgd", "VGG-A + BN, SGD 0.01", "tab:blue", "--")]
+
+
+def full_scale_sections(out, jobs):
+    md = full_scale_table(out, jobs)
+    md += [""] + paired_bn_difference(out, BN_PAIR)
+    if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
+        md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
+    return md + ["", curves_section(out)[0]]
 
 
 def write_report(out, profile=""):
@@ -370,7 +449,7 @@ def write_report(out, profile=""):
           "Accuracies in %. Model selection uses the validation split only; test accuracy is read at the "
           "best-validation epoch."]
     jobs = PROFILES.get(profile, {}).get("jobs")
-    sections = [full_scale_table(out, jobs), curves_section(out)] if jobs else [
+    sections = [full_scale_sections(out, jobs)] if jobs else [
         hp_table(out), grid_tables(out, best), loss_table(out), task2_table(out), bn_section(out),
         sharpness_table(out), spectrum_section(out), trajectory_section(out), figures_section(out)]
     for section in sections:

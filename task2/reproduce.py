@@ -60,16 +60,28 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"], trajectory_every=2,
                   spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
-FULL_SCALE_JOBS = [  # the cpu-full profile, in the order it runs: (run name, script, flags, the report's row, its %)
-    ("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd --recipe fast",
-     "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
-    ("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77),
-    ("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3", 83.29),
-    ("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd", "no such row", None),
-    ("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50),
-    ("t2_vgg_a_res_bn_adam", "task2/train.py", "--model vgg_a_res_bn --opt adam", "VGGA (BN + residual), Adam 1e-3",
-     86.0),
+def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1):
+    """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
+    convergence epoch) and how many seeds it gets."""
+    return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
+                report_epoch=report_epoch, seeds=seeds)
+
+
+FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
+    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd "
+                   "--recipe fast", "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
+    full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
+                   20, seeds=3),
+    full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
+                   83.29, 4, seeds=3),
+    full_scale_job("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd"),
+    full_scale_job("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50, 18),
+    full_scale_job("t2_vgg_a_res_bn_adam", "task2/train.py", "--model vgg_a_res_bn --opt adam",
+                   "VGGA (BN + residual), Adam 1e-3", 86.0, 13),
+    full_scale_job("t2_vgg_a_res_bn_sgd", "task2/train.py", "--model vgg_a_res_bn --opt sgd",
+                   "VGGA (BN + residual), SGD 0.01", 84.64, 15),
 ]
+BN_PAIR = ("t2_vgg_a_adam", "t2_vgg_a_bn_adam")  # "BN helps": paired by seed (same seed, same batches)
 PROFILES["cpu-full"] = dict(jobs=FULL_SCALE_JOBS)  # full width, all 45,000 training images, --val 5000
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
     ["adam", "sgd"]
@@ -170,9 +182,15 @@ def plan(phase, profile, out, data_dir, seeds=1):
     p = {k: shlex.split(v) if isinstance(v, str) else v for k, v in PROFILES[profile].items()}
     p.update(data=["--data-dir", data_dir], seeds=range(seeds))
     if "jobs" in p:  # a list of runs and nothing else: every job is in phase 1
-        return [job for name, script, flags, *_ in p["jobs"] if phase == "train"
-                for job in training_jobs(script, [*p["data"], *shlex.split(flags)], out, name, p["seeds"])]
+        return full_scale_jobs(p, out, seeds) if phase == "train" else []
     return {"train": train_jobs, "analysis": analysis_jobs, "landscapes": landscape_jobs}[phase](p, out)
+
+
+def full_scale_jobs(p, out, seeds=1):
+    """Seed k of every job that has k seeds (its own count, or --seeds if larger), seed 0 of all first."""
+    most = max(seeds, *(job["seeds"] for job in p["jobs"]))
+    return [line for k in range(most) for job in p["jobs"] if k < max(seeds, job["seeds"])
+            for line in training_jobs(job["script"], [*p["data"], *shlex.split(job["flags"])], out, job["name"], [k])]
 
 
 def training_jobs(script, flags, out, name, seeds):
