@@ -22,6 +22,7 @@ Ctrl-C saves after the current round of points; the same command plus --resume c
 """
 import argparse
 import contextlib
+import dataclasses
 import glob
 import math
 import os
@@ -210,9 +211,9 @@ class SurfaceFiles:
     """surface.npz and surface.json in --out, rewritten after every round of points (rank 0 only), with
     points/s and ETA printed every few seconds. Time after `stop_clock()` (the Hessian) is not counted."""
 
-    def __init__(self, args, settings, info, surface, seconds_before):
-        self.args, self.settings, self.info, self.seconds_before = args, settings, info, seconds_before
-        self.npz, self.json = os.path.join(args.out, "surface.npz"), os.path.join(args.out, "surface.json")
+    def __init__(self, out, x, y, settings, info, surface, seconds_before):
+        self.x, self.y, self.settings, self.info, self.seconds_before = x, y, settings, info, seconds_before
+        self.npz, self.json = os.path.join(out, "surface.npz"), os.path.join(out, "surface.json")
         self.started, self.ended, self.last_print = time.time(), None, 0.0
         self.done_before = int(surface["done"].sum())
 
@@ -220,8 +221,8 @@ class SurfaceFiles:
         self.ended = time.time()
 
     def save(self, surface, status="partial", extra=None):
-        shape = (len(self.args.x), len(self.args.y)) if self.args.y else (len(self.args.x),)
-        common.save_npz(self.npz, x=np.array(self.args.x), y=np.array(self.args.y or []),
+        shape = (len(self.x), len(self.y)) if self.y else (len(self.x),)
+        common.save_npz(self.npz, x=np.array(self.x), y=np.array(self.y or []),
                         **{k: v.reshape(shape) for k, v in surface.items()})
         seconds = (self.ended or time.time()) - self.started
         n_done, n_points = int(surface["done"].sum()), int(surface["done"].size)
@@ -238,14 +239,15 @@ class SurfaceFiles:
                   f"ETA {common.format_seconds((n_points - n_done) / max(rate, 1e-9))}", flush=True)
 
 
-def start_surface(args, settings):
-    """(surface arrays, seconds already spent): empty, or read back with --resume after checking that
-    --out was made with the same settings. Nothing is written here, so a refused call changes nothing."""
-    npz_path, json_path = os.path.join(args.out, "surface.npz"), os.path.join(args.out, "surface.json")
-    if os.path.exists(json_path) and not (args.resume or args.overwrite):
-        raise common.UsageError(f"{args.out} already holds a surface; pass --resume to finish it or --overwrite")
-    n_points = len(args.x) * len(args.y or [0])
-    if not args.resume:
+def start_surface(out, settings, resume=False, overwrite=False):
+    """(surface arrays, seconds already spent): empty, or read back with resume after checking that `out`
+    was made with the same settings (SURFACE_KEYS of `settings`). Nothing is written here, so a refused call
+    changes nothing."""
+    npz_path, json_path = os.path.join(out, "surface.npz"), os.path.join(out, "surface.json")
+    if os.path.exists(json_path) and not (resume or overwrite):
+        raise common.UsageError(f"{out} already holds a surface; pass --resume to finish it or --overwrite")
+    n_points = len(settings["x"]) * len(settings["y"] or [0])
+    if not resume:
         return dict(loss=np.full(n_points, np.nan), acc=np.full(n_points, np.nan),
                     done=np.zeros(n_points, dtype=bool)), 0.0
     if not os.path.exists(npz_path):
@@ -259,45 +261,50 @@ def start_surface(args, settings):
         return {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}, saved["seconds"]
 
 
-def evaluation_data(args, cfg, device):
-    """The first --n-items images and labels of --split (no augmentation), on the device; train and val are
-    split as the checkpoint's run split them, so 'train' never includes its validation images."""
-    data = common.load_cifar10(args.data_dir, download=not args.no_download)
-    if args.split == "test":
+def evaluation_data(data_dir, cfg, device, split="train", n_items=10000, download=True):
+    """The first n_items images and labels (all: -1) of `split` (no augmentation), on the device; train and
+    val are split as the checkpoint's run (config `cfg`) split them, so 'train' never includes its validation
+    images."""
+    data = common.load_cifar10(data_dir, download=download)
+    if split == "test":
         x, y = data["test_x"], data["test_y"]
     else:
         train, val = common.split_train_val(data["train_x"], data["train_y"], cfg.get("val", 5000),
                                             cfg.get("subset", 0))
-        x, y = train if args.split == "train" else val
-    n = None if args.n_items < 0 else args.n_items
+        x, y = train if split == "train" else val
+    n = None if n_items < 0 else n_items
     return x[:n].to(device), y[:n].to(device)
 
 
-def prepare_axes(args, model, device, rank):
-    """([(coordinates, direction list)] per axis, the training path or None); rank 0 saves directions.pt."""
-    directions, path = trajectory_directions(args, model) if args.trajectory else (make_directions(args, model,
-                                                                                                   device), None)
+def prepare_axes(model, device, out, ckpt, x, y=None, trajectory=None, interp=None, save=True, **random):
+    """([(coordinates, direction list)] per axis, the training path or None): the plane of `trajectory`'s path,
+    the direction to `interp`, or make_directions' (`random`: dir_file, seed, norm, include_bn_bias); save:
+    write directions.pt into `out` (rank 0; not for an interpolation)."""
+    if trajectory:
+        directions, path = trajectory_directions(trajectory, model, ckpt)
+    else:
+        directions, path = make_directions(model, device, ckpt, two_d=bool(y), interp=interp, **random), None
     try:
         axes = [(coords, common.direction_list(model, directions[axis], device))
-                for axis, coords in (("x", args.x), ("y", args.y)) if coords]
+                for axis, coords in (("x", x), ("y", y)) if coords]
     except (KeyError, ValueError) as e:
-        raise common.UsageError(f"directions do not fit {args.ckpt}: {e}") from None
-    os.makedirs(args.out, exist_ok=True)
-    if rank == 0 and not args.interp:
-        common.save_checkpoint(os.path.join(args.out, "directions.pt"), directions)
+        raise common.UsageError(f"directions do not fit {ckpt}: {e}") from None
+    os.makedirs(out, exist_ok=True)
+    if save and not interp:
+        common.save_checkpoint(os.path.join(out, "directions.pt"), directions)
     return axes, path
 
 
-def trajectory_directions(args, model):
+def trajectory_directions(run, model, ckpt):
     """The plane of the training path kept by --save-trajectory: the first two principal components of
     θ_t − θ_final (θ_final: --ckpt, by default the run's last.pt), each scaled so that the path spans [-1, 1]
     along it. Returns (directions, the path for surface.json: steps, x, y, explained variance, scale)."""
-    folder = os.path.join(args.trajectory, common.TRAJECTORY_FOLDER)
+    folder = os.path.join(run, common.TRAJECTORY_FOLDER)
     if not os.path.exists(os.path.join(folder, "index.json")):
         raise common.UsageError(f"{folder}: no snapshots; train with --save-trajectory K")
     index, named = common.load_json(os.path.join(folder, "index.json")), list(model.named_parameters())
     if index["names"] != [n for n, _ in named] or index["shapes"] != [list(p.shape) for _, p in named]:
-        raise common.UsageError(f"{folder} holds snapshots of another architecture than {args.ckpt}")
+        raise common.UsageError(f"{folder} holds snapshots of another architecture than {ckpt}")
     files = sorted(glob.glob(os.path.join(glob.escape(folder), "step*.pt")))
     if len(files) < 3:
         raise common.UsageError(f"{folder}: {len(files)} snapshots; a path needs at least 3")
@@ -309,41 +316,43 @@ def trajectory_directions(args, model):
     sizes = [p.numel() for _, p in named]
     directions = {axis: {n: piece.view(p.shape) for (n, p), piece in zip(named, (plane[k] * scale[k]).split(sizes))}
                   for k, axis in enumerate("xy")}
-    path = dict(run=args.trajectory, snapshots=len(files), steps=[int(s["step"]) for s in snapshots],
+    path = dict(run=run, snapshots=len(files), steps=[int(s["step"]) for s in snapshots],
                 x=(coords[:, 0] / scale[0]).tolist(), y=(coords[:, 1] / scale[1]).tolist(),
                 explained_variance=explained.tolist(), scale=scale.tolist(), bytes_per_snapshot=2 * sum(sizes))
-    print(f"{len(files)} snapshots of {args.trajectory}: the first two components explain "
+    print(f"{len(files)} snapshots of {run}: the first two components explain "
           f"{100 * explained[0]:.1f} % and {100 * explained[1]:.1f} % of the path's variance", flush=True)
     return directions, path
 
 
-def make_directions(args, model, device):
-    """{'x': {name: tensor}[, 'y': ...]}: towards the --interp checkpoint, from --dir-file, or random."""
-    if args.interp:
-        other = dict(common.landscape_tensors(common.load_checkpoint(args.interp, device)[0]))
+def make_directions(model, device, ckpt, two_d=True, interp=None, dir_file=None, seed=0, norm="filter",
+                    include_bn_bias=False):
+    """{'x': {name: tensor}[, 'y': ...] with two_d}: towards the `interp` checkpoint, read from `dir_file`, or
+    random from `seed` (common.random_direction with `norm` and `include_bn_bias`); `ckpt` names the model."""
+    if interp:
+        other = dict(common.landscape_tensors(common.load_checkpoint(interp, device)[0]))
         shapes = lambda tensors: {name: t.shape for name, t in tensors}  # noqa: E731
         if shapes(other.items()) != shapes(common.landscape_tensors(model)):
-            raise common.UsageError(f"{args.interp} is not the same architecture as {args.ckpt}")
+            raise common.UsageError(f"{interp} is not the same architecture as {ckpt}")
         return {"x": {name: (other[name] - t).detach().cpu() for name, t in common.landscape_tensors(model)}}
-    if args.dir_file:
+    if dir_file:
         try:
-            return torch.load(args.dir_file, map_location="cpu", weights_only=True)
+            return torch.load(dir_file, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise common.UsageError(f"--dir-file {args.dir_file}: not a directions.pt we can read "
+            raise common.UsageError(f"--dir-file {dir_file}: not a directions.pt we can read "
                                     f"({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
-    generator = torch.Generator().manual_seed(args.seed)
-    return {axis: common.random_direction(model, generator, args.norm, args.include_bn_bias)
-            for axis in (["x", "y"] if args.y else ["x"])}
+    generator = torch.Generator().manual_seed(seed)
+    return {axis: common.random_direction(model, generator, norm, include_bn_bias)
+            for axis in (["x", "y"] if two_d else ["x"])}
 
 
 # -- the Hessian at the checkpoint -------------------------------------------------------------
 
-def hessian_batches(model, images, labels, criterion, args, numerics):
-    """batch_losses() for every Hessian statistic: summed losses of --batch-size batches, in fp32."""
+def hessian_batches(model, images, labels, criterion, numerics, batch_size):
+    """batch_losses() for every Hessian statistic: summed losses of batches of batch_size, in fp32."""
     def batch_losses():
-        for i in range(0, len(labels), args.batch_size):
-            x = numerics.inputs(images[i:i + args.batch_size])  # no autocast: fp32 products
-            yield criterion(model(x).float(), labels[i:i + args.batch_size]) * len(x)
+        for i in range(0, len(labels), batch_size):
+            x = numerics.inputs(images[i:i + batch_size])  # no autocast: fp32 products
+            yield criterion(model(x).float(), labels[i:i + batch_size]) * len(x)
     return batch_losses
 
 
@@ -365,28 +374,52 @@ def mean_std(values):
                 values=values)
 
 
-def hessian_extras(model, images, labels, criterion, args, numerics):
-    """surface.json's 'hessian' (--hessian) and 'spectrum' (--hessian-trace, --hessian-density, --per-block)
-    entries, each statistic over --repeats seeds, on the evaluation images in --bn-mode."""
-    batch_losses, n, extras = hessian_batches(model, images, labels, criterion, args, numerics), len(labels), {}
-    seeds = [args.seed + k for k in range(args.repeats)]
-    with hessian_mode(model, args.bn_mode):
-        if args.hessian:
-            extras["hessian"] = extremes(model, batch_losses, n, args, seeds)
-        if args.hessian_trace or args.hessian_density or args.per_block:
+@dataclasses.dataclass
+class HessianOptions:
+    """Which Hessian statistics (the --hessian* flags) and how: Lanczos iterations and tolerance, probes, steps,
+    and `repeats` seeds from `seed` on, in BN mode `bn_mode`, on batches of `batch_size` images."""
+    extremes: bool = False
+    trace: bool = False
+    density: bool = False
+    per_block: bool = False
+    iters: int = 20
+    tol: float = 1e-3
+    trace_probes: int = 16
+    slq_probes: int = 4
+    slq_steps: int = 30
+    repeats: int = 1
+    seed: int = 0
+    bn_mode: str = "eval"
+    batch_size: int = common.EVAL_BATCH
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(args.hessian, args.hessian_trace, args.hessian_density, args.per_block, args.hessian_iters,
+                   args.hessian_tol, args.trace_probes, args.slq_probes, args.slq_steps, args.repeats, args.seed,
+                   args.bn_mode, args.batch_size)
+
+
+def hessian_extras(model, images, labels, criterion, numerics, options):
+    """surface.json's 'hessian' (options.extremes) and 'spectrum' (trace, density, per_block) entries, each
+    statistic over options.repeats seeds, on the evaluation images in options.bn_mode."""
+    batch_losses = hessian_batches(model, images, labels, criterion, numerics, options.batch_size)
+    n, extras, seeds = len(labels), {}, [options.seed + k for k in range(options.repeats)]
+    with hessian_mode(model, options.bn_mode):
+        if options.extremes:
+            extras["hessian"] = extremes(model, batch_losses, n, seeds, options.iters, options.tol)
+        if options.trace or options.density or options.per_block:
             started = time.time()
-            extras["spectrum"] = dict(spectrum(model, batch_losses, n, args, seeds), images=n, bn_mode=args.bn_mode,
-                                      repeats=args.repeats)
+            extras["spectrum"] = dict(spectrum(model, batch_losses, n, seeds, options), images=n,
+                                      bn_mode=options.bn_mode, repeats=options.repeats)
             extras["spectrum"]["seconds"] = time.time() - started
     return extras
 
 
-def extremes(model, batch_losses, n, args, seeds, params=None):
-    """The top and most negative eigenvalue by Lanczos from each seed's start: mean, std, and the first run's
-    residuals (the keys table 6 reads)."""
+def extremes(model, batch_losses, n, seeds, iters=20, tol=1e-3, params=None):
+    """The top and most negative eigenvalue by Lanczos (at most `iters` iterations, converged at `tol`) from
+    each seed's start: mean, std, and the first run's residuals (the keys table 6 reads)."""
     started = time.time()
-    runs = [common.hessian_extremes(model, batch_losses, n, args.hessian_iters, args.hessian_tol, s, params)
-            for s in seeds]
+    runs = [common.hessian_extremes(model, batch_losses, n, iters, tol, s, params) for s in seeds]
     top, bottom = mean_std([h["top"] for h in runs]), mean_std([h["bottom"] for h in runs])
     h = runs[0]
     print(f"Hessian eigenvalues: top {top['mean']:.4g} ± {top['std']:.2g}, most negative {bottom['mean']:.4g} "
@@ -396,31 +429,32 @@ def extremes(model, batch_losses, n, args, seeds, params=None):
     return dict(top_eigenvalue=top["mean"], top_eigenvalue_std=top["std"], bottom_eigenvalue=bottom["mean"],
                 bottom_eigenvalue_std=bottom["std"], residual_top=h["residual_top"],
                 residual_bottom=h["residual_bottom"], converged=all(r["converged"] for r in runs),
-                iterations=max(r["iterations"] for r in runs), tol=args.hessian_tol, repeats=len(runs),
+                iterations=max(r["iterations"] for r in runs), tol=tol, repeats=len(runs),
                 seconds=time.time() - started)
 
 
-def spectrum(model, batch_losses, n, args, seeds):
+def spectrum(model, batch_losses, n, seeds, options):
     """Hutchinson's trace with its standard error, the SLQ density, and per block the top eigenvalue and the
     trace of the block's own Hessian (the other parameters fixed), each over the seeds."""
     out = {}
-    if args.hessian_trace:
-        traces = [common.hessian_trace(model, batch_losses, n, args.trace_probes, s) for s in seeds]
+    if options.trace:
+        traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s) for s in seeds]
         out["trace"] = dict(mean_std([t["trace"] for t in traces]), stderr=[t["stderr"] for t in traces],
-                            probes=args.trace_probes)
+                            probes=options.trace_probes)
         print(f"Hessian trace {out['trace']['mean']:.4g} (standard error {traces[0]['stderr']:.2g} from "
-              f"{args.trace_probes} probes; std {out['trace']['std']:.2g} over {len(seeds)} seed(s))", flush=True)
-    if args.hessian_density:
-        spectra = [common.hessian_spectrum(model, batch_losses, n, args.slq_probes, args.slq_steps, s) for s in seeds]
-        out["density"] = dict(probes=args.slq_probes, steps=args.slq_steps,
+              f"{options.trace_probes} probes; std {out['trace']['std']:.2g} over {len(seeds)} seed(s))", flush=True)
+    if options.density:
+        spectra = [common.hessian_spectrum(model, batch_losses, n, options.slq_probes, options.slq_steps, s)
+                   for s in seeds]
+        out["density"] = dict(probes=options.slq_probes, steps=options.slq_steps,
                               nodes=[[nodes.tolist() for nodes, _ in sp] for sp in spectra],
                               weights=[[w.tolist() for _, w in sp] for sp in spectra])
-    if args.per_block:
+    if options.per_block:
         out["blocks"] = []
         for name, params in common.parameter_blocks(model):
-            tops = [common.hessian_extremes(model, batch_losses, n, args.hessian_iters, args.hessian_tol, s,
-                                            params)["top"] for s in seeds]
-            traces = [common.hessian_trace(model, batch_losses, n, args.trace_probes, s, params)["trace"]
+            tops = [common.hessian_extremes(model, batch_losses, n, options.iters, options.tol, s, params)["top"]
+                    for s in seeds]
+            traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s, params)["trace"]
                       for s in seeds]
             out["blocks"].append(dict(name=name, params=common.flat_size(params), top=mean_std(tops),
                                       trace=mean_std(traces)))
@@ -486,13 +520,13 @@ def landscape(args):
         return landscape_in_folder(args, rank, device)
 
 
-def finish_surface(args, files, surface, extra):
+def finish_surface(out, files, surface, extra, log=False, zmax=None):
     """Arrays (and the Hessian) saved, the figures drawn, and only then surface.json says complete, listing
     them: a surface killed between the two is finished again, not skipped. Returns the figures."""
     files.save(surface, "partial", extra)
     if files.non_finite:
         print(f"warning: {files.non_finite} points have a non-finite loss (surface.json: non_finite_points)")
-    written = draw_figures(args.out, common.load_json(files.json), args.log, args.zmax)
+    written = draw_figures(out, common.load_json(files.json), log, zmax)
     files.save(surface, "complete", dict(extra, figures=written))
     return written
 
@@ -531,17 +565,19 @@ def landscape_in_folder(args, rank, device):
     settings = {**{k: getattr(args, k) for k in SURFACE_KEYS if not k.endswith("_sha256")},
                 "precision": numerics.precision, "ckpt_sha256": common.file_digest(args.ckpt),
                 "interp_sha256": args.interp and common.file_digest(args.interp)}
-    surface, seconds_before = start_surface(args, settings)
+    surface, seconds_before = start_surface(args.out, settings, args.resume, args.overwrite)
     model, ckpt = common.load_checkpoint(args.ckpt)
     model = numerics.place(model, device).eval()
     cfg, world = ckpt["config"], common.rank_and_world()[1]
-    images, labels = evaluation_data(args, cfg, device)
+    images, labels = evaluation_data(args.data_dir, cfg, device, args.split, args.n_items, not args.no_download)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
-    axes, path = prepare_axes(args, model, device, rank)
+    axes, path = prepare_axes(model, device, args.out, args.ckpt, args.x, args.y, args.trajectory, args.interp,
+                              rank == 0, dir_file=args.dir_file, seed=args.seed, norm=args.norm,
+                              include_bn_bias=args.include_bn_bias)
     info = dict(model=cfg["model"], device=common.device_name(device), world_size=world,
                 precision_used=numerics.precision, memory_format=numerics.memory_format)
-    files = SurfaceFiles(args, settings, info, surface, seconds_before)
+    files = SurfaceFiles(args.out, args.x, args.y, settings, info, surface, seconds_before)
     if rank == 0:
         what = f"interpolation to {args.interp}" if args.interp else f"the path of {args.trajectory}" \
             if args.trajectory else f"{args.norm}-normalized directions"
@@ -557,14 +593,14 @@ def landscape_in_folder(args, rank, device):
             print(f"stopped with {int(surface['done'].sum())}/{surface['done'].size} points; resume with the "
                   f"same command plus --resume", flush=True)
         return 0 if finished else 130
-    extra = hessian_extras(model, images, labels, criterion, args, numerics)
+    extra = hessian_extras(model, images, labels, criterion, numerics, HessianOptions.from_args(args))
     if path is not None:  # the loss at each snapshot's projection onto the plane, for the 3D figure
         with common.preserved(model):
             path["loss"] = [common.evaluate_at(model, base, [(x, axes[0][1]), (y, axes[1][1])], images, labels,
                                                criterion, device, numerics, args.bn_mode, args.batch_size)[0]
                             for x, y in zip(path["x"], path["y"])]
         extra["trajectory"] = path
-    written = finish_surface(args, files, surface, extra)
+    written = finish_surface(args.out, files, surface, extra, args.log, args.zmax)
     info = common.load_json(files.json)
     print(f"{info['points']} points in {info['seconds']:.1f} s ({info['points_per_s']:.2f} points/s) | "
           f"wrote surface.npz, surface.json, {', '.join(written)} in {args.out}", flush=True)
