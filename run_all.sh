@@ -44,7 +44,9 @@ if [ -n "$shard" ]; then
   [ -n "$phase" ] && [ "$phase" != report ] || usage "--shard needs --phase 1, 2 or 3"
   shard_k=${BASH_REMATCH[1]} shard_n=${BASH_REMATCH[2]} tag=".shard${BASH_REMATCH[1]}of${BASH_REMATCH[2]}"
 fi
-PY=${PYTHON:-python}
+# the interpreter: $PYTHON when set, else the repository's .venv (README's set-up), else python3
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+echo "run_all.sh: using $PY ($($PY -c 'import sys, torch; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}")' 2>&1 | tail -1))"
 out=${out:-results/$profile}
 plan() { $PY task2/reproduce.py plan "$1" --profile "$profile" --out "$out" --data-dir "$data_dir" --seeds "$seeds"; }
 plan train > /dev/null || exit 2  # a wrong profile or seed count stops here, before anything is written
@@ -61,12 +63,17 @@ if ! flock -n 9; then
   exit 2
 fi
 echo $$ > "$lock"
+# everything this run prints, stdout and stderr, also goes to <out>/run_all<tag>.log
+exec > >(tee -a "$out/run_all$tag.log") 2> >(tee -a "$out/run_all$tag.log" >&2)
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC') run_all.sh --profile $profile --out $out (log: $out/run_all$tag.log)"
 # SIGTERM / Ctrl-C reach the job runners too: each saves its run and stops after the current step
 children=()
 stop_children() {
   trap - TERM INT
-  [ ${#children[@]} -eq 0 ] || kill -TERM "${children[@]}" 2>/dev/null
-  wait
+  if [ ${#children[@]} -gt 0 ]; then
+    kill -TERM "${children[@]}" 2>/dev/null
+    wait "${children[@]}"  # the job runners only: a bare wait would wait for the log's tee, which waits for us
+  fi
   echo "interrupted: rerun the same command to resume"
   exit 130
 }

@@ -1,4 +1,12 @@
-"""Tests: `python -m pytest -q` (about 2.5 min on 2 cores; `FAST=1` skips the three slowest). CPU, tiny fake data."""
+"""Tests: `python -m pytest -q` (about 6 min on an idle 2-core CPU; `FAST=1` skips the three slowest). CPU, tiny
+fake data (`write_fake_cifar`), plus a check that every committed result under results/ is reused as it is.
+
+Sections, each guarding one promise: data (the CIFAR-10 files read as they are) · models, losses, optimizers
+(architectures, parameter counts, recipes) · training runs (the one loop: resume bit-exactly, divergence,
+budgets) · precision (bf16 / fp32, channels_last) · Task 2 (the BN analysis: probe, verdicts, figures) ·
+landscapes (surfaces, Hessian, paths) · run_all.sh (plan, job runner, report) · the GPU check (CUDA-only tests
+skip without a GPU) · nothing lost or mixed up (kills, bad input, refusals).
+"""
 import math
 import itertools
 import os
@@ -1228,6 +1236,26 @@ def test_visualize_filters_and_feature_maps(checkpoints, fake_data, tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_interpolation_beyond_the_checkpoints_reports_non_finite_points(checkpoints, fake_data, tmp_path, capsys):
+    """At α = 1.5 the interpolated running variance (1 − α)·v₁ + α·v₂ is negative wherever v₂ < v₁ / 3. It is
+    clamped at 0 (no NaN from a negative variance), and a loss that still overflows is counted in surface.json
+    and on stdout; --bn-mode train re-estimates the statistics and stays finite."""
+    ckpt = torch.load(checkpoints[1], weights_only=True)
+    for name in [n for n in ckpt["model"] if n.endswith("running_var")]:
+        ckpt["model"][name] = ckpt["model"][name] * 0.1
+    torch.save(ckpt, tmp_path / "low_variance.pt")
+    args = ["--ckpt", checkpoints[0], "--interp", str(tmp_path / "low_variance.pt"), "--x", "0:1.5:4", "--n-items",
+            "50", "--data-dir", fake_data, "--no-download", "--device", "cpu"]
+    for mode in ("eval", "train"):
+        assert landscape.main([*args, "--bn-mode", mode, "--out", str(tmp_path / mode)]) == 0
+        with np.load(tmp_path / mode / "surface.npz") as s:
+            loss = s["loss"]
+        non_finite = int((~np.isfinite(loss)).sum())
+        assert read_json(tmp_path / mode / "surface.json")["non_finite_points"] == non_finite
+        assert (f"warning: {non_finite} points have a non-finite loss" in capsys.readouterr().out) == (non_finite > 0)
+        assert non_finite == 0 if mode == "train" else np.isfinite(loss[0])  # α = 0 is checkpoint 1 itself
+
+
 # ---------------------------------------------------------------------------------------- run_all.sh
 
 def table_rows(tables, heading):
@@ -1250,6 +1278,8 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, env=env)  # every phase: phase 1 is all there
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no failures" in proc.stdout and proc.stdout.count("already complete, skipped") == 64
+    log = (out / "run_all.log").read_text()  # the whole run's output, kept beside its results
+    assert proc.stdout.strip().splitlines()[-1] in log and f"using {sys.executable}" in log
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
@@ -1422,7 +1452,7 @@ def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
     assert report.grid_table(str(tmp_path), second, "ours")[4].count("completed ×2, diverged ×1") == 1
 
 
-# ---------------------------------------------------------------------------------------- CUDA and the GPU check
+# ---------------------------------------------------------------------------------------- the GPU check (the CUDA tests skip without a GPU)
 
 @CUDA
 @pytest.mark.parametrize("check", cuda_checks.CHECKS, ids=lambda check: check.__name__)
@@ -1450,6 +1480,8 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert summary["surface"]["status"] == "complete" and summary["surface"]["torchrun_equals_single"] is True
 
 
+# ---------------------------------------------------------------------------------------- nothing lost or mixed up
+
 def test_overwrite_clears_the_old_run_before_anything_else(fake_data, tmp_path):
     args = [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out", str(tmp_path)]
     common.train(parse(args))
@@ -1475,28 +1507,6 @@ def test_report_refuses_a_folder_without_runs(tmp_path):
                            str(tmp_path / "absent")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "holds no runs" in proc.stderr and not (tmp_path / "absent").exists()
 
-
-def test_interpolation_beyond_the_checkpoints_reports_non_finite_points(checkpoints, fake_data, tmp_path, capsys):
-    """At α = 1.5 the interpolated running variance (1 − α)·v₁ + α·v₂ is negative wherever v₂ < v₁ / 3. It is
-    clamped at 0 (no NaN from a negative variance), and a loss that still overflows is counted in surface.json
-    and on stdout; --bn-mode train re-estimates the statistics and stays finite."""
-    ckpt = torch.load(checkpoints[1], weights_only=True)
-    for name in [n for n in ckpt["model"] if n.endswith("running_var")]:
-        ckpt["model"][name] = ckpt["model"][name] * 0.1
-    torch.save(ckpt, tmp_path / "low_variance.pt")
-    args = ["--ckpt", checkpoints[0], "--interp", str(tmp_path / "low_variance.pt"), "--x", "0:1.5:4", "--n-items",
-            "50", "--data-dir", fake_data, "--no-download", "--device", "cpu"]
-    for mode in ("eval", "train"):
-        assert landscape.main([*args, "--bn-mode", mode, "--out", str(tmp_path / mode)]) == 0
-        with np.load(tmp_path / mode / "surface.npz") as s:
-            loss = s["loss"]
-        non_finite = int((~np.isfinite(loss)).sum())
-        assert read_json(tmp_path / mode / "surface.json")["non_finite_points"] == non_finite
-        assert (f"warning: {non_finite} points have a non-finite loss" in capsys.readouterr().out) == (non_finite > 0)
-        assert non_finite == 0 if mode == "train" else np.isfinite(loss[0])  # α = 0 is checkpoint 1 itself
-
-
-# ---------------------------------------------------------------------------------------- nothing lost or mixed up
 
 RUN_ALL = os.path.join(ROOT, "run_all.sh")
 
