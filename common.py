@@ -1573,24 +1573,49 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def hessian_operator(params, batch_losses, n_items):
-    """v -> H·v of the mean loss over `params` (the others held fixed: a diagonal block of H)."""
-    return lambda vector: hessian_vector_product(params, batch_losses, n_items, vector)
+HESSIAN_COORDS = ["raw", "filter"]
+
+
+def filter_scales(params):
+    """The diagonal D of filter-normalized coordinates, flat: each entry of a filter (a slice along dim 0 of a
+    tensor with dim >= 2) scaled by that filter's norm, each entry of a 1-D tensor (bias, BN) by its own
+    magnitude (one value a filter, as Li et al. treat them). D·H·D is the curvature along the directions the
+    surfaces use, and unchanged when a filter that feeds a BN is scaled (the raw block scales by 1/c²)."""
+    pieces = []
+    for p in params:
+        w = p.detach()
+        rows = w.reshape(len(w), -1) if w.dim() > 1 else w.reshape(-1, 1)
+        norms = rows.norm(dim=1, keepdim=True) if w.dim() > 1 else rows.abs()
+        pieces.append(norms.expand_as(rows).reshape(-1))
+    return torch.cat(pieces)
+
+
+def hessian_operator(params, batch_losses, n_items, coords="raw"):
+    """v -> H·v of the mean loss over `params` (the others held fixed: a diagonal block of H); coords 'filter':
+    v -> D·H·D·v with D = filter_scales(params)."""
+    if coords == "raw":
+        return lambda vector: hessian_vector_product(params, batch_losses, n_items, vector)
+    if coords != "filter":
+        raise ValueError(f"unknown Hessian coordinates {coords!r}; known: {HESSIAN_COORDS}")
+    scales = filter_scales(params)
+    return lambda vector: scales * hessian_vector_product(params, batch_losses, n_items, scales * vector)
 
 
 def flat_size(params):
     return sum(p.numel() for p in params)
 
 
-def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None):
+def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None, coords="raw"):
     """Largest and smallest (most negative) Hessian eigenvalue of the mean loss (over `params`, default every
     trainable one): Lanczos on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
     their count. Stops when both Ritz residuals ‖Hv − λv‖ (exact for Lanczos) are ≤ tol·max|λ|, or when the
-    Krylov space is exhausted. Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
+    Krylov space is exhausted; coords 'filter': of D·H·D (hessian_operator). Returns dict(top, bottom,
+    residual_top, residual_bottom, converged, iterations)."""
     params = params or trainable(model)
     start = torch.randn(flat_size(params), generator=torch.Generator().manual_seed(seed))
     start = start.to(dtype=params[0].dtype, device=params[0].device)
-    for j, (ritz, vectors, beta) in enumerate(lanczos(hessian_operator(params, batch_losses, n_items), start, iters)):
+    operator = hessian_operator(params, batch_losses, n_items, coords)
+    for j, (ritz, vectors, beta) in enumerate(lanczos(operator, start, iters)):
         residuals = (beta * vectors[-1]).abs()
         scale = max(float(ritz.abs().max()), 1e-30)
         converged = beta <= 1e-10 * scale or max(residuals[0], residuals[-1]) <= tol * scale
@@ -1603,23 +1628,23 @@ def rademacher(size, generator, like):
     return (torch.randint(0, 2, (size,), generator=generator) * 2 - 1).to(dtype=like.dtype, device=like.device)
 
 
-def hessian_spectrum(model, batch_losses, n_items, probes=4, steps=30, seed=0, params=None):
+def hessian_spectrum(model, batch_losses, n_items, probes=4, steps=30, seed=0, params=None, coords="raw"):
     """Stochastic Lanczos quadrature (Lin et al. 2016; Ghorbani et al. 2019): for each of `probes` Rademacher
     vectors v, `steps` Lanczos steps give nodes λ_i (Ritz values) and weights w_i (squared first components),
     with Σ w_i λ_i^k = vᵀH^k v / vᵀv exactly for k < 2·steps. Returns [(nodes, weights)] as numpy arrays."""
     params, generator = params or trainable(model), torch.Generator().manual_seed(seed)
-    operator, spectrum = hessian_operator(params, batch_losses, n_items), []
+    operator, spectrum = hessian_operator(params, batch_losses, n_items, coords), []
     for _ in range(probes):
         *_, (ritz, vectors, _) = lanczos(operator, rademacher(flat_size(params), generator, params[0]), steps)
         spectrum.append((ritz.numpy(), (vectors[0] ** 2).numpy()))
     return spectrum
 
 
-def hessian_trace(model, batch_losses, n_items, probes=16, seed=0, params=None):
-    """Hutchinson's estimator of tr(H): the mean of vᵀHv over Rademacher v, with its standard error (sample
-    std / √probes). Returns dict(trace, stderr, probes)."""
+def hessian_trace(model, batch_losses, n_items, probes=16, seed=0, params=None, coords="raw"):
+    """Hutchinson's estimator of tr(H) (coords 'filter': of D·H·D): the mean of vᵀHv over Rademacher v, with
+    its standard error (sample std / √probes). Returns dict(trace, stderr, probes)."""
     params, generator = params or trainable(model), torch.Generator().manual_seed(seed)
-    operator = hessian_operator(params, batch_losses, n_items)
+    operator = hessian_operator(params, batch_losses, n_items, coords)
     samples = []
     for _ in range(probes):
         v = rademacher(flat_size(params), generator, params[0])

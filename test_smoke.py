@@ -1155,6 +1155,40 @@ def test_hessian_trace_spectrum_and_blocks_against_the_full_hessian():
     assert start == n  # the blocks cover every parameter, in order
 
 
+def test_filter_coordinate_hessian_is_d_h_d_and_blind_to_the_scale_bn_leaves_free():
+    """--hessian-coords filter: the top eigenvalue and trace of D·H·D (D: each filter's norm) agree with eigvalsh
+    and the trace of the full matrix; scaling every conv filter of a VGG-A + BN (each feeds a BN, batch
+    statistics) by c leaves the loss and D·H·D unchanged, while the raw Hessian of those filters shrinks 1/c²."""
+    model, batch_losses, full = tiny_net_hessian()
+    scales = common.filter_scales(common.trainable(model))
+    dhd = scales[:, None] * full * scales[None, :]
+    top = common.hessian_extremes(model, batch_losses, 12, iters=80, tol=1e-10, coords="filter")["top"]
+    assert top == pytest.approx(torch.linalg.eigvalsh(dhd)[-1].item(), rel=1e-5)
+    t = common.hessian_trace(model, batch_losses, 12, probes=64, seed=1, coords="filter")
+    assert abs(t["trace"] - dhd.trace().item()) <= 4 * t["stderr"]
+    torch.manual_seed(0)
+    net = common.VGGA(bn=True, width=0.005).double()
+    for m in net.modules():  # BN normalizes with each batch's statistics: the loss ignores a filter's scale
+        m.train(isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    x, y = torch.rand(12, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (12,))
+    def batch_losses():
+        return (torch.nn.functional.cross_entropy(net(x[i:i + 6]), y[i:i + 6], reduction="sum") for i in (0, 6))
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    def stats():
+        loss = sum(float(b) for b in batch_losses())
+        return loss, [common.hessian_extremes(net, batch_losses, 12, iters=40, tol=1e-9, params=params,
+                                              coords=coords)["top"]
+                      for params, coords in ((None, "filter"), (convs[:1], "filter"), (convs[:1], "raw"))]
+    (loss, (whole, conv_filter, conv_raw)), c = stats(), 3.0
+    with torch.no_grad():
+        for w in convs:
+            w.mul_(c)
+    loss_c, (whole_c, conv_filter_c, conv_raw_c) = stats()
+    assert loss_c == pytest.approx(loss, rel=1e-5)  # exact but for BN's eps (1e-5 beside the variance)
+    assert whole_c == pytest.approx(whole, rel=1e-3) and conv_filter_c == pytest.approx(conv_filter, rel=1e-3)
+    assert conv_raw_c == pytest.approx(conv_raw / c ** 2, rel=1e-3)
+
+
 def test_landscape_hessian_statistics_over_seeds(checkpoints, fake_data, tmp_path):
     out = tmp_path / "h"
     assert landscape.main(["--ckpt", checkpoints[0], "--x", "0:0:1", "--n-items", "8", "--data-dir", fake_data,

@@ -72,6 +72,9 @@ def add_hessian_args(p):
     g.add_argument("--per-block", action="store_true",
                    help="per layer block (conv + its BN, residual block, linear): its own Hessian's top eigenvalue "
                         "and trace, the other parameters fixed (blocks.png)")
+    g.add_argument("--hessian-coords", default="raw", choices=common.HESSIAN_COORDS,
+                   help="raw: the Hessian in the parameters; filter: D·H·D, D scaling each filter by its norm (the "
+                        "surfaces' filter-normalized coordinates; unchanged by the free scale of a BN-fed filter)")
     g.add_argument("--repeats", type=int, default=1,
                    help="every Hessian statistic over this many seeds (--seed, --seed + 1, ...): mean ± std")
 
@@ -391,12 +394,13 @@ class HessianOptions:
     seed: int = 0
     bn_mode: str = "eval"
     batch_size: int = common.EVAL_BATCH
+    coords: str = "raw"
 
     @classmethod
     def from_args(cls, args):
         return cls(args.hessian, args.hessian_trace, args.hessian_density, args.per_block, args.hessian_iters,
                    args.hessian_tol, args.trace_probes, args.slq_probes, args.slq_steps, args.repeats, args.seed,
-                   args.bn_mode, args.batch_size)
+                   args.bn_mode, args.batch_size, args.hessian_coords)
 
 
 def hessian_extras(model, images, labels, criterion, numerics, options):
@@ -406,20 +410,22 @@ def hessian_extras(model, images, labels, criterion, numerics, options):
     n, extras, seeds = len(labels), {}, [options.seed + k for k in range(options.repeats)]
     with hessian_mode(model, options.bn_mode):
         if options.extremes:
-            extras["hessian"] = extremes(model, batch_losses, n, seeds, options.iters, options.tol)
+            extras["hessian"] = extremes(model, batch_losses, n, seeds, options.iters, options.tol,
+                                         coords=options.coords)
         if options.trace or options.density or options.per_block:
             started = time.time()
             extras["spectrum"] = dict(spectrum(model, batch_losses, n, seeds, options), images=n,
-                                      bn_mode=options.bn_mode, repeats=options.repeats)
+                                      bn_mode=options.bn_mode, repeats=options.repeats, coords=options.coords)
             extras["spectrum"]["seconds"] = time.time() - started
     return extras
 
 
-def extremes(model, batch_losses, n, seeds, iters=20, tol=1e-3, params=None):
+def extremes(model, batch_losses, n, seeds, iters=20, tol=1e-3, params=None, coords="raw"):
     """The top and most negative eigenvalue by Lanczos (at most `iters` iterations, converged at `tol`) from
-    each seed's start: mean, std, and the first run's residuals (the keys table 6 reads)."""
+    each seed's start, in `coords` (common.hessian_operator): mean, std, and the first run's residuals (the keys
+    table 6 reads)."""
     started = time.time()
-    runs = [common.hessian_extremes(model, batch_losses, n, iters, tol, s, params) for s in seeds]
+    runs = [common.hessian_extremes(model, batch_losses, n, iters, tol, s, params, coords) for s in seeds]
     top, bottom = mean_std([h["top"] for h in runs]), mean_std([h["bottom"] for h in runs])
     h = runs[0]
     print(f"Hessian eigenvalues: top {top['mean']:.4g} ± {top['std']:.2g}, most negative {bottom['mean']:.4g} "
@@ -429,7 +435,7 @@ def extremes(model, batch_losses, n, seeds, iters=20, tol=1e-3, params=None):
     return dict(top_eigenvalue=top["mean"], top_eigenvalue_std=top["std"], bottom_eigenvalue=bottom["mean"],
                 bottom_eigenvalue_std=bottom["std"], residual_top=h["residual_top"],
                 residual_bottom=h["residual_bottom"], converged=all(r["converged"] for r in runs),
-                iterations=max(r["iterations"] for r in runs), tol=tol, repeats=len(runs),
+                iterations=max(r["iterations"] for r in runs), tol=tol, repeats=len(runs), coords=coords,
                 seconds=time.time() - started)
 
 
@@ -438,23 +444,25 @@ def spectrum(model, batch_losses, n, seeds, options):
     trace of the block's own Hessian (the other parameters fixed), each over the seeds."""
     out = {}
     if options.trace:
-        traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s) for s in seeds]
+        traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s, coords=options.coords)
+                  for s in seeds]
         out["trace"] = dict(mean_std([t["trace"] for t in traces]), stderr=[t["stderr"] for t in traces],
                             probes=options.trace_probes)
         print(f"Hessian trace {out['trace']['mean']:.4g} (standard error {traces[0]['stderr']:.2g} from "
               f"{options.trace_probes} probes; std {out['trace']['std']:.2g} over {len(seeds)} seed(s))", flush=True)
     if options.density:
-        spectra = [common.hessian_spectrum(model, batch_losses, n, options.slq_probes, options.slq_steps, s)
-                   for s in seeds]
+        spectra = [common.hessian_spectrum(model, batch_losses, n, options.slq_probes, options.slq_steps, s,
+                                           coords=options.coords) for s in seeds]
         out["density"] = dict(probes=options.slq_probes, steps=options.slq_steps,
                               nodes=[[nodes.tolist() for nodes, _ in sp] for sp in spectra],
                               weights=[[w.tolist() for _, w in sp] for sp in spectra])
     if options.per_block:
         out["blocks"] = []
         for name, params in common.parameter_blocks(model):
-            tops = [common.hessian_extremes(model, batch_losses, n, options.iters, options.tol, s, params)["top"]
-                    for s in seeds]
-            traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s, params)["trace"]
+            tops = [common.hessian_extremes(model, batch_losses, n, options.iters, options.tol, s, params,
+                                            options.coords)["top"] for s in seeds]
+            traces = [common.hessian_trace(model, batch_losses, n, options.trace_probes, s, params,
+                                           options.coords)["trace"]
                       for s in seeds]
             out["blocks"].append(dict(name=name, params=common.flat_size(params), top=mean_std(tops),
                                       trace=mean_std(traces)))
