@@ -1235,6 +1235,7 @@ def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path):
     snapshot = torch.load(run / "trajectory" / "step00000003.pt", weights_only=True)
     params = common.count_params(common.build_model(read_json(run / "config.json")))
     assert snapshot["params"].dtype == torch.float16 and snapshot["params"].numel() == params
+    (run / "trajectory" / "step00000017.tmp4242.pt").write_bytes(b"half a snapshot")  # a kill -9 mid-write
     out = tmp_path / "plane"
     assert landscape.main(["--trajectory", str(run), "--x", "-1:1:3", "--n-items", "20", "--data-dir", fake_data,
                            "--no-download", "--out", str(out)]) == 0
@@ -1773,3 +1774,20 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     assert "79.00 ± 1.00 (n=3)" in plain_row and "| 20 / 1.0 ± 0.0 (n=3) |" in plain_row
     bn_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_bn_adam]"))
     assert "85.50 ± 0.71 (n=2)" in bn_row and "completed ×2, interrupted ×1" in bn_row
+
+
+@pytest.mark.parametrize("flags", [["--hessian-tol", "inf"], ["--hessian-tol", "0"], ["--zmax", "nan"],
+                                   ["--zmax", "-1"]])
+def test_landscape_refuses_a_tolerance_or_clip_that_would_draw_or_converge_nothing(flags, tmp_path, capsys):
+    """--hessian-tol inf once said 'converged' after one Lanczos iteration; --zmax nan drew figures without a
+    curve. Both stop at parsing: exit 2, one line, nothing written."""
+    with pytest.raises(SystemExit) as stop:
+        landscape.parse_args(["--ckpt", str(tmp_path / "x.pt"), "--out", str(tmp_path / "out"), *flags])
+    assert stop.value.code == 2 and flags[0] in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_zero_step_budget_is_refused_not_ignored():
+    """--steps 0 once trained the full epochs and recorded 'steps 0'."""
+    with pytest.raises(common.UsageError, match="--steps 0"):
+        parse(["--device", "cpu", "--steps", "0"])
+    assert parse(["--device", "cpu", "--steps", "5"])["steps"] == 5 and parse(["--device", "cpu"])["steps"] is None

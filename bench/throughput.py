@@ -390,6 +390,10 @@ def predict_profile(profile, device, cache):
     """Seconds per phase. Phase 1 is the plan itself; phases 2 and 3 assume the best grid configuration is a
     standard (the slower) ResVGG16, so the estimate errs long."""
     flags = reproduce.PROFILES[profile]
+    if "jobs" in flags:  # a list of training runs (cpu-full): phase 1 is all of it
+        with tempfile.TemporaryDirectory() as out:
+            return dict(train=sum(training_seconds(job, device, cache)
+                                  for job in reproduce.plan("train", profile, out, ".")))
     t1 = train_config(shlex.split(flags["t1"]) + ["--arch", "standard"])
     t2 = train_config(shlex.split(flags["t2"]), task2=True)
     with tempfile.TemporaryDirectory() as out:

@@ -27,6 +27,7 @@ import glob
 import math
 import os
 import pickle
+import re
 import statistics
 import sys
 import time
@@ -116,9 +117,11 @@ def parse_args(argv=None):
             argv[i:i + 2] = [f"{token}={argv[i + 1]}", ""]
     args = p.parse_args([a for a in argv if a != ""])
     counts = (args.batch_size, args.hessian_iters, args.repeats, args.trace_probes, args.slq_probes, args.slq_steps)
-    if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not args.hessian_tol > 0:
-        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --hessian-tol, --repeats "
-                "and the probe and step counts positive")
+    if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not 0 < args.hessian_tol < 1:
+        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --repeats and the probe "
+                "and step counts positive; --hessian-tol in (0, 1)")
+    if args.zmax is not None and not (math.isfinite(args.zmax) and args.zmax > 0):
+        p.error(f"--zmax {args.zmax}: the clip must be a positive finite loss")
     if args.replot:
         return args
     if not (args.ckpt or args.trajectory):
@@ -308,7 +311,8 @@ def trajectory_directions(run, model, ckpt):
     index, named = common.load_json(os.path.join(folder, "index.json")), list(model.named_parameters())
     if index["names"] != [n for n, _ in named] or index["shapes"] != [list(p.shape) for _, p in named]:
         raise common.UsageError(f"{folder} holds snapshots of another architecture than {ckpt}")
-    files = sorted(glob.glob(os.path.join(glob.escape(folder), "step*.pt")))
+    files = sorted(f for f in glob.glob(os.path.join(glob.escape(folder), "step*.pt"))  # not a kill -9's temp file
+                   if re.fullmatch(r"step\d+\.pt", os.path.basename(f)))
     if len(files) < 3:
         raise common.UsageError(f"{folder}: {len(files)} snapshots; a path needs at least 3")
     snapshots = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
