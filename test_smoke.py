@@ -11,6 +11,7 @@ import math
 import itertools
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
@@ -1736,7 +1737,7 @@ def test_resume_keeps_the_saved_data_folder(tmp_path):
 def test_a_profile_rerun_on_the_committed_results_trains_and_computes_nothing():
     """Every committed run, BN-analysis run and surface is recognized as finished by the job runner, whatever
     precision --precision auto resolves to on this machine and although the checkpoints are not committed."""
-    for profile, out in (("cpu", "results/cpu-profile"), ("cpu-full", "results/cpu-full")):
+    for profile, out in (("cpu", "results/cpu"), ("cpu-full", "results/cpu-full")):
         out = os.path.join(ROOT, out)
         for phase in reproduce.PHASES:
             for script, *args in reproduce.plan(phase, profile, out, "data"):
@@ -1791,3 +1792,20 @@ def test_a_zero_step_budget_is_refused_not_ignored():
     with pytest.raises(common.UsageError, match="--steps 0"):
         parse(["--device", "cpu", "--steps", "0"])
     assert parse(["--device", "cpu", "--steps", "5"])["steps"] == 5 and parse(["--device", "cpu"])["steps"] is None
+
+
+def test_no_committed_markdown_file_links_to_a_file_that_does_not_exist():
+    """Every relative link of every markdown file in git (README, results' READMEs and tables) resolves."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.split()
+    if not listed:
+        pytest.skip("not a git checkout")
+    dead = []
+    for name in listed:
+        with open(os.path.join(ROOT, name)) as f:
+            text = re.sub(r"```.*?```", "", f.read(), flags=re.S)  # code blocks hold commands, not links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if not re.match(r"[a-z]+://|#|mailto:", target) and not os.path.exists(
+                    os.path.join(ROOT, os.path.dirname(name), target.split("#")[0])):
+                dead.append(f"{name}: {target}")
+    assert len(listed) >= 5 and not dead, dead

@@ -184,7 +184,9 @@ def sharpness_table(out):
         info = common.load_json(path) if os.path.exists(path) else {}
         h = info.get("hessian")
         ckpt = os.path.relpath(info["settings"]["ckpt"], out) if info else None
-        md.append(row([label, f"[{ckpt}]({ckpt})" if ckpt else "–", hessian_cell(h, "top_eigenvalue"),
+        shown = "–" if not ckpt else f"[{ckpt}]({ckpt})" if os.path.exists(os.path.join(out, ckpt)) else \
+            f"`{ckpt}` (not committed)"  # checkpoints stay out of git: no dead link
+        md.append(row([label, shown, hessian_cell(h, "top_eigenvalue"),
                        hessian_cell(h, "bottom_eigenvalue"), h["iterations"] if h else "–",
                        f"first {info['settings']['n_items']} {info['settings']['split']} images" if info else "–"]))
     return md
