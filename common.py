@@ -108,7 +108,7 @@ def _unpickle(path):
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def read_cifar_batch(path):
+def _read_cifar_batch(path):
     """One batch file -> (uint8 images [N, 3, 32, 32], int64 labels [N])."""
     batch = _unpickle(path)
     missing = [k for k in ("data", "labels") if k not in batch]
@@ -143,8 +143,8 @@ def load_cifar10(data_dir, download=True):
         except Exception as e:  # any network or checksum failure becomes one readable line
             raise DataError(f"{folder}: download failed ({type(e).__name__}: {e}); "
                             "fetch cifar-10-python.tar.gz by hand and extract it into --data-dir") from None
-    train = [read_cifar_batch(os.path.join(folder, name)) for name in CIFAR10_TRAIN_FILES]
-    test_x, test_y = read_cifar_batch(os.path.join(folder, CIFAR10_TEST_FILE))
+    train = [_read_cifar_batch(os.path.join(folder, name)) for name in CIFAR10_TRAIN_FILES]
+    test_x, test_y = _read_cifar_batch(os.path.join(folder, CIFAR10_TEST_FILE))
     meta = _unpickle(os.path.join(folder, "batches.meta"))
     classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])]
     return dict(train_x=torch.cat([x for x, _ in train]), train_y=torch.cat([y for _, y in train]),
@@ -176,7 +176,7 @@ def augment(images, gen):
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def normalize(images, channels_last=False):
+def _normalize(images, channels_last=False):
     """uint8 [N, 3, H, W] -> float in [0, 1]; each model standardizes its input itself (see Standardize)."""
     x = images.float() / 255
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -212,7 +212,7 @@ class Numerics:
 
     def inputs(self, images):
         """uint8 images -> the model's float input in this memory format."""
-        return normalize(images, self.channels_last)
+        return _normalize(images, self.channels_last)
 
     def place(self, model, device):
         return model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
@@ -247,11 +247,11 @@ def saved_numerics(cfg, device):
 
 # -- models ------------------------------------------------------------------------------------
 
-def scaled(n, width):
+def _scaled(n, width):
     return max(1, round(n * width))
 
 
-def activation(name, leaky_slope=0.01):
+def _activation(name, leaky_slope=0.01):
     """A factory of the activation module `name` (LeakyReLU with its negative slope)."""
     return functools.partial(nn.LeakyReLU, leaky_slope) if name == "leaky_relu" else ACTIVATIONS[name]
 
@@ -281,7 +281,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.pool(self.features(self.standardize(x))))
 
 
-def conv_bn_act(c_in, c_out, act):
+def _conv_bn_act(c_in, c_out, act):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act())
 
 
@@ -305,7 +305,7 @@ class ResidualBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-def mlp_classifier(c_in, hidden, num_classes, act, dropout, bn=False):
+def _mlp_classifier(c_in, hidden, num_classes, act, dropout, bn=False):
     """Flatten, then per hidden width Linear-act-Dropout, or with bn Dropout-Linear-BatchNorm1d-act (the
     report's Task 2 BN models), then Linear to the classes."""
     layers = [nn.Flatten()]
@@ -325,10 +325,10 @@ class ResVGG16(ConvNet):
     def __init__(self, arch="standard", act="relu", residual=True, width=1.0, dropout=0.5, num_classes=10,
                  normalization="cifar10", leaky_slope=0.01):
         super().__init__(normalization)
-        channels, hidden = ([scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
-        act_cls = activation(act, leaky_slope)
-        block = ResidualBlock if residual else conv_bn_act
-        layers = [conv_bn_act(3, channels[0], act_cls)]
+        channels, hidden = ([_scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
+        act_cls = _activation(act, leaky_slope)
+        block = ResidualBlock if residual else _conv_bn_act
+        layers = [_conv_bn_act(3, channels[0], act_cls)]
         c_in = channels[0]
         for c_out, n_blocks in zip(channels, RESVGG16_BLOCKS):
             for _ in range(n_blocks):
@@ -337,7 +337,7 @@ class ResVGG16(ConvNet):
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
+        self.classifier = _mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
 
 
 class VGG16(ConvNet):
@@ -348,15 +348,15 @@ class VGG16(ConvNet):
     def __init__(self, arch="standard", act="relu", width=1.0, dropout=0.5, num_classes=10, normalization="report",
                  leaky_slope=0.1):
         super().__init__(normalization)
-        channels, hidden = ([scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
-        act_cls, layers, c_in = activation(act, leaky_slope), [], 3
+        channels, hidden = ([_scaled(n, width) for n in widths] for widths in RESVGG16_ARCHS[arch])
+        act_cls, layers, c_in = _activation(act, leaky_slope), [], 3
         for c_out, n_convs in zip(channels, RESVGG16_BLOCKS):
             for _ in range(n_convs):
                 layers += [nn.Conv2d(c_in, c_out, 3, padding=1), act_cls()]
                 c_in = c_out
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.classifier = mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
+        self.classifier = _mlp_classifier(c_in, hidden, num_classes, act_cls, dropout)
 
 
 class VGGA(ConvNet):
@@ -368,10 +368,10 @@ class VGGA(ConvNet):
     def __init__(self, bn=False, residual=False, act="relu", width=1.0, dropout=0.0, num_classes=10,
                  normalization="cifar10", leaky_slope=0.01, classifier_bn=False):
         super().__init__(normalization)
-        act_cls = activation(act, leaky_slope)
+        act_cls = _activation(act, leaky_slope)
         layers, c_in = [], 3
         for stage in VGG_A_STAGES:
-            for c_out in (scaled(c, width) for c in stage):
+            for c_out in (_scaled(c, width) for c in stage):
                 if residual:
                     layers.append(ResidualBlock(c_in, c_out, act_cls))
                 else:
@@ -381,11 +381,11 @@ class VGGA(ConvNet):
                 c_in = c_out
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        hidden = scaled(512, width)
-        self.classifier = mlp_classifier(c_in, [hidden, hidden], num_classes, act_cls, dropout, classifier_bn)
+        hidden = _scaled(512, width)
+        self.classifier = _mlp_classifier(c_in, [hidden, hidden], num_classes, act_cls, dropout, classifier_bn)
 
 
-def initialize(model, init, act):
+def _initialize(model, init, act):
     """'default': PyTorch's own; 'xavier': Xavier-normal conv and linear weights; 'kaiming': the report's Task 1
     VGG16 code, Kaiming-normal (fan_out) convs and N(0, 0.01) linears; 'kaiming_all': its Task 2 code,
     Kaiming-normal (fan_out, relu) convs and linears. Biases zero."""
@@ -419,7 +419,7 @@ def build_model(cfg):
                      **common_args)
     else:
         raise ValueError(f"unknown model {name!r}; known: {MODELS}")
-    initialize(model, cfg["init"], cfg["act"])
+    _initialize(model, cfg["init"], cfg["act"])
     return model
 
 
@@ -463,7 +463,7 @@ class ScratchSGD(torch.optim.Optimizer):
                 p.add_(d, alpha=-group["lr"])
 
 
-def param_groups(model, cfg):
+def _param_groups(model, cfg):
     """The model's parameters for the optimizer; where cfg says decay_bn_bias False, biases and BN weights (the
     1-D tensors) form a second group without weight decay (Goyal et al. 2017; He et al. 2019, "no bias decay")."""
     params = trainable(model)
@@ -529,7 +529,7 @@ class Per:
         return ", ".join(named + ([f"else {self.other}"] if self.other is not None else []))
 
 
-def per_opt(sgd, adam, adamw=None):
+def _per_opt(sgd, adam, adamw=None):
     """A value for each optimizer; sgd_scratch is SGD by hand, AdamW takes Adam's unless given."""
     return Per("opt", sgd=sgd, sgd_scratch=sgd, adam=adam, adamw=adam if adamw is None else adamw)
 
@@ -537,19 +537,19 @@ def per_opt(sgd, adam, adamw=None):
 # Every recipe's settings per task (a task is the model's family: Task 1 ResVGG16 / VGG16, Task 2 VGG-A).
 # ours: README's recipe; report: what the report author's code ran (results/what-the-reports-code-did.md);
 # fast: README, "The fast recipe" (each value with its source); paper: Santurkar et al. 2018, Appendix A.
-_OURS = dict(epochs=60, batch_size=128, lr=per_opt(0.01, 1e-4), momentum=0.9, nesterov=False,
-             wd=per_opt(5e-4, 0.0, 1e-2), dropout=0.5, label_smoothing=0.0, schedule="cosine_step",
+_OURS = dict(epochs=60, batch_size=128, lr=_per_opt(0.01, 1e-4), momentum=0.9, nesterov=False,
+             wd=_per_opt(5e-4, 0.0, 1e-2), dropout=0.5, label_smoothing=0.0, schedule="cosine_step",
              normalization="cifar10", augment=True, classifier_bn=False, decay_bn_bias=True,
              init=Per("model", resvgg16="default", vgg16="kaiming", other="xavier"),
              leaky_slope=Per("model", vgg16=0.1, other=0.01))
-_FAST = dict(_OURS, epochs=18, batch_size=256, lr=per_opt(0.1, 1e-4), nesterov=True, dropout=0.0,
+_FAST = dict(_OURS, epochs=18, batch_size=256, lr=_per_opt(0.1, 1e-4), nesterov=True, dropout=0.0,
              label_smoothing=Per("loss", ce=0.1, other=0.0), schedule="onecycle", decay_bn_bias=False,
              init=Per("model", resvgg16="default", other="xavier"))
-_TASK2 = dict(lr=per_opt(0.01, 1e-3), init="xavier")
+_TASK2 = dict(lr=_per_opt(0.01, 1e-3), init="xavier")
 RECIPES = {
     "task1": {
         "ours": _OURS,
-        "report": dict(_OURS, epochs=100, wd=per_opt(1e-4, 0.0), schedule=per_opt("cosine_epoch", "none"),
+        "report": dict(_OURS, epochs=100, wd=_per_opt(1e-4, 0.0), schedule=_per_opt("cosine_epoch", "none"),
                        normalization="report", init=Per("model", resvgg16="xavier", other="kaiming")),
         "fast": _FAST,
     },
@@ -558,7 +558,7 @@ RECIPES = {
         "report": dict(_OURS, epochs=50, batch_size=64, wd=0.0, dropout=Per("model", vgg_a=0.0, other=0.5),
                        schedule="none", normalization="half", augment=False,
                        classifier_bn=Per("model", vgg_a=False, other=True), **dict(_TASK2, init="kaiming_all")),
-        "fast": dict(_FAST, **dict(_TASK2, lr=per_opt(0.1, 1e-3))),
+        "fast": dict(_FAST, **dict(_TASK2, lr=_per_opt(0.1, 1e-3))),
         "paper": dict(_OURS, epochs=20, dropout=0.0, **dict(_TASK2, lr=0.1), opt="sgd", momentum=0.0, wd=0.0,
                       schedule="none", augment=False, steps=15000),
     },
@@ -640,23 +640,23 @@ RUNTIME_KEYS = frozenset(k for k, s in SETTING.items() if s["kind"] == "runtime"
 NUMERICS_KEYS = tuple(k for k, s in SETTING.items() if s["kind"] == "numerics")
 
 
-def task_of(model):
+def _task_of(model):
     return "task2" if model in VGG_A_MODELS else "task1"
 
 
-def recipe_default(name, task, recipe):
+def _recipe_default(name, task, recipe):
     """A setting's default in one recipe of a task, as data (a value, a Per, or None when the recipe leaves it)."""
     return RECIPES[task][recipe].get(name)
 
 
-def default_text(name, task):
+def _default_text(name, task):
     """What --help says a setting defaults to in `task`: its value, or the value per recipe."""
     s = SETTING[name]
     if s["default"] is TASK:
         return str(TASK_DEFAULTS[task][name])
     if s["default"] is not RECIPE:
         return str(s["default"])
-    per_recipe = [(r, recipe_default(name, task, r)) for r in RECIPES[task]]
+    per_recipe = [(r, _recipe_default(name, task, r)) for r in RECIPES[task]]
     shown = [f"{r}: {'' if v is None else v}" for r, v in per_recipe]
     return "; ".join(shown) if len({str(v) for _, v in per_recipe}) > 1 else str(per_recipe[0][1])
 
@@ -668,10 +668,10 @@ def complete_config(cfg, task=None):
     before a setting existed gets the value it was trained with, so a new setting must default to the old
     behaviour."""
     cfg = {k: v for k, v in cfg.items() if v is not None}
-    defaults = TASK_DEFAULTS[task or task_of(cfg.get("model", "resvgg16"))]
+    defaults = TASK_DEFAULTS[task or _task_of(cfg.get("model", "resvgg16"))]
     cfg.setdefault("model", defaults["model"])
     cfg.setdefault("recipe", "ours")
-    recipes = RECIPES[task_of(cfg["model"])]
+    recipes = RECIPES[_task_of(cfg["model"])]
     if cfg["recipe"] not in recipes:
         raise UsageError(f"--recipe {cfg['recipe']} is not a recipe of {cfg['model']} (its recipes: "
                          f"{', '.join(recipes)})")
@@ -701,8 +701,8 @@ def make_config(task="task1", **given):
     cfg.update(numerics_for(cfg["precision"], resolve_device(cfg["device"])).as_dict())
     if cfg["label_smoothing"] and cfg["loss"] != "ce":
         raise UsageError("--label-smoothing applies to --loss ce only")
-    check_numbers(cfg)
-    cfg["out"] = cfg["out"] or os.path.join("runs", run_name(cfg))
+    _check_numbers(cfg)
+    cfg["out"] = cfg["out"] or os.path.join("runs", _run_name(cfg))
     return {name: cfg[name] for name in SETTING}  # one key order for every config.json
 
 
@@ -719,7 +719,7 @@ def add_settings(parser, task="task1", names=None, suppress=True):
             if name == "recipe":
                 kwargs["choices"] = list(RECIPES[task])
             shown = "" if kwargs.get("action") == "store_false" or s["default"] is None else \
-                f" (default: {default_text(name, task)})"
+                f" (default: {_default_text(name, task)})"
             default = argparse.SUPPRESS if suppress else s["default"]
             g.add_argument(option, dest=name, default=default, help=s["help"] + shown, **kwargs)
     return parser
@@ -729,17 +729,17 @@ def train_parser(script, task):
     return add_settings(argparse.ArgumentParser(description=f"Train one configuration on CIFAR-10 ({script})."), task)
 
 
-def task_of_script(script):
+def _task_of_script(script):
     return "task2" if script.replace(os.sep, "/").startswith("task2") else "task1"
 
 
 def parse_config(script, argv):
     """The config a training script makes of its command line (argparse errors exit 2, as the script would)."""
-    task = task_of_script(script)
+    task = _task_of_script(script)
     return make_config(task, **vars(train_parser(script, task).parse_args(argv)))
 
 
-def check_numbers(cfg):
+def _check_numbers(cfg):
     """UsageError naming the first flag whose value makes no sense."""
     big = torch.finfo(torch.float32).max  # an lr or weight decay beyond it cannot even be applied to fp32 weights
     rules = [("--epochs", cfg["epochs"] >= 1), ("--steps", cfg.get("steps") is None or cfg["steps"] >= 1),
@@ -757,7 +757,7 @@ def check_numbers(cfg):
                              "that fp32 can hold; dropout, label smoothing and momentum in [0, 1); no negative counts)")
 
 
-def run_name(cfg):
+def _run_name(cfg):
     arch = [cfg["arch"]] if cfg["model"] in ("resvgg16", "vgg16") else []
     parts = [cfg["model"], *arch, cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
     if not cfg["residual"] and cfg["model"] == "resvgg16":
@@ -785,7 +785,7 @@ def device_name(device):  # as printed and stored in result.json / surface.json
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def machine_name(device):
+def _machine_name(device):
     """The device for a reader: the GPU's name, or the CPU's model and core count (result.json 'machine')."""
     if device.type == "cuda":
         return device_name(device)
@@ -825,7 +825,7 @@ def set_rng_state(state, device):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def _atomic_path(path):
     """A temporary name beside `path` (same extension) to write to, renamed onto `path` only when the block
     succeeds: a crash or kill never leaves a half-written file that a later step would read."""
     root, ext = os.path.splitext(path)
@@ -850,17 +850,17 @@ def file_digest(path):
 
 
 def write_text(path, text):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with _atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
 
 
 def save_npz(path, **arrays):
-    with atomic_path(path) as tmp:
+    with _atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
 
 
 def save_checkpoint(path, payload):
-    with atomic_path(path) as tmp:
+    with _atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
@@ -964,7 +964,7 @@ def folder_lock(folder):
             break
         except FileExistsError:
             pid, _, host = open(path).read().partition(" ")
-            if not pid.isdigit() or host != socket.gethostname() or process_alive(int(pid)):  # "": being written
+            if not pid.isdigit() or host != socket.gethostname() or _process_alive(int(pid)):  # "": being written
                 raise UsageError(f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it, or "
                                  "delete the lock if that process is gone") from None
             print(f"note: taking over {path} of process {pid}, which is gone", flush=True)
@@ -981,7 +981,7 @@ def folder_lock(folder):
                 os.rmdir(made)
 
 
-def process_alive(pid):
+def _process_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -991,7 +991,7 @@ def process_alive(pid):
     return pid > 0
 
 
-def prepare_run_dir(cfg):
+def _prepare_run_dir(cfg):
     """--resume needs last.pt; a folder that holds a run needs --resume or --overwrite."""
     out, last = cfg["out"], os.path.join(cfg["out"], "last.pt")
     if cfg["resume"]:
@@ -1007,7 +1007,7 @@ def prepare_run_dir(cfg):
         shutil.rmtree(os.path.join(out, TRAJECTORY_FOLDER))  # no snapshots of the old run on the new path
 
 
-def ignored_on_resume(cfg, argv):
+def _ignored_on_resume(cfg, argv):
     """The flags given beside --resume whose value differs from the saved run's ('--epochs 5 (saved 3)')."""
     path = os.path.join(cfg["out"], "config.json")
     if not os.path.exists(path):
@@ -1022,7 +1022,7 @@ def ignored_on_resume(cfg, argv):
 def resume_config(cfg, argv):
     """--resume: says which flags given beside it the saved config overrides, and keeps the saved data folder
     unless --data-dir is given again (a run resumes on the data it started with)."""
-    ignored = ignored_on_resume(cfg, argv)
+    ignored = _ignored_on_resume(cfg, argv)
     if ignored:
         print(f"note: --resume keeps the saved config; ignoring {', '.join(ignored)}", flush=True)
     path = os.path.join(cfg["out"], "config.json")
@@ -1068,14 +1068,14 @@ def train(cfg, step_hook=None):
     step_hook(run, x, y, loss, step) runs between backward and optimizer step (Task 2's probes); `step`
     counts optimizer steps from the start of training."""
     with folder_lock(cfg["out"]):
-        run = setup_run(cfg)
+        run = _setup_run(cfg)
         status = "completed"  # the run's one status: completed, diverged or interrupted
         with GracefulStop() as stop:
             while status == "completed" and run.state.epoch < run.epochs:
-                status = train_epoch(run, stop, step_hook)
+                status = _train_epoch(run, stop, step_hook)
                 if status == "completed":
-                    status = finish_epoch(run, stop)
-        return finish_run(run, status, stop.signal_name)
+                    status = _finish_epoch(run, stop)
+        return _finish_run(run, status, stop.signal_name)
 
 
 @dataclasses.dataclass
@@ -1158,15 +1158,15 @@ class Run:
             torch.backends.cudnn.benchmark = True
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
         self.criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
-        self.optimizer = make_optimizer(cfg, param_groups(self.model, cfg))
+        self.optimizer = make_optimizer(cfg, _param_groups(self.model, cfg))
         self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], self.epochs, self.steps_per_epoch,
                                      self.total_steps)
 
 
-def setup_run(cfg):
+def _setup_run(cfg):
     """A new Run, or the one in --out restored from last.pt with --resume; prints the run's header."""
     device = resolve_device(cfg["device"])  # before anything is written
-    prepare_run_dir(cfg)
+    _prepare_run_dir(cfg)
     ckpt = None
     if cfg["resume"]:
         ckpt = read_checkpoint(os.path.join(cfg["out"], "last.pt"))  # a truncated file is one line
@@ -1174,7 +1174,7 @@ def setup_run(cfg):
     run = Run(cfg, device)  # data and model are checked before a new run writes anything
     if ckpt is None:
         write_json(os.path.join(cfg["out"], "config.json"), cfg)
-    print(f"{run_name(cfg)}: {count_params(run.model):,} parameters | {len(run.train_y)} train / "
+    print(f"{_run_name(cfg)}: {count_params(run.model):,} parameters | {len(run.train_y)} train / "
           f"{len(run.val_y)} val / {len(run.test_y)} test images | {device_name(run.device)} | out {run.out}",
           flush=True)
     if ckpt is not None:
@@ -1190,7 +1190,7 @@ def setup_run(cfg):
     return run
 
 
-def train_epoch(run, stop, step_hook=None):
+def _train_epoch(run, stop, step_hook=None):
     """The steps left in the epoch; returns 'completed', 'diverged' (non-finite loss) or 'interrupted'."""
     state, device = run.state, run.device
     if run.epoch_step == 0:
@@ -1203,13 +1203,13 @@ def train_epoch(run, stop, step_hook=None):
     status, started, last_print = "completed", time.time(), time.time()
     n_steps = min(run.steps_per_epoch, run.total_steps - state.epoch * run.steps_per_epoch)  # --steps: fewer
     for step in range(run.epoch_step, n_steps):
-        loss, n_correct, n = train_step(run, step, step_hook)
+        loss, n_correct, n = _train_step(run, step, step_hook)
         loss_sum += loss.detach().double() * n
         correct += n_correct
         state.seen += n
         state.global_step += 1
         if run.cfg.get("save_trajectory") and state.global_step % run.cfg["save_trajectory"] == 0:
-            save_snapshot(run)
+            _save_snapshot(run)
         if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == n_steps or stop.requested:
             if not math.isfinite(loss_sum.item()):  # a running sum is non-finite as soon as one loss was
                 print(f"epoch {state.epoch + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
@@ -1232,7 +1232,7 @@ def train_epoch(run, stop, step_hook=None):
     return status
 
 
-def train_step(run, step, step_hook):
+def _train_step(run, step, step_hook):
     """One optimizer step on batch `step` of the epoch's order; returns (loss, correct count, batch size)."""
     batch = run.cfg["batch_size"]
     idx = run.state.perm[step * batch:(step + 1) * batch].to(run.device)
@@ -1250,12 +1250,12 @@ def train_step(run, step, step_hook):
     return loss, (logits.argmax(1) == y).sum(), len(y)
 
 
-def finish_epoch(run, stop):
+def _finish_epoch(run, stop):
     """Validate, record the epoch (metrics.jsonl, a printed line), write best.pt (new best val acc) and
     last.pt. Returns 'diverged' after --diverge-patience epochs stuck at chance, 'interrupted' or 'completed'."""
     cfg, state = run.cfg, run.state
     if cfg.get("save_trajectory"):
-        save_snapshot(run)
+        _save_snapshot(run)
     val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device, numerics=run.numerics)
     state.epoch += 1
     m = dict(epoch=state.epoch, train_loss=state.loss_sum / state.seen, train_acc=state.correct / state.seen,
@@ -1292,7 +1292,7 @@ def is_stuck(epoch, history, num_classes):
     return epoch["train_acc"] < 1.5 / num_classes and not epoch["train_loss"] < lowest * (1 - STUCK_LOSS_FALL)
 
 
-def save_snapshot(run):
+def _save_snapshot(run):
     """The weights after the current step, every parameter flattened into one float16 vector (2 bytes a
     parameter), as <run>/trajectory/step<global step>.pt; index.json names the parameters and their shapes.
     A step already saved (an epoch end that is also a multiple of K) is not written twice."""
@@ -1310,7 +1310,7 @@ def save_snapshot(run):
     save_checkpoint(path, dict(step=step, epoch=run.state.epoch, params=flat))
 
 
-def finish_run(run, status, signal_name=None):
+def _finish_run(run, status, signal_name=None):
     """last.pt, result.json (built here and only here) and curves.png; returns the result."""
     state, out = run.state, run.out
     save_checkpoint(os.path.join(out, "last.pt"), run.checkpoint())
@@ -1323,22 +1323,22 @@ def finish_run(run, status, signal_name=None):
                   params=count_params(run.model), train_seconds=state.train_seconds,
                   device=device_name(run.device), torch_version=torch.__version__, config=run.cfg)
     if status != "interrupted":
-        result.update(evaluate_test_set(run))
-    result.update(wall_seconds=run.wall_seconds(), machine=machine_name(run.device))
+        result.update(_evaluate_test_set(run))
+    result.update(wall_seconds=run.wall_seconds(), machine=_machine_name(run.device))
     write_json(os.path.join(out, "result.json"), result)
     if status == "interrupted":
         print(f"interrupted ({signal_name}) at epoch {state.epoch + 1}, step {run.epoch_step}; "
               f"state saved to {out}/last.pt", flush=True)
         return result
     if history:
-        plot_curves(history, os.path.join(out, "curves.png"), title=run_name(run.cfg))
+        _plot_curves(history, os.path.join(out, "curves.png"), title=_run_name(run.cfg))
     best = "n/a" if result["test_acc_at_best_val"] is None else f"{result['test_acc_at_best_val']:.4f}"
     print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, "
           f"test acc at best val {best}, final test acc {result['final_test_acc']:.4f} | {out}", flush=True)
     return result
 
 
-def evaluate_test_set(run):
+def _evaluate_test_set(run):
     """Test loss and accuracy of the last weights and of best.pt (the best validation epoch)."""
     state, test = run.state, (run.test_x, run.test_y, run.criterion, run.device, EVAL_BATCH, run.numerics)
     final, best = evaluate(run.model, *test), (None, None)
@@ -1376,7 +1376,7 @@ def preserved(model):
 
 
 @torch.no_grad()
-def set_tensors(tensors, base, terms):
+def _set_tensors(tensors, base, terms):
     """t = base + Σ scale * direction over terms [(scale, [direction per tensor]), ...], always from the
     saved base, so moving from point to point never drifts. A direction entry may be None (zero)."""
     for i, (t, b) in enumerate(zip(tensors, base)):
@@ -1386,7 +1386,7 @@ def set_tensors(tensors, base, terms):
                 t.add_(direction[i].to(t.dtype), alpha=scale)
 
 
-def tensors_norm(tensors):
+def _tensors_norm(tensors):
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
@@ -1411,11 +1411,11 @@ def probe_along(model, loss_closure, etas, direction=None):
         direction = [-t for t in g] if direction is None else direction
         losses, dists = [], []
         for eta in etas:
-            set_tensors(params, theta, [(eta, direction)])
+            _set_tensors(params, theta, [(eta, direction)])
             loss_eta, g_eta = loss_and_grad()
             losses.append(loss_eta)
-            dists.append(tensors_norm([a - b for a, b in zip(g, g_eta)]))
-        norms = [tensors_norm(g), tensors_norm(direction)]
+            dists.append(_tensors_norm([a - b for a, b in zip(g, g_eta)]))
+        norms = [_tensors_norm(g), _tensors_norm(direction)]
         values = torch.stack([loss0.double(), *norms] + [v.double() for v in losses + dists]).tolist()
     n = len(etas)
     loss0, g_norm, d_norm, losses, dists = values[0], values[1], values[2], values[3:3 + n], values[3 + n:]
@@ -1481,7 +1481,7 @@ def direction_list(model, direction, device):
 
 
 @torch.no_grad()
-def reestimate_bn(model, images, device, batch_size=EVAL_BATCH, numerics=FP32):
+def _reestimate_bn(model, images, device, batch_size=EVAL_BATCH, numerics=FP32):
     """BN running statistics recomputed on `images` (a cumulative average over batches)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
@@ -1501,11 +1501,11 @@ def evaluate_at(model, base, terms, images, labels, criterion, device, numerics=
                 batch_size=EVAL_BATCH):
     """The one "model at θ + δ" evaluation: every landscape tensor = base + Σ scale·direction (no drift), BN
     statistics re-estimated on the images if bn_mode='train'; (loss, acc) in eval mode. See `preserved`."""
-    set_tensors([t for _, t in landscape_tensors(model)], base, terms)
+    _set_tensors([t for _, t in landscape_tensors(model)], base, terms)
     for bn in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         bn.running_var.clamp_(min=0)  # extrapolating (interpolation beyond [0, 1]) can give a negative variance
     if bn_mode == "train":
-        reestimate_bn(model, images, device, batch_size, numerics)
+        _reestimate_bn(model, images, device, batch_size, numerics)
     return evaluate(model, images, labels, criterion, device, batch_size, numerics)
 
 
@@ -1594,11 +1594,11 @@ def hessian_operator(params, batch_losses, n_items, coords="raw"):
     """v -> H·v of the mean loss over `params` (the others held fixed: a diagonal block of H); coords 'filter':
     v -> D·H·D·v with D = filter_scales(params)."""
     if coords == "raw":
-        return lambda vector: hessian_vector_product(params, batch_losses, n_items, vector)
+        return lambda vector: _hessian_vector_product(params, batch_losses, n_items, vector)
     if coords != "filter":
         raise ValueError(f"unknown Hessian coordinates {coords!r}; known: {HESSIAN_COORDS}")
     scales = filter_scales(params)
-    return lambda vector: scales * hessian_vector_product(params, batch_losses, n_items, scales * vector)
+    return lambda vector: scales * _hessian_vector_product(params, batch_losses, n_items, scales * vector)
 
 
 def flat_size(params):
@@ -1687,7 +1687,7 @@ def spectral_density(spectrum, grid, sigma):
                     for nodes, w in spectrum], axis=0) / (sigma * math.sqrt(2 * math.pi))
 
 
-def hessian_vector_product(params, batch_losses, n_items, vector):
+def _hessian_vector_product(params, batch_losses, n_items, vector):
     """H·vector for the mean loss, flat, summed over batch_losses()'s batches (double backward)."""
     pieces = [t.view_as(p) for t, p in zip(vector.split([p.numel() for p in params]), params)]
     out = torch.zeros_like(vector)
@@ -1731,12 +1731,12 @@ def save_figure(fig, path, dpi=120, tight=True):
     """Write a figure and free it: every figure in the repository is saved through here."""
     if tight:
         fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with _atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
     pyplot().close(fig)
 
 
-def plot_curves(history, path, title=""):
+def _plot_curves(history, path, title=""):
     """Loss and accuracy per epoch, train and validation, side by side."""
     plt = pyplot()
     epochs = [m["epoch"] for m in history]

@@ -65,7 +65,7 @@ fi
 echo $$ > "$lock"
 # everything this run prints, stdout and stderr, also goes to <out>/run_all<tag>.log
 exec > >(tee -a "$out/run_all$tag.log") 2> >(tee -a "$out/run_all$tag.log" >&2)
-echo "== $(date -u '+%Y-%m-%d %H:%M UTC') run_all.sh --profile $profile --out $out (log: $out/run_all$tag.log)"
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC') run_all.sh --profile $profile --out $out with $PY (log: $out/run_all$tag.log)"
 # SIGTERM / Ctrl-C reach the job runners too: each saves its run and stops after the current step
 children=()
 stop_children() {

@@ -1176,7 +1176,7 @@ def test_filter_coordinate_hessian_is_d_h_d_and_blind_to_the_scale_bn_leaves_fre
         return (torch.nn.functional.cross_entropy(net(x[i:i + 6]), y[i:i + 6], reduction="sum") for i in (0, 6))
     convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     def stats():
-        loss = sum(float(b) for b in batch_losses())
+        loss = sum(float(b.detach()) for b in batch_losses())
         return loss, [common.hessian_extremes(net, batch_losses, 12, iters=40, tol=1e-9, params=params,
                                               coords=coords)["top"]
                       for params, coords in ((None, "filter"), (convs[:1], "filter"), (convs[:1], "raw"))]
@@ -1315,7 +1315,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no failures" in proc.stdout and proc.stdout.count("already complete, skipped") == 64
     log = (out / "run_all.log").read_text()  # the whole run's output, kept beside its results
-    assert proc.stdout.strip().splitlines()[-1] in log and f"using {sys.executable}" in log
+    assert proc.stdout.strip().splitlines()[-1] in log and f"with {sys.executable} (log: " in log
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
