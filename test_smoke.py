@@ -757,6 +757,17 @@ def known_run(model, lr, step_loss, probe_ranges, betas, sharpness):
     return dict(model=model, lr=lr, dir=f"runs/{model}", history=[], result=result, arrays=arrays)
 
 
+def test_claims_table_reports_whether_effective_beta_only_measures_the_probe_step():
+    """The β check: ‖Δ∇L‖/‖∇L‖ at the smallest η (column of min(probe_etas)), median after the first epoch."""
+    runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1], [1, 1, 1], [100, 4, 6], [1, 1, 1]),
+            known_run("vgg_a_bn", 0.1, [3, 2, 1, 1], [1, 1, 1], [0, 8, 8], [1, 1, 1])]
+    for run, norm in zip(runs, (2.0, 8.0)):  # grad_dists at η = 0.5 (column 0): 2, 3 and 4, 4 after epoch 1
+        run["arrays"]["probe_grad_norm"] = np.array([1.0, norm, norm])
+    text = bn_analysis.claims_table(runs, dict(probe_etas=[0.5, 1.0], probe_scale="relative"))
+    assert "smallest step η = 0.5·lr after epoch 1 — lr 0.1: vgg_a 1.25, vgg_a_bn 0.5." in text
+    assert "probe check" not in bn_analysis.claims_table(runs, dict(opt="sgd"))  # no etas recorded: no line
+
+
 def test_claims_table_from_known_arrays():
     """Paired medians after the first epoch (steps >= 2) decide each claim; the first probe never counts."""
     runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1], [100, 1, 3], [100, 4, 6], [1000, 10, 30]),

@@ -252,6 +252,37 @@ def measurements(run, key):
     return dict(zip(steps[late].astype(int).tolist(), np.asarray(values, dtype=np.float64)[late].tolist()))
 
 
+def degeneracy(run, column):
+    """{step: ‖∇L(θ + η·d) − ∇L(θ)‖ / ‖∇L(θ)‖} at the probe's step `column` (the smallest η), after the first
+    epoch. Near 1 the gradient changes by its own norm within that step, so effective β is about 1/(η·‖d‖)
+    whatever the network: it then measures the probe, not the landscape's smoothness."""
+    a = run["arrays"]
+    if a["probe_losses"].size == 0:
+        return {}
+    steps = a["probe_step"]
+    values = a["probe_grad_dists"][:, column] / np.maximum(a["probe_grad_norm"], 1e-30)
+    late = after_first_epoch(run, steps)
+    return dict(zip(steps[late].astype(int).tolist(), np.asarray(values, dtype=np.float64)[late].tolist()))
+
+
+def degeneracy_line(runs, settings):
+    """summary.md's check of effective β: the median degeneracy at the smallest η, per lr and model."""
+    etas = settings.get("probe_etas") or []
+    if not etas:
+        return ""
+    column, cells = int(np.argmin(etas)), []
+    for lr in sorted({r["lr"] for r in runs}):
+        models = list(dict.fromkeys(r["model"] for r in runs))
+        cells.append(f"lr {lr:g}: " + ", ".join(
+            f"{m} {common.short_number(pooled_median([degeneracy(r, column) for r in runs if (r['model'], r['lr']) == (m, lr)]))}"
+            for m in models))
+    return (f"Effective β's probe check: the median ‖∇L(θ + η·d) − ∇L(θ)‖ / ‖∇L(θ)‖ at the smallest step η = "
+            f"{min(etas):g}{'' if settings.get('probe_scale') == 'absolute' else '·lr'} after epoch 1 — "
+            + "; ".join(cells) + ". Near 1 the gradient changes by its own norm within that step, so β is about "
+            "1/‖η·d‖ for any network and measures the probe's step, not smoothness; smaller --probe-etas (e.g. "
+            "0.01, beyond the paper's grid) probe where it is not.")
+
+
 def band_widths(runs, model, seed):
     """{step: max − min over the learning rates of the training loss} of one model and seed, after epoch 1; NaN
     where a run has no finite loss (it diverged): the band of the lrs left would understate it."""
@@ -349,7 +380,8 @@ def claims_table(runs, settings):
               f"its interval a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the seeds, then of the "
               "measurements within each). 'holds': the whole interval below 1; 'does not hold': above 1; "
               "otherwise 'inconclusive'. Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
-    return "\n".join(lines)
+    check = degeneracy_line(runs, settings)
+    return "\n".join(lines + ([check, ""] if check else []))
 
 
 def bn_summary_table(runs, link_prefix=""):
