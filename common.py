@@ -1,5 +1,6 @@
-"""The shared core, in sections: constants · data · models · losses and optimizers · train / evaluate /
-checkpoint · landscape core and gradient probe · the plot every run writes. Scripts parse flags, call in
+"""The shared core, in sections: constants · data · precision · models · losses and optimizers · settings ·
+device, evaluation, RNG · files and checkpoints · run folder · the training loop · landscape core and gradient
+probe · tables and figures. Scripts parse flags, call in
 here and own their outputs. One training loop (`train`), one "model at θ + δ" evaluation (`evaluate_at`).
 """
 import argparse
@@ -771,7 +772,7 @@ def _run_name(cfg):
     return "_".join(parts + [f"s{cfg['seed']}"])
 
 
-# -- train / evaluate / checkpoint -------------------------------------------------------------
+# -- device, evaluation, RNG ------------------------------------------------------------------
 
 def resolve_device(name):
     if name == "auto":
@@ -825,6 +826,8 @@ def set_rng_state(state, device):
 
 
 @contextlib.contextmanager
+# -- files and checkpoints (atomic writes) ----------------------------------------------------
+
 def _atomic_path(path):
     """A temporary name beside `path` (same extension) to write to, renamed onto `path` only when the block
     succeeds: a crash or kill never leaves a half-written file that a later step would read."""
@@ -923,6 +926,8 @@ def format_seconds(s):
 def percent(v):  # an accuracy in table cells
     return "–" if v is None else f"{100 * v:.2f}"
 
+
+# -- run folder: signals, locks, resume -------------------------------------------------------
 
 class GracefulStop:
     """The first Ctrl-C / SIGTERM asks to stop after the current step; a second Ctrl-C stops at once."""
@@ -1040,6 +1045,8 @@ def config_differences(saved, cfg, numerics=True):
     return sorted(k for k, v in cfg.items() if k not in skip and saved.get(k) != v
                   and not (k in NUMERICS_KEYS and k not in saved))  # older runs: as they were made
 
+
+# -- the training loop ------------------------------------------------------------------------
 
 def train_main(script, argv=None):
     """What `python task*/train.py` does: parse flags, train, turn errors into one line. Returns the exit code."""
