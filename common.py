@@ -645,11 +645,6 @@ def _task_of(model):
     return "task2" if model in VGG_A_MODELS else "task1"
 
 
-def _recipe_default(name, task, recipe):
-    """A setting's default in one recipe of a task, as data (a value, a Per, or None when the recipe leaves it)."""
-    return RECIPES[task][recipe].get(name)
-
-
 def _default_text(name, task):
     """What --help says a setting defaults to in `task`: its value, or the value per recipe."""
     s = SETTING[name]
@@ -657,7 +652,7 @@ def _default_text(name, task):
         return str(TASK_DEFAULTS[task][name])
     if s["default"] is not RECIPE:
         return str(s["default"])
-    per_recipe = [(r, _recipe_default(name, task, r)) for r in RECIPES[task]]
+    per_recipe = [(r, values.get(name)) for r, values in RECIPES[task].items()]  # None: the recipe leaves it
     shown = [f"{r}: {'' if v is None else v}" for r, v in per_recipe]
     return "; ".join(shown) if len({str(v) for _, v in per_recipe}) > 1 else str(per_recipe[0][1])
 

@@ -26,7 +26,7 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
                        BN_PAIR, PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
-                       grid, grid_name, read_result, run_dir, seed_results, t2_name)
+                       grid, grid_name, read_result, run_dir, seed_name, seed_results, t2_name)
 
 # -- tables --------------------------------------------------------------------------------
 
@@ -395,7 +395,7 @@ def plot_bn_curves(out, pairs, path):
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     drawn = []
     for name, label, colour, style in pairs:
-        folders = [run_dir(out, f"{name}_s{k}" if k else name) for k in
+        folders = [run_dir(out, seed_name(name, k)) for k in
                    sorted(seed_of(r) for r in seed_results(out, name) if r["status"] in FINISHED)]
         histories = [common.read_metrics(f) for f in folders if os.path.exists(os.path.join(f, "metrics.jsonl"))]
         if not histories:
