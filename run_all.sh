@@ -46,7 +46,7 @@ if [ -n "$shard" ]; then
 fi
 # the interpreter: $PYTHON when set, else the repository's .venv (README's set-up), else python3
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-echo "run_all.sh: using $PY ($($PY -c 'import sys, torch; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}")' 2>&1 | tail -1))"
+echo "run_all.sh: using $PY ($($PY --version 2>&1))"  # no torch import: it would add seconds to every call
 out=${out:-results/$profile}
 plan() { $PY task2/reproduce.py plan "$1" --profile "$profile" --out "$out" --data-dir "$data_dir" --seeds "$seeds"; }
 plan train > /dev/null || exit 2  # a wrong profile or seed count stops here, before anything is written

@@ -270,12 +270,11 @@ def degeneracy_line(runs, settings):
     etas = settings.get("probe_etas") or []
     if not etas:
         return ""
-    column, cells = int(np.argmin(etas)), []
+    column, models, cells = int(np.argmin(etas)), list(dict.fromkeys(r["model"] for r in runs)), []
     for lr in sorted({r["lr"] for r in runs}):
-        models = list(dict.fromkeys(r["model"] for r in runs))
-        cells.append(f"lr {lr:g}: " + ", ".join(
-            f"{m} {common.short_number(pooled_median([degeneracy(r, column) for r in runs if (r['model'], r['lr']) == (m, lr)]))}"
-            for m in models))
+        medians = {m: pooled_median([degeneracy(r, column) for r in runs if (r["model"], r["lr"]) == (m, lr)])
+                   for m in models}
+        cells.append(f"lr {lr:g}: " + ", ".join(f"{m} {common.short_number(v)}" for m, v in medians.items()))
     return (f"Effective β's probe check: the median ‖∇L(θ + η·d) − ∇L(θ)‖ / ‖∇L(θ)‖ at the smallest step η = "
             f"{min(etas):g}{'' if settings.get('probe_scale') == 'absolute' else '·lr'} after epoch 1 — "
             + "; ".join(cells) + ". Near 1 the gradient changes by its own norm within that step, so β is about "
