@@ -1185,11 +1185,20 @@ def _setup_run(cfg):
         run.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state((ckpt["torch_rng"], ckpt["cuda_rng"]), run.device)
         run.gen.set_state(ckpt["data_rng"])
-        run.state = Progress(**ckpt["progress"])  # wall_seconds: the earlier sessions'; this one's from Run()
+        run.state = _saved_progress(ckpt["progress"], run.steps_per_epoch)
         print(f"resumed from {run.out}/last.pt at epoch {run.state.epoch + 1}, step {run.epoch_step}", flush=True)
     write_text(os.path.join(run.out, "metrics.jsonl"),  # rewritten so it matches last.pt exactly
                "".join(json.dumps(json_safe(m)) + "\n" for m in run.state.history))
     return run
+
+
+def _saved_progress(saved, steps_per_epoch):
+    """last.pt's progress as a Progress; wall_seconds: the earlier sessions' (this one's counts from Run()).
+    Checkpoints written before the one step counter (#28) saved `step`, the step within the epoch."""
+    saved = dict(saved)
+    if "step" in saved:
+        saved["global_step"] = saved["epoch"] * steps_per_epoch + saved.pop("step")
+    return Progress(**saved)
 
 
 def _train_epoch(run, stop, step_hook=None):

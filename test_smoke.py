@@ -455,7 +455,8 @@ def test_existing_run_needs_resume_or_overwrite(fake_data, tmp_path):
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("old_format", [False, True])
+def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch, old_format):
     args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam"]
     reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
     with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (270 images // 32 = 8 steps per epoch)
@@ -464,6 +465,9 @@ def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch
     assert stopped["status"] == "interrupted" and len(metrics(tmp_path / "cut")) == 1
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert ckpt["progress"]["global_step"] == 8 + 4 and ckpt["epoch"] == 1  # saved mid-epoch, after the current step
+    if old_format:  # as saved before the one step counter: the step within the epoch
+        ckpt["progress"]["step"] = ckpt["progress"].pop("global_step") - 8
+        torch.save(ckpt, tmp_path / "cut" / "last.pt")
     resumed = common.train(parse([*args, "--out", str(tmp_path / "cut"), "--resume"]))
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "ref")
     for key in ("status", "best_val_acc", "best_epoch", "test_acc_at_best_val", "final_test_acc", "final_test_loss"):
