@@ -5,6 +5,7 @@ here and own their outputs. One training loop (`train`), one "model at θ + δ" 
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -56,6 +57,7 @@ VGG_A_STAGES = [[64], [128], [256, 256], [512, 512], [512, 512]]
 LOSSES = ["ce", "nll", "mse"]
 OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_scratch"]
 PRECISIONS = ["auto", "bf16", "fp32"]
+TTA_KINDS = ["none", "flip"]
 EVAL_BATCH = 1000
 LOSS_CHECK_EVERY = 20  # steps between checks of the loss on the host (each check syncs a GPU)
 PROGRESS_EVERY_S = 30.0
@@ -421,6 +423,12 @@ def build_model(cfg):
     else:
         raise ValueError(f"unknown model {name!r}; known: {MODELS}")
     _initialize(model, cfg["init"], cfg["act"])
+    if cfg["zero_init_residual"]:
+        blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+        if not blocks:
+            raise UsageError(f"--zero-init-residual: {name} has no residual blocks")
+        for block in blocks:
+            nn.init.zeros_(block.bn2.weight)
     return model
 
 
@@ -588,6 +596,8 @@ SETTINGS = {  # name: kind, default, --help text; flag=False: set by the recipe 
         leaky_slope=_setting("run", RECIPE, "LeakyReLU slope", type=float),
         width=_setting("run", 1.0, "multiplies every channel and FC width", type=float),
         dropout=_setting("run", RECIPE, "dropout in the classifier", type=float),
+        zero_init_residual=_setting("run", False, "zero the last BN γ of every residual block, so that each block "
+                                    "starts as its shortcut (Goyal et al. 2017)", action="store_true"),
         classifier_bn=_setting("run", RECIPE, flag=False),
         normalization=_setting("run", RECIPE, flag=False),
         num_classes=_setting("run", 10, flag=False)),
@@ -608,7 +618,13 @@ SETTINGS = {  # name: kind, default, --help text; flag=False: set by the recipe 
         recipe=_setting("run", "ours", "report: the settings the report author's code ran (README: what the report's "
                         "code did); fast: a short one-cycle schedule for a CPU (README: the fast recipe); paper "
                         "(Task 2): Santurkar et al.'s"),
-        augment=_setting("run", RECIPE, flag=False)),
+        augment=_setting("run", RECIPE, flag=False),
+        ema=_setting("run", 0.0, "evaluate (validation, best.pt, test) an exponential moving average of the weights "
+                     "and BN statistics, this decay per step, warmed up as min(decay, (1 + t) / (10 + t)) (0: off)",
+                     type=float, metavar="DECAY"),
+        tta=_setting("run", "none", "test-time augmentation, reported beside the plain numbers, never instead: flip "
+                     "averages the logits of each image and its mirror (best.pt, validation and test)",
+                     choices=TTA_KINDS)),
     "data and device": dict(
         data_dir=_setting("runtime", os.environ.get("CIFAR10_DIR", "data"),
                           "folder holding cifar-10-batches-py/ ($CIFAR10_DIR or ./data)"),
@@ -742,7 +758,7 @@ def _check_numbers(cfg):
              ("--batch-size", cfg["batch_size"] >= 1),
              ("--width", 0 < cfg["width"] < math.inf), ("--lr", 0 <= cfg["lr"] < big), ("--wd", 0 <= cfg["wd"] < big),
              ("--momentum", 0 <= cfg["momentum"] < 1),
-             ("--dropout", 0 <= cfg["dropout"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
+             ("--dropout", 0 <= cfg["dropout"] < 1), ("--ema", 0 <= cfg["ema"] < 1), ("--label-smoothing", 0 <= cfg["label_smoothing"] < 1),
              ("--leaky-slope", math.isfinite(cfg["leaky_slope"])), ("--val", cfg["val"] >= 0),
              ("--subset", cfg["subset"] >= 0), ("--test-subset", cfg["test_subset"] >= 0),
              ("--save-trajectory", cfg.get("save_trajectory", 0) >= 0)]
@@ -750,7 +766,7 @@ def _check_numbers(cfg):
         if not ok:
             value = cfg[flag[2:].replace("-", "_")]
             raise UsageError(f"{flag} {value}: out of range (positive finite sizes, an lr and weight decay >= 0 "
-                             "that fp32 can hold; dropout, label smoothing and momentum in [0, 1); no negative counts)")
+                             "that fp32 can hold; dropout, label smoothing, momentum and EMA decay in [0, 1); no negative counts)")
 
 
 def _run_name(cfg):
@@ -794,8 +810,9 @@ def _machine_name(device):
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, numerics=FP32):
-    """Mean loss and accuracy of `model` in eval mode on uint8 images (no augmentation)."""
+def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, numerics=FP32, tta="none"):
+    """Mean loss and accuracy of `model` in eval mode on uint8 images: no augmentation, or with tta 'flip' the
+    mean of the logits of each image and of its mirror image."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -803,8 +820,10 @@ def evaluate(model, images, labels, criterion, device, batch_size=EVAL_BATCH, nu
         x = numerics.inputs(images[i:i + batch_size])
         y = labels[i:i + batch_size]
         with numerics.autocast(device):
-            logits = model(x)
-        loss_sum += criterion(logits.float(), y).double() * len(y)
+            logits = model(x).float()
+            if tta == "flip":
+                logits = (logits + model(x.flip(3)).float()) / 2
+        loss_sum += criterion(logits, y).double() * len(y)
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / max(len(labels), 1), correct.item() / max(len(labels), 1)
 
@@ -1000,11 +1019,16 @@ def _prepare_run_dir(cfg):
     elif os.path.exists(last) and not cfg["overwrite"]:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
     os.makedirs(out, exist_ok=True)
-    for name in RUN_FILES if cfg["overwrite"] and not cfg["resume"] else []:  # nothing old to resume or report
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
-    if cfg["overwrite"] and not cfg["resume"] and os.path.isdir(os.path.join(out, TRAJECTORY_FOLDER)):
-        shutil.rmtree(os.path.join(out, TRAJECTORY_FOLDER))  # no snapshots of the old run on the new path
+    if cfg["resume"]:
+        return
+    # a new run: nothing old to resume or report, and no snapshots of an old run on the new path (one killed
+    # before its first last.pt leaves config.json and snapshots, and no --overwrite is needed to replace it)
+    old = [name for name in [*RUN_FILES, TRAJECTORY_FOLDER] if os.path.exists(os.path.join(out, name))]
+    if old and not cfg["overwrite"]:
+        print(f"note: removing {', '.join(old)} left in {out} by a run that saved no checkpoint", flush=True)
+    for name in old:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _ignored_on_resume(cfg, argv):
@@ -1021,14 +1045,17 @@ def _ignored_on_resume(cfg, argv):
 
 def resume_config(cfg, argv):
     """--resume: says which flags given beside it the saved config overrides, and keeps the saved data folder
-    unless --data-dir is given again (a run resumes on the data it started with)."""
+    and snapshot interval unless given again (a run resumes on the data it started with, and its path stays
+    whole)."""
     ignored = _ignored_on_resume(cfg, argv)
     if ignored:
         print(f"note: --resume keeps the saved config; ignoring {', '.join(ignored)}", flush=True)
     path = os.path.join(cfg["out"], "config.json")
-    if os.path.exists(path) and not any(a.split("=")[0] == "--data-dir" for a in argv):
-        cfg = dict(cfg, data_dir=load_json(path).get("data_dir", cfg["data_dir"]))
-    return cfg
+    if not os.path.exists(path):
+        return cfg
+    saved, given = load_json(path), {a.split("=")[0] for a in argv}
+    return dict(cfg, **{k: saved[k] for k in ("data_dir", "save_trajectory")
+                        if k in saved and "--" + k.replace("_", "-") not in given})
 
 
 def config_differences(saved, cfg, numerics=True):
@@ -1100,6 +1127,34 @@ class Progress:
     history: list = dataclasses.field(default_factory=list)  # metrics.jsonl's records
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and BN statistics (Polyak averaging as in Izmailov et
+    al.'s and timm's EMA), updated after every optimizer step; `model` is the averaged copy that is evaluated.
+    The decay warms up as min(decay, (1 + t) / (10 + t)) so the random initialisation is soon forgotten."""
+
+    def __init__(self, model, decay):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())]
+        floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - decay)
+        for a, b in pairs:
+            if not a.is_floating_point():  # BN's num_batches_tracked
+                a.copy_(b)
+
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), updates=self.updates)
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
+
+
 class Run:
     """One training run: config, device, data on the device, model, optimizer, and its Progress."""
 
@@ -1108,6 +1163,7 @@ class Run:
         self.numerics = saved_numerics(cfg, device)
         self.session_start, self.session_epochs = time.time(), 0
         self.state = Progress()
+        self.divergence = None  # where a non-finite loss came from (_locate_divergence)
         self.load_data()
         self.build()
 
@@ -1115,6 +1171,11 @@ class Run:
     def epoch_step(self):
         """Steps done in the epoch under way (0 at an epoch's start)."""
         return self.state.global_step - min(self.state.epoch * self.steps_per_epoch, self.total_steps)
+
+    @property
+    def eval_model(self):
+        """What validation, best.pt and the test evaluate: the weight average under --ema, else the model."""
+        return self.average.model if self.average else self.model
 
     def wall_seconds(self):
         """Wall time of the run over all its sessions (data loading, training, validation)."""
@@ -1126,6 +1187,7 @@ class Run:
         return dict(model=self.model.state_dict(), config=self.cfg, epoch=self.state.epoch,
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     torch_rng=torch_rng, cuda_rng=cuda_rng, data_rng=self.gen.get_state(),
+                    average=self.average and self.average.state_dict(),
                     progress=dict(vars(self.state), wall_seconds=self.wall_seconds()))
 
     def load_data(self):
@@ -1161,6 +1223,7 @@ class Run:
         self.forward = torch.compile(self.model) if cfg["compile"] else self.model
         self.criterion = loss_fn(cfg["loss"], cfg["label_smoothing"])
         self.optimizer = make_optimizer(cfg, _param_groups(self.model, cfg))
+        self.average = WeightAverage(self.model, cfg["ema"]) if cfg["ema"] else None
         self.scheduler = lr_schedule(self.optimizer, cfg["schedule"], self.epochs, self.steps_per_epoch,
                                      self.total_steps)
 
@@ -1185,6 +1248,8 @@ def _setup_run(cfg):
         run.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state((ckpt["torch_rng"], ckpt["cuda_rng"]), run.device)
         run.gen.set_state(ckpt["data_rng"])
+        if run.average:
+            run.average.load_state_dict(ckpt["average"])
         run.state = _saved_progress(ckpt["progress"], run.steps_per_epoch)
         print(f"resumed from {run.out}/last.pt at epoch {run.state.epoch + 1}, step {run.epoch_step}", flush=True)
     write_text(os.path.join(run.out, "metrics.jsonl"),  # rewritten so it matches last.pt exactly
@@ -1213,6 +1278,7 @@ def _train_epoch(run, stop, step_hook=None):
     correct = torch.tensor(state.correct, device=device, dtype=torch.int64)
     status, started, last_print = "completed", time.time(), time.time()
     n_steps = min(run.steps_per_epoch, run.total_steps - state.epoch * run.steps_per_epoch)  # --steps: fewer
+    finite = _replay_point(run, run.epoch_step)  # the state at the last check that found the loss finite
     for step in range(run.epoch_step, n_steps):
         loss, n_correct, n = _train_step(run, step, step_hook)
         loss_sum += loss.detach().double() * n
@@ -1223,9 +1289,12 @@ def _train_epoch(run, stop, step_hook=None):
             _save_snapshot(run)
         if (step + 1) % LOSS_CHECK_EVERY == 0 or step + 1 == n_steps or stop.requested:
             if not math.isfinite(loss_sum.item()):  # a running sum is non-finite as soon as one loss was
-                print(f"epoch {state.epoch + 1} step {step + 1}: loss is not finite -> diverged", flush=True)
+                run.divergence = _locate_divergence(run, finite, step)
+                print(f"epoch {state.epoch + 1} step {step + 1}: loss is not finite -> diverged; first non-finite: "
+                      f"{run.divergence['first_nonfinite']} at step {run.divergence['global_step']}", flush=True)
                 status = "diverged"
                 break
+            finite = _replay_point(run, step + 1)
         if time.time() - last_print > PROGRESS_EVERY_S:  # checked every step: a slow CPU step can take seconds
             last_print = time.time()
             rate = state.seen / (state.epoch_seconds + last_print - started)
@@ -1243,6 +1312,55 @@ def _train_epoch(run, stop, step_hook=None):
     return status
 
 
+def _replay_point(run, epoch_step):
+    """Copies of what replaying the epoch from step `epoch_step` needs (weights, optimizer, schedule, RNG)."""
+    return copy.deepcopy(dict(epoch_step=epoch_step, global_step=run.state.global_step, model=run.model.state_dict(),
+                              optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                              rng=rng_state(run.device), data_rng=run.gen.get_state(),
+                              average=run.average and run.average.state_dict()))
+
+
+def _locate_divergence(run, point, last_step):
+    """Replays the steps from `point` to epoch step `last_step` and names the first tensor that turned
+    non-finite: a module's output (in the order the forward pass finishes them), the loss, a parameter's
+    gradient, or a parameter after the update. All steps are replayed, so the run ends in the state it
+    diverged in. Returns dict(global_step (counted from 1), first_nonfinite) ("not reproduced" if none)."""
+    for name, value in (("model", run.model), ("optimizer", run.optimizer), ("scheduler", run.scheduler)):
+        value.load_state_dict(point[name])
+    set_rng_state(point["rng"], run.device)
+    run.gen.set_state(point["data_rng"])
+    if run.average:
+        run.average.load_state_dict(point["average"])
+    names, found = {m: f"{n or 'the model'} ({type(m).__name__})" for n, m in run.model.named_modules()}, []
+
+    def note(where):
+        if not found:
+            found.append(dict(global_step=point["global_step"] + step - point["epoch_step"] + 1, first_nonfinite=where))
+
+    def check_output(module, _inputs, output):
+        if torch.is_tensor(output) and not torch.isfinite(output).all():
+            note(f"output of {names[module]}")
+
+    def check_gradients(run, x, y, loss, _step):
+        if not torch.isfinite(loss):
+            note("the loss")
+        bad = [n for n, p in run.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            note(f"gradient of {bad[0]}")
+
+    hooks = [m.register_forward_hook(check_output) for m in run.model.modules()]
+    try:
+        for step in range(point["epoch_step"], last_step + 1):
+            _train_step(run, step, check_gradients)
+            bad = [n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                note(f"{bad[0]} after the update")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else dict(global_step=None, first_nonfinite="not reproduced")
+
+
 def _train_step(run, step, step_hook):
     """One optimizer step on batch `step` of the epoch's order; returns (loss, correct count, batch size)."""
     batch = run.cfg["batch_size"]
@@ -1258,6 +1376,8 @@ def _train_step(run, step, step_hook):
         step_hook(run, x, y, loss, run.state.global_step)
     run.optimizer.step()
     run.scheduler.step()
+    if run.average:
+        run.average.update(run.model)
     return loss, (logits.argmax(1) == y).sum(), len(y)
 
 
@@ -1267,7 +1387,8 @@ def _finish_epoch(run, stop):
     cfg, state = run.cfg, run.state
     if cfg.get("save_trajectory"):
         _save_snapshot(run)
-    val_loss, val_acc = evaluate(run.model, run.val_x, run.val_y, run.criterion, run.device, numerics=run.numerics)
+    val_loss, val_acc = evaluate(run.eval_model, run.val_x, run.val_y, run.criterion, run.device,
+                                 numerics=run.numerics)
     state.epoch += 1
     m = dict(epoch=state.epoch, train_loss=state.loss_sum / state.seen, train_acc=state.correct / state.seen,
              val_loss=val_loss, val_acc=val_acc, lr=state.epoch_lr, img_per_s=state.seen / max(state.epoch_seconds, 1e-9),
@@ -1278,7 +1399,7 @@ def _finish_epoch(run, stop):
     if state.best_val_acc is None or val_acc > state.best_val_acc:
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
         save_checkpoint(os.path.join(run.out, "best.pt"),
-                        dict(model=run.model.state_dict(), config=cfg, epoch=state.epoch, val_acc=val_acc))
+                        dict(model=run.eval_model.state_dict(), config=cfg, epoch=state.epoch, val_acc=val_acc))
     save_checkpoint(os.path.join(run.out, "last.pt"), run.checkpoint())
     with open(os.path.join(run.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(json_safe(m)) + "\n")
@@ -1335,6 +1456,8 @@ def _finish_run(run, status, signal_name=None):
                   device=device_name(run.device), torch_version=torch.__version__, config=run.cfg)
     if status != "interrupted":
         result.update(_evaluate_test_set(run))
+    if run.divergence:
+        result["divergence"] = run.divergence
     result.update(wall_seconds=run.wall_seconds(), machine=_machine_name(run.device))
     write_json(os.path.join(out, "result.json"), result)
     if status == "interrupted":
@@ -1344,21 +1467,31 @@ def _finish_run(run, status, signal_name=None):
     if history:
         _plot_curves(history, os.path.join(out, "curves.png"), title=_run_name(run.cfg))
     best = "n/a" if result["test_acc_at_best_val"] is None else f"{result['test_acc_at_best_val']:.4f}"
+    if "tta" in result:
+        best += f" ({result['tta']['kind']} TTA: {result['tta']['test_acc_at_best_val']:.4f})"
     print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, "
           f"test acc at best val {best}, final test acc {result['final_test_acc']:.4f} | {out}", flush=True)
     return result
 
 
 def _evaluate_test_set(run):
-    """Test loss and accuracy of the last weights and of best.pt (the best validation epoch)."""
-    state, test = run.state, (run.test_x, run.test_y, run.criterion, run.device, EVAL_BATCH, run.numerics)
-    final, best = evaluate(run.model, *test), (None, None)
+    """Test loss and accuracy of the last weights and of best.pt (the best validation epoch); with --tta also
+    best.pt's validation and test accuracy under it, as `tta`."""
+    state, rest = run.state, (run.criterion, run.device, EVAL_BATCH, run.numerics)
+    final, best = evaluate(run.eval_model, run.test_x, run.test_y, *rest), (None, None)
+    best_model = None
     if state.best_epoch == state.epoch and run.epoch_step == 0:  # best.pt holds these very weights
-        best = final
+        best, best_model = final, run.eval_model
     elif state.best_epoch is not None:
-        best = evaluate(run.numerics.place(load_checkpoint(os.path.join(run.out, "best.pt"))[0], run.device), *test)
-    return dict(test_loss_at_best_val=best[0], test_acc_at_best_val=best[1],
-                final_test_loss=final[0], final_test_acc=final[1])
+        best_model = run.numerics.place(load_checkpoint(os.path.join(run.out, "best.pt"))[0], run.device)
+        best = evaluate(best_model, run.test_x, run.test_y, *rest)
+    result = dict(test_loss_at_best_val=best[0], test_acc_at_best_val=best[1],
+                  final_test_loss=final[0], final_test_acc=final[1])
+    if run.cfg["tta"] != "none" and best_model is not None:
+        result["tta"] = dict(kind=run.cfg["tta"], **{f"{split}_acc_at_best_val": evaluate(
+            best_model, x, y, *rest, tta=run.cfg["tta"])[1] for split, x, y in
+            (("val", run.val_x, run.val_y), ("test", run.test_x, run.test_y))})
+    return result
 
 
 def convergence_epoch(history):

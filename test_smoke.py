@@ -23,6 +23,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import common
 
@@ -455,9 +456,9 @@ def test_existing_run_needs_resume_or_overwrite(fake_data, tmp_path):
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("old_format", [False, True])
-def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch, old_format):
-    args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam"]
+@pytest.mark.parametrize("old_format, ema", [(False, False), (True, False), (False, True)])
+def test_resume_mid_epoch_matches_uninterrupted(fake_data, tmp_path, monkeypatch, old_format, ema):
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "3", "--opt", "adam", *(["--ema", "0.8"] if ema else [])]
     reference = common.train(parse([*args, "--out", str(tmp_path / "ref")]))
     with monkeypatch.context() as m:  # Ctrl-C during step 4 of epoch 2 (270 images // 32 = 8 steps per epoch)
         m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 12))
@@ -503,6 +504,87 @@ def test_exploding_lr_stops_as_diverged(fake_data, tmp_path):
                                  "--out", str(tmp_path)]))
     assert result["status"] == "diverged" and result["epochs_run"] < 20
     assert read_json(os.path.join(tmp_path, "result.json"))["status"] == "diverged"
+    assert 1 <= result["divergence"]["global_step"] <= 8 * 20 and "(" in result["divergence"]["first_nonfinite"]
+
+
+def test_a_diverged_run_names_the_first_non_finite_tensor(fake_data, tmp_path, monkeypatch):
+    """A fault planted in the output of the first block of stage 2 at step 5 of epoch 1 (so a replay meets it again) is found there,
+    not in the classifier or the loss that it poisons afterwards."""
+    fault, build_model, train_step = {"on": False}, common.build_model, common._train_step
+
+    def build(cfg):
+        model = build_model(cfg)
+        model.features[4].register_forward_hook(lambda module, inputs, out: out * math.inf if fault["on"] else None)
+        return model
+
+    def step(run, epoch_step, hook):
+        fault["on"] = run.state.epoch == 0 and epoch_step == 4
+        return train_step(run, epoch_step, hook)
+
+    monkeypatch.setattr(common, "build_model", build)
+    monkeypatch.setattr(common, "_train_step", step)
+    result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--out", str(tmp_path)]))
+    assert result["status"] == "diverged"
+    assert result["divergence"] == dict(global_step=5, first_nonfinite="output of features.4 (ResidualBlock)")
+
+
+def test_zero_init_residual_zeroes_the_last_bn_scale_of_every_block():
+    model = common.build_model(dict(model="resvgg16", arch="light", width=0.125, zero_init_residual=True))
+    blocks = [m for m in model.modules() if isinstance(m, common.ResidualBlock)]
+    assert len(blocks) == 13 and all(b.bn2.weight.abs().sum() == 0 and b.bn1.weight.min() == 1 for b in blocks)
+    with pytest.raises(common.UsageError, match="vgg_a has no residual blocks"):
+        common.build_model(dict(model="vgg_a", width=0.125, zero_init_residual=True))
+
+
+def test_weight_average_warms_up_then_decays():
+    model = nn.Linear(2, 1)
+    average = common.WeightAverage(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(model)  # first update: decay min(0.5, 1/10) = 0.1
+    assert torch.allclose(average.model.weight, 0.1 * start + 0.9 * (start + 1))
+    previous = average.model.weight.detach().clone()
+    for _ in range(20):  # updates 1..20 shrink the gap to the weights by their decays; from t = 8 on 0.5
+        average.update(model)
+    shrink = np.prod([min(0.5, (1 + t) / (10 + t)) for t in range(1, 21)])
+    assert torch.allclose(average.model.weight, start + 1 - (start + 1 - previous) * shrink)
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    """A model that tells left from right: on bright-left images it says class 0, mirrored class 1, and
+    the mean of both logits class 1 (the labels), so plain accuracy is 0 and flip TTA's 1."""
+    class LeftRight(nn.Module):
+        def forward(self, x):
+            left, right = x[..., :16].mean((1, 2, 3)), x[..., 16:].mean((1, 2, 3))
+            return torch.stack([left, (left + right) / 2 + 0.1], 1)
+
+    images = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    images[..., :16] = 255
+    labels, args = torch.ones(6, dtype=torch.int64), (nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert common.evaluate(LeftRight(), images, labels, *args)[1] == 0.0
+    loss, acc = common.evaluate(LeftRight(), images, labels, *args, tta="flip")
+    assert acc == 1.0 and loss == pytest.approx(math.log(1 + math.exp(-0.1)), rel=1e-6)
+
+
+def test_ema_and_flip_tta_evaluate_what_they_say(fake_data, tmp_path):
+    """--ema: validation and best.pt are the averaged weights; --tta flip: reported beside the plain test
+    accuracy, equal to the accuracy of the mean logits of each image and its mirror under best.pt."""
+    out = tmp_path / "run"
+    result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--ema", "0.9", "--tta", "flip",
+                                 "--out", str(out)]))
+    model, cfg = common.load_checkpoint(out / "best.pt")
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), last["model"].values()))
+    numerics = common.saved_numerics(cfg, torch.device("cpu"))
+    data = common.load_cifar10(fake_data)
+    x, y = numerics.inputs(data["test_x"]), data["test_y"]
+    with torch.no_grad(), numerics.autocast(torch.device("cpu")):
+        logits = (model.eval()(x).float() + model(x.flip(3)).float()) / 2
+    assert result["tta"]["kind"] == "flip"
+    assert result["tta"]["test_acc_at_best_val"] == (logits.argmax(1) == y).sum().item() / len(y)
+    assert result["test_acc_at_best_val"] == common.evaluate(model, data["test_x"], y, nn.CrossEntropyLoss(),
+                                                             torch.device("cpu"), numerics=numerics)[1]
 
 
 def test_a_loss_still_falling_at_chance_is_not_diverged(fake_data, tmp_path):
@@ -1240,6 +1322,22 @@ def test_trajectory_plane_is_the_pca_of_a_gradient_descent_path():
     assert explained == pytest.approx(s[:2] ** 2 / (s ** 2).sum(), rel=1e-6)
     assert coords == pytest.approx(diffs @ directions.double().numpy().T, abs=1e-6)
     assert coords[-1] == pytest.approx([0, 0], abs=1e-12)  # the final point is the origin
+
+
+def test_a_path_resumed_without_the_flag_stays_whole_and_leftovers_are_not_kept(fake_data, tmp_path, monkeypatch):
+    """--resume without --save-trajectory keeps the saved interval (the same snapshots as an uninterrupted
+    run); a new run in a folder whose run saved no checkpoint starts without that run's snapshots."""
+    args = [*TINY, "--data-dir", fake_data, "--epochs", "2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    common.train(parse([*args, "--save-trajectory", "3", "--out", str(whole)]))
+    with monkeypatch.context() as m:
+        m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 5))
+        assert common.train_main("task1/train.py", [*args, "--save-trajectory", "3", "--out", str(cut)]) == 130
+    assert common.train_main("task1/train.py", [*args, "--out", str(cut), "--resume"]) == 0
+    assert sorted(os.listdir(cut / "trajectory")) == sorted(os.listdir(whole / "trajectory"))
+    os.remove(cut / "last.pt")  # as if killed before its first checkpoint
+    common.train(parse([*args, "--seed", "1", "--save-trajectory", "5", "--out", str(cut)]))
+    assert sorted(os.listdir(cut / "trajectory")) == ["index.json"] + [f"step{s:08d}.pt" for s in (5, 8, 10, 15, 16)]
 
 
 def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path):
