@@ -977,27 +977,48 @@ def folder_lock(folder):
         created.append(parent)
         parent = os.path.dirname(parent)
     os.makedirs(folder, exist_ok=True)
+    try:
+        _take_lock(path, folder, me)
+        try:
+            yield
+        finally:
+            if os.path.exists(path) and open(path).read() == me:
+                os.remove(path)
+    finally:
+        for made in created:
+            if os.path.isdir(made) and not os.listdir(made):
+                os.rmdir(made)
+
+
+def _take_lock(path, folder, me):
+    """Create the lock file `path` holding `me`, taking over a stale one; a live one raises UsageError."""
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             pid, _, host = open(path).read().partition(" ")
-            if not pid.isdigit() or host != socket.gethostname() or _process_alive(int(pid)):  # "": being written
+            if not _stale_lock(path, pid, host):
                 raise UsageError(f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it, or "
                                  "delete the lock if that process is gone") from None
-            print(f"note: taking over {path} of process {pid}, which is gone", flush=True)
+            print(f"note: taking over {path} of {f'process {pid}' if pid else 'nobody'}, which is gone", flush=True)
             os.remove(path)
-    os.write(fd, me.encode())
-    os.close(fd)
     try:
-        yield
+        os.write(fd, me.encode())
+        os.fsync(fd)  # a full disk fails here, not later with an empty lock left behind
+    except OSError:
+        os.remove(path)
+        raise
     finally:
-        if os.path.exists(path) and open(path).read() == me:
-            os.remove(path)
-        for made in created:
-            if os.path.isdir(made) and not os.listdir(made):
-                os.rmdir(made)
+        os.close(fd)
+
+
+def _stale_lock(path, pid, host, write_seconds=10.0):
+    """A lock of a process of this host that is gone, or one left empty (its writer died between creating and
+    writing it) more than write_seconds ago; an empty one younger than that is being written."""
+    if not pid:
+        return time.time() - os.path.getmtime(path) > write_seconds
+    return pid.isdigit() and host == socket.gethostname() and not _process_alive(int(pid))
 
 
 def _process_alive(pid):

@@ -1514,7 +1514,12 @@ def test_broken_checkpoints_and_inputs_are_one_line(checkpoints, fake_data, tmp_
     assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--out", str(run), "--resume"]) == 2
     assert "last.pt is not a checkpoint of this repository (or is truncated)" in capsys.readouterr().err
     args = ["--ckpt", checkpoints[0], "--data-dir", fake_data, "--no-download", "--out", str(tmp_path / "v")]
-    assert visualize.main([*args, "--image-index", "100000"]) == 2 and "--image-index" in capsys.readouterr().err
+    assert visualize.main(args) == 0
+    drawn = (tmp_path / "v" / "filters.png").read_bytes()
+    for bad, named in ((["--image-index", "100000"], "--image-index"), (["--layer", "classifier"], "not feature maps"),
+                       (["--layer", "nope", "--n", "2"], "no layer 'nope'")):  # refused before filters.png changes
+        assert visualize.main([*args, *bad]) == 2 and named in capsys.readouterr().err
+        assert (tmp_path / "v" / "filters.png").read_bytes() == drawn
     assert visualize.main([*args[:2], "--data-dir", str(tmp_path / "nodata"), "--no-download", "--out",
                            str(tmp_path / "v2")]) == 0  # no data: the filters alone
     assert (tmp_path / "v2" / "filters.png").exists() and "no feature maps" in capsys.readouterr().out
@@ -1529,6 +1534,29 @@ def test_resume_note_names_only_the_flags_given(fake_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ignoring --epochs 3 (saved 1)" in out and "--act" not in out  # act was not given this time
     assert read_json(tmp_path / "r" / "result.json")["epochs"] == 1
+
+
+def test_a_full_disk_leaves_no_empty_lock_and_an_old_empty_one_is_taken_over(tmp_path, monkeypatch, capsys):
+    """A full disk while writing .lock once left it empty, and every later call was refused by 'process  on '."""
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(common.os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            with common.folder_lock(str(tmp_path / "run")):
+                pass
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    lock = tmp_path / "run" / ".lock"
+    lock.write_text("")  # as an older version left it
+    with pytest.raises(common.UsageError, match="is in use"):  # it may be being written this very moment
+        with common.folder_lock(str(tmp_path / "run")):
+            pass
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with common.folder_lock(str(tmp_path / "run")):
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}"
+    assert "taking over" in capsys.readouterr().out and not lock.exists()
 
 
 def test_a_folder_has_one_writer(fake_data, tmp_path):
@@ -1579,6 +1607,26 @@ def fake_result(folder, val_acc, status="completed", **config):
     common.write_json(os.path.join(folder, "result.json"), dict(
         status=status, best_val_acc=val_acc, test_acc_at_best_val=val_acc - 0.1, final_test_acc=val_acc - 0.1,
         epochs_run=1, epochs=1, train_seconds=1.0, params=10, convergence_epoch=1, device="cpu", config=config))
+
+
+def test_a_failing_report_keeps_the_figures_its_old_tables_link(tmp_path, monkeypatch):
+    fake_result(str(tmp_path / "runs" / "some_run"), 0.5)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "old.png").write_bytes(b"drawn before")
+    (tmp_path / "tables.md").write_text("links figures/old.png")
+
+    def broken(out):
+        raise RuntimeError("a section failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "hp_table", broken)
+        with pytest.raises(RuntimeError):
+            report.write_report(str(tmp_path))
+    assert (tmp_path / "figures" / "old.png").read_bytes() == b"drawn before"
+    assert (tmp_path / "tables.md").read_text() == "links figures/old.png"
+    report.write_report(str(tmp_path))  # drawn afresh: nothing stale stays, nothing kept aside
+    assert not (tmp_path / "figures" / "old.png").exists() and (tmp_path / "figures" / "curves").is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["figures", "runs", "tables.md"]
 
 
 def test_seeds_are_planned_and_summarized_as_mean_and_sample_std(tmp_path):
@@ -1876,13 +1924,18 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     names = [os.path.basename(o) for o in outs]
     assert names[7:] == ["t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
     assert "t2_vgg_a_res_bn_sgd" in names[:7] and len(set(names)) == len(names)
-    runs = str(tmp_path / "runs")
+    runs, jobs = str(tmp_path / "runs"), {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
     for seed, (plain, bn) in enumerate([(0.80, 0.86), (0.78, 0.85), (0.79, 0.50)]):
-        fake_result(os.path.join(runs, reproduce.seed_name("t2_vgg_a_adam", seed)), plain + 0.1, seed=seed)
-        fake_result(os.path.join(runs, reproduce.seed_name("t2_vgg_a_bn_adam", seed)), bn + 0.1, seed=seed,
-                    status="interrupted" if seed == 2 else "completed")
+        for name, acc in (("t2_vgg_a_adam", plain), ("t2_vgg_a_bn_adam", bn)):
+            fake_result(os.path.join(runs, reproduce.seed_name(name, seed)), acc + 0.1,
+                        status="interrupted" if seed == 2 and "bn" in name else "completed",
+                        **reproduce.full_scale_config(jobs[name], seed))
+    smoke = dict(reproduce.full_scale_config(jobs["t2_vgg_a_sgd"], 0), width=0.125, subset=200)
+    fake_result(os.path.join(runs, "t2_vgg_a_sgd"), 0.3, **smoke)  # a smoke run in the cpu-full folder
     os.makedirs(tmp_path / "figures" / "curves")
     text = "\n".join(report.full_scale_sections(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    sgd_row = next(line for line in text.splitlines() if line.startswith("| t2_vgg_a_sgd "))
+    assert "| – | – | – | completed; seed 0: other settings (subset, width), not counted |" in sgd_row
     assert "+6.50 pp ± 0.71 (sample std over 2 seeds); seed 0: +6.00, seed 1: +7.00." in text
     plain_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_adam]"))
     assert "79.00 ± 1.00 (n=3)" in plain_row and "| 20 / 1.0 ± 0.0 (n=3) |" in plain_row

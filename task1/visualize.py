@@ -70,6 +70,33 @@ def feature_maps(model, layer, image, numerics=common.FP32):
     return maps
 
 
+def _load(args):
+    """The checkpoint's model on the device, its config, the numerics, the first conv and the layer to show."""
+    device = common.resolve_device(args.device)
+    numerics = common.numerics_for(args.precision, device)
+    model, ckpt = common.load_checkpoint(args.ckpt)
+    model = numerics.place(model, device).eval()
+    modules = dict(model.named_modules())
+    first_conv = next(name for name, m in modules.items() if isinstance(m, torch.nn.Conv2d))
+    layer = args.layer or first_conv
+    if layer not in modules:
+        top = [n for n in modules if n and n.count(".") <= 1][:20]
+        raise common.UsageError(f"no layer {layer!r} in {ckpt['config']['model']}; some names: {', '.join(top)}")
+    return model, numerics, modules[first_conv].weight, first_conv, layer
+
+
+def _test_image_maps(args, model, layer, numerics):
+    """(feature maps, label) of test image --image-index, or (None, why) when the data cannot be read."""
+    try:
+        data = common.load_cifar10(args.data_dir, download=not args.no_download)
+    except common.DataError as e:
+        return None, str(e)
+    if not 0 <= args.image_index < len(data["test_y"]):
+        raise common.UsageError(f"--image-index {args.image_index}: the test set has {len(data['test_y'])} images")
+    image = data["test_x"][args.image_index:args.image_index + 1].to(next(model.parameters()).device)
+    return feature_maps(model, layer, image, numerics), data["classes"][int(data["test_y"][args.image_index])]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -83,33 +110,18 @@ def main(argv=None):
     if args.n is not None and args.n < 1:
         p.error("--n must be at least 1")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "visualize")
-    try:
-        device = common.resolve_device(args.device)
-        numerics = common.numerics_for(args.precision, device)
-        model, ckpt = common.load_checkpoint(args.ckpt)
-        model = numerics.place(model, device).eval()
-        modules = dict(model.named_modules())
-        first_conv = next(name for name, m in modules.items() if isinstance(m, torch.nn.Conv2d))
-        layer = args.layer or first_conv
-        if layer not in modules:
-            top = [n for n in modules if n and n.count(".") <= 1][:20]
-            raise common.UsageError(f"no layer {layer!r} in {ckpt['config']['model']}; some names: {', '.join(top)}")
+    try:  # everything checked before anything is written
+        model, numerics, weight, first_conv, layer = _load(args)
+        maps, label = _test_image_maps(args, model, layer, numerics)
         os.makedirs(out, exist_ok=True)
-        weight = modules[first_conv].weight
-        shown = len(weight) if args.n is None else min(args.n, len(weight))
-        plot_images_grid(filter_grid(weight, args.n), os.path.join(out, "filters.png"),
-                         f"{first_conv}: {shown} of {len(weight)} filters (each min-max normalized)")
-        try:
-            data = common.load_cifar10(args.data_dir, download=not args.no_download)
-        except common.DataError as e:
-            print(f"wrote filters.png to {out}; no feature maps, they need a test image: {e}")
-            return 0
-        if not 0 <= args.image_index < len(data["test_y"]):
-            raise common.UsageError(f"--image-index {args.image_index}: the test set has {len(data['test_y'])} images")
-        maps = feature_maps(model, layer, data["test_x"][args.image_index:args.image_index + 1].to(device), numerics)
     except common.USER_ERRORS as e:
         return common.fail(e)
-    label = data["classes"][int(data["test_y"][args.image_index])]
+    shown = len(weight) if args.n is None else min(args.n, len(weight))
+    plot_images_grid(filter_grid(weight, args.n), os.path.join(out, "filters.png"),
+                     f"{first_conv}: {shown} of {len(weight)} filters (each min-max normalized)")
+    if maps is None:
+        print(f"wrote filters.png to {out}; no feature maps, they need a test image: {label}")
+        return 0
     plot_images_grid([m.numpy() for m in maps[:MAX_MAPS]], os.path.join(out, "feature_maps.png"),
                      f"{layer}: {min(len(maps), MAX_MAPS)} of {len(maps)} feature maps, test image "
                      f"{args.image_index} ({label})", cmap="viridis")

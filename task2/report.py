@@ -10,6 +10,7 @@ of every run, filters, surfaces, interpolation, BN figures.
 """
 import argparse
 import collections
+import glob
 import itertools
 import os
 import re
@@ -26,7 +27,7 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
                        BN_PAIR, PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
-                       grid, grid_name, read_result, run_dir, seed_name, seed_results, t2_name)
+                       grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
 
 # -- tables --------------------------------------------------------------------------------
 
@@ -347,11 +348,14 @@ def full_scale_table(out, jobs):
     for job in jobs:
         name, report_acc = job["name"], job["report_acc"]
         every, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
-        rs = [r for r in every if r["status"] in FINISHED]  # a seed under way is not counted yet
+        off = {seed_of(r): off_plan(job, r) for r in every}  # e.g. a smoke run in this folder: not counted
+        rs = [r for r in every if r["status"] in FINISHED and not off[seed_of(r)]]  # nor a seed under way
+        status = "; ".join([common_value(every, "status")] + [f"seed {k}: other settings ({', '.join(d[:3])}), "
+                                                              "not counted" for k, d in off.items() if d])
         epoch = "–" if job["report_epoch"] is None else str(job["report_epoch"])
         if not rs:
             md.append(row([name, job["report"], report, "–", "–", f"{epoch} / –", "–", "–", "–",
-                           common_value(every, "status") if every else "missing"]))
+                           status if every else "missing"]))
             continue
         ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
         diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
@@ -359,7 +363,7 @@ def full_scale_table(out, jobs):
         md.append(row([link(out, run_dir(out, name)), job["report"], report, stat(rs, "test_acc_at_best_val"), diff,
                        f"{epoch} / {stat(rs, 'convergence_epoch', 1, 0 if len(rs) == 1 else 1)}",
                        f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
-                       f"{rs[0].get('machine', rs[0]['device'])}; {precisions(rs)}", common_value(every, "status")]))
+                       f"{rs[0].get('machine', rs[0]['device'])}; {precisions(rs)}", status]))
     return md + ["", "Convergence epoch: the first whose validation accuracy reaches 95 % of the run's best (the "
                  "report does not define its own). With seeds: mean ± sample std (n) over the seeds that finished."]
 
@@ -439,8 +443,25 @@ def full_scale_sections(out, jobs):
 
 def write_report(out, profile=""):
     """tables.md and figures/ (drawn afresh: nothing stale stays) from the run folders under `out`; returns the
-    Markdown."""
-    shutil.rmtree(os.path.join(out, "figures"), ignore_errors=True)
+    Markdown. The old figures/ is kept aside until the new tables.md is written, and put back if the report
+    fails, so tables.md never links figures that are gone."""
+    figures, kept = os.path.join(out, "figures"), os.path.join(out, f"figures.old{os.getpid()}")
+    for stale in glob.glob(os.path.join(glob.escape(out), "figures.old*")):  # left by a report killed mid-way
+        shutil.rmtree(stale)
+    if os.path.isdir(figures):
+        os.rename(figures, kept)
+    try:
+        text = _write_tables(out, profile)
+    except BaseException:
+        shutil.rmtree(figures, ignore_errors=True)
+        if os.path.isdir(kept):
+            os.rename(kept, figures)
+        raise
+    shutil.rmtree(kept, ignore_errors=True)
+    return text
+
+
+def _write_tables(out, profile):
     os.makedirs(os.path.join(out, "figures", "curves"))
     results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
         if os.path.isdir(os.path.join(out, "runs")) else []

@@ -81,6 +81,18 @@ FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then 
     full_scale_job("t2_vgg_a_res_bn_sgd", "task2/train.py", "--model vgg_a_res_bn --opt sgd",
                    "VGGA (BN + residual), SGD 0.01", 84.64, 15),
 ]
+def full_scale_config(job, seed):
+    """The config the plan trains seed `seed` of a cpu-full job with (runtime settings aside)."""
+    return common.parse_config(job["script"], [*shlex.split(job["flags"]), "--seed", str(seed)])
+
+
+def off_plan(job, result):
+    """The settings in which a run differs from its cpu-full job (a smoke run in a cpu-full folder), the
+    resolved precision aside."""
+    planned = full_scale_config(job, result["config"].get("seed", 0))
+    return common.config_differences(result["config"], planned, numerics=False)
+
+
 BN_PAIR = ("t2_vgg_a_adam", "t2_vgg_a_bn_adam")  # "BN helps": paired by seed (same seed, same batches)
 PROFILES["cpu-full"] = dict(jobs=FULL_SCALE_JOBS)  # full width, all 45,000 training images, --val 5000
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
