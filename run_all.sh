@@ -85,10 +85,11 @@ started=$(date +%s)
 # this shard's share), then run them round robin over --gpus with one worker per GPU, or one after another.
 # Ctrl-C (exit 130) stops the script.
 run_phase() {
-  local name=$1 file="$out/logs/$1$tag.jobs" code=0
+  local name=$1 file="$out/logs/$1$tag.jobs" code=0 listed
   plan "$name" > "$file.all" || { echo "plan $name" >> "$failures"; return; }
   awk -v n="${shard_n:-1}" -v k="${shard_k:-0}" '(NR - 1) % n == k' "$file.all" > "$file" && rm "$file.all"
   echo "== $name$tag: $(grep -c . "$file") jobs"
+  listed=$(wc -l < "$failures")
   if [ -z "$gpus" ]; then
     $PY task2/reproduce.py jobs "$file" --failures "$failures" &
     children=($!)
@@ -110,6 +111,10 @@ run_phase() {
     pkill -P $$ -x tail 2>/dev/null
   fi
   if [ "$code" -eq 130 ]; then echo "interrupted: rerun the same command to resume"; exit 130; fi
+  # a job runner that failed without listing a job (it crashed) is a failure too, never "no failures"
+  if [ "$code" -ne 0 ] && [ "$(wc -l < "$failures")" -eq "$listed" ]; then
+    echo "$name$tag: the job runner stopped (exit $code; see the log)" >> "$failures"
+  fi
 }
 
 # 1. Task 1 hyper-parameter search (report 4.1), the 24-config grid (4.3), Task 2 models

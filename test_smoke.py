@@ -1600,6 +1600,24 @@ def test_job_runner_refuses_other_settings_and_unreadable_results(fake_data, tmp
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert failures.read_text().count("result.json is unreadable") == 2  # listed by name, each time it ran
     assert reproduce.read_result(str(out)) is None
+    os.remove(out / "result.json")
+    (out / "config.json").write_text("{ truncated")  # once a traceback that ended the phase
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "[2/2]" in proc.stdout
+    assert failures.read_text().count("its files cannot be read (JSONDecodeError") == 2
+
+
+def test_run_all_counts_a_job_runner_that_crashed_as_a_failure(tmp_path):
+    """A job runner that dies without listing a job once left run_all.sh saying 'no failures', exit 0."""
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/bash\n[ \"$2\" = jobs ] && {{ echo 'Traceback: boom' >&2; exit 1; }}\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--phase", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHON": str(python)})
+    assert proc.returncode == 1 and "no failures" not in proc.stdout
+    assert "train: the job runner stopped (exit 1" in (tmp_path / "out" / "logs" / "failures.txt").read_text()
 
 
 def fake_result(folder, val_acc, status="completed", **config):
@@ -1795,6 +1813,8 @@ def test_a_surface_is_complete_only_with_its_figures_and_for_its_checkpoint(chec
     assert reproduce.job_state(job[0], job[1:]) == ["--overwrite"]
     (tmp_path / "jobs").write_text(shlex.join(job) + "\n")
     assert reproduce.run_jobs(str(tmp_path / "jobs")) == [] and reproduce.job_state(job[0], job[1:]) == "done"
+    for edited in (["--n-items", "40"], ["--x", "-1:1:5"], ["--hessian"], ["--hessian-coords", "filter"]):
+        assert reproduce.job_state(job[0], [*job[1:], *edited]) == ["--overwrite"], edited  # an edited profile
     with np.load(out / "surface.npz") as s:
         again = s["loss"]
     assert landscape.main([*job[1:-2], "--ckpt", checkpoints[1], "--out", str(tmp_path / "b")]) == 0

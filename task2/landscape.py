@@ -43,6 +43,18 @@ SURFACE_KEYS = ("ckpt", "interp", "trajectory", "x", "y", "seed", "norm", "inclu
                 "n_items", "precision", "dir_file", "ckpt_sha256", "interp_sha256")  # the checkpoints' contents too
 
 
+def settings_differences(info, argv):
+    """The settings of a saved surface.json that the command line `argv` would make otherwise (grid, images,
+    directions, Hessian flags; the checkpoints and the resolved precision aside). A surface saved before its
+    Hessian flags were recorded counts as made with those asked for."""
+    args = parse_args(argv)
+    asked = {k: common.json_safe(getattr(args, k)) for k in SURFACE_KEYS
+             if k not in ("ckpt", "interp", "precision") and not k.endswith("_sha256")}
+    differ = [k for k, v in asked.items() if info["settings"].get(k) != v]
+    options = dataclasses.asdict(HessianOptions.from_args(args))
+    return differ + [f"hessian {k}" for k, v in options.items() if info.get("hessian_options", options).get(k) != v]
+
+
 def parse_axis(text):
     """'MIN:MAX:NUM' -> list of NUM evenly spaced floats from MIN to MAX."""
     try:
@@ -588,7 +600,8 @@ def landscape_in_folder(args, rank, device):
                               rank == 0, dir_file=args.dir_file, seed=args.seed, norm=args.norm,
                               include_bn_bias=args.include_bn_bias)
     info = dict(model=cfg["model"], device=common.device_name(device), world_size=world,
-                precision_used=numerics.precision, memory_format=numerics.memory_format)
+                precision_used=numerics.precision, memory_format=numerics.memory_format,
+                hessian_options=dataclasses.asdict(HessianOptions.from_args(args)))
     files = SurfaceFiles(args.out, args.x, args.y, settings, info, surface, seconds_before)
     if rank == 0:
         what = f"interpolation to {args.interp}" if args.interp else f"the path of {args.trajectory}" \

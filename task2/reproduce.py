@@ -25,6 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+import landscape  # noqa: E402
 
 # -- the experiment plan -----------------------------------------------------------------------
 
@@ -338,6 +339,11 @@ def landscape_job_state(args, out):
         print(f"{out} was drawn for {saved['settings']['ckpt']} as it was then; the plan now names "
               f"{planned['ckpt']} as it is now: computed again", flush=True)
         return ["--overwrite"]
+    differ = landscape.settings_differences(saved, args)
+    if differ:
+        print(f"{out} was made with other settings than the plan's ({', '.join(differ[:4])}): computed again",
+              flush=True)
+        return ["--overwrite"]
     if complete:
         return "done"
     return ["--resume"] if os.path.exists(os.path.join(out, "surface.npz")) else ["--overwrite"]
@@ -383,7 +389,11 @@ def run_jobs(job_file, worker=""):
         jobs = [shlex.split(line) for line in f if line.strip() and not line.startswith("#")]
     failures = []
     for k, (script, *args) in enumerate(jobs, 1):
-        name, state = option(args, "--out") or script, job_state(script, args)
+        name = option(args, "--out") or script
+        try:
+            state = job_state(script, args)
+        except (*common.USER_ERRORS, ValueError, KeyError, TypeError) as e:  # a file of it unreadable
+            state = f"refused: its files cannot be read ({type(e).__name__}: {e}); delete the folder to redo it"
         if state == "done":
             print(f"{worker}[{k}/{len(jobs)}] {name}: already complete, skipped", flush=True)
             continue
