@@ -878,7 +878,11 @@ def save_npz(path, **arrays):
 
 def save_checkpoint(path, payload):
     with _atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError: made an OSError, one line
+            raise OSError(f"{path} could not be written (is the disk full?): {str(e).splitlines()[0][:120]}") \
+                from None
 
 
 def read_checkpoint(path, device="cpu"):
@@ -918,9 +922,21 @@ def load_json(path):
 
 
 def read_metrics(run_dir):
-    """metrics.jsonl of a run folder as a list of per-epoch dicts."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """metrics.jsonl of a run folder as a list of per-epoch dicts. A last line cut short by a kill (written
+    without its newline) is left out: last.pt does not count that epoch either; any other bad line is a
+    UsageError naming the file."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the append was cut short
+                break
+            raise UsageError(f"{path}: line {number} is not JSON; delete the run folder to train it again") from None
+    return records
 
 
 def json_safe(obj):
@@ -944,9 +960,10 @@ def percent(v):  # an accuracy in table cells
 # -- run folder: signals, locks, resume -------------------------------------------------------
 
 class GracefulStop:
-    """The first Ctrl-C / SIGTERM asks to stop after the current step; a second Ctrl-C stops at once."""
+    """The first Ctrl-C / SIGTERM asks to stop after the current step; a second Ctrl-C stops at once, except
+    once `finishing` is set (the final save is under way: it is let finish)."""
 
-    requested, signal_name = False, None
+    requested, signal_name, finishing = False, None, False
 
     def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -957,6 +974,9 @@ class GracefulStop:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
+        if self.finishing:
+            print(f"\n{signal.Signals(signum).name}: saving the run's final state first ...", flush=True)
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
@@ -1125,7 +1145,8 @@ def train(cfg, step_hook=None):
                 status = _train_epoch(run, stop, step_hook)
                 if status == "completed":
                     status = _finish_epoch(run, stop)
-        return _finish_run(run, status, stop.signal_name)
+            stop.finishing = True  # a second signal now would lose the mid-epoch state and leave files behind
+            return _finish_run(run, status, stop.signal_name)
 
 
 @dataclasses.dataclass

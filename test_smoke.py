@@ -499,6 +499,46 @@ def test_sigint_saves_and_resume_finishes_identically(fake_data, tmp_path):
     assert read_json(os.path.join(out, "result.json"))["final_test_acc"] == reference["final_test_acc"]
 
 
+def test_a_second_signal_during_the_final_save_lets_it_finish(fake_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after step 5, then again while last.pt is being written: once this lost the mid-epoch state and
+    left a temp file and .lock (a second SIGTERM killed the process, exit 143)."""
+    real_save, out = common.save_checkpoint, tmp_path / "run"
+
+    def save(path, payload):
+        if path.endswith("last.pt"):
+            os.kill(os.getpid(), signal.SIGINT)
+        real_save(path, payload)
+
+    monkeypatch.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 5))
+    monkeypatch.setattr(common, "save_checkpoint", save)
+    result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--out", str(out)]))
+    assert result["status"] == "interrupted" and "saving the run's final state first" in capsys.readouterr().out
+    assert torch.load(out / "last.pt", weights_only=True)["progress"]["global_step"] == 5
+    assert sorted(os.listdir(out)) == ["config.json", "last.pt", "metrics.jsonl", "result.json"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(fake_data, tmp_path, monkeypatch, capsys):
+    def full(payload, path):
+        open(path, "wb").close()
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(common.torch, "save", full)
+    out = tmp_path / "run"
+    assert common.train_main("task1/train.py", [*TINY, "--data-dir", fake_data, "--epochs", "1", "--out",
+                                                str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt could not be written (is the disk full?)" in err and len(err.strip().splitlines()) == 1
+    assert not any(".tmp" in name or name == ".lock" for name in os.listdir(out))
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_left_out(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val_acc": 0.5}\n{"epoch": 2, "val_a')
+    assert common.read_metrics(str(tmp_path)) == [{"epoch": 1, "val_acc": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val_a\n{"epoch": 2, "val_acc": 0.5}\n')
+    with pytest.raises(common.UsageError, match="metrics.jsonl: line 1 is not JSON"):
+        common.read_metrics(str(tmp_path))
+
+
 def test_exploding_lr_stops_as_diverged(fake_data, tmp_path):
     result = common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "20", "--lr", "1e4",
                                  "--out", str(tmp_path)]))
