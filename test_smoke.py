@@ -1532,8 +1532,15 @@ def test_bad_training_numbers_are_one_line(flags, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_grid_too_big_for_the_machine_names_its_estimate():
+    with pytest.raises(common.UsageError, match=r"a 1000 × 1000 grid \(1,000,000 points\) needs about 0.1 GiB"):
+        landscape.check_grid_fits([0.0] * 1000, [0.0] * 1000, memory=2**26)
+    landscape.check_grid_fits([0.0] * 1000, [0.0] * 1000, memory=2**30)  # fits
+
+
 @pytest.mark.parametrize("flags", [["--n-items", "0"], ["--batch-size", "0"], ["--x", "nan:1:3"],
-                                   ["--hessian-iters", "0"], ["--y", "-1:inf:3"]])
+                                   ["--hessian-iters", "0"], ["--y", "-1:inf:3"], ["--x", "-1:1:1000000000"],
+                                   ["--x", "-1:1:99999", "--y", "-1:1:99999"], ["--trace-probes", "1"]])
 def test_bad_landscape_flags_are_refused_before_any_work(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         landscape.main(["--ckpt", str(tmp_path / "x.pt"), *flags])

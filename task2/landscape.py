@@ -55,6 +55,20 @@ def settings_differences(info, argv):
     return differ + [f"hessian {k}" for k, v in options.items() if info.get("hessian_options", options).get(k) != v]
 
 
+MAX_AXIS_POINTS = 100_000
+BYTES_PER_POINT = 64  # loss and accuracy in float64, the done mask, the figures' copies of the grid
+
+
+def check_grid_fits(x, y, memory=None):
+    """A UsageError with the estimate when the grid's arrays would take more than half the machine's memory."""
+    memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    points = len(x) * len(y or [0])
+    if points * BYTES_PER_POINT > memory / 2:
+        raise common.UsageError(f"a {len(x)} × {len(y or [0])} grid ({points:,} points) needs about "
+                                f"{points * BYTES_PER_POINT / 2**30:.1f} GiB for its arrays; this machine has "
+                                f"{memory / 2**30:.1f} GiB: use fewer points")
+
+
 def parse_axis(text):
     """'MIN:MAX:NUM' -> list of NUM evenly spaced floats from MIN to MAX."""
     try:
@@ -64,6 +78,8 @@ def parse_axis(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not MIN:MAX:NUM (e.g. -1:1:51)") from None
     if num < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
         raise argparse.ArgumentTypeError(f"{text!r}: MIN and MAX must be finite and NUM at least 1")
+    if num > MAX_AXIS_POINTS:  # before the list is built: --x -1:1:1e9 once ran out of memory here
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_AXIS_POINTS:,} points an axis")
     return [lo + (hi - lo) * i / (num - 1) for i in range(num)] if num > 1 else [lo]
 
 
@@ -134,6 +150,12 @@ def parse_args(argv=None):
                 "and step counts positive; --hessian-tol in (0, 1)")
     if args.zmax is not None and not (math.isfinite(args.zmax) and args.zmax > 0):
         p.error(f"--zmax {args.zmax}: the clip must be a positive finite loss")
+    if args.trace_probes < 2:
+        p.error("--trace-probes must be at least 2 (its standard error needs two probes)")
+    try:
+        check_grid_fits(args.x, args.y or (args.x if args.trajectory else None))  # a path's plane is x by x
+    except common.UsageError as e:
+        p.error(str(e))
     if args.replot:
         return args
     if not (args.ckpt or args.trajectory):
