@@ -1532,6 +1532,24 @@ def test_bad_training_numbers_are_one_line(flags, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("argv", [["matmul", "--peak-tflops", "fp32=-1", "bf16=nan"], ["precision", "--width", "nan"],
+                                  ["precision", "--width", "0"], ["train", "--n-images", "50"], ["table", "--inputs"]])
+def test_bench_refuses_values_that_crashed_it_or_printed_nonsense(argv, tmp_path, capsys):
+    """Once a negative % and NaN (invalid JSON), tracebacks for a zero or NaN width, too few images, and a table
+    of a JSON object instead of a list."""
+    import throughput
+    if argv[0] == "table":
+        common.write_json(tmp_path / "object.json", {"model": "vgg_a"})
+        argv = [*argv, str(tmp_path / "object.json")]
+        assert throughput.main(argv) == 2
+    else:
+        with pytest.raises(SystemExit) as stop:
+            throughput.main(argv)
+        assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (argv[1] if argv[0] != "table" else "--inputs") in err
+
+
 def test_a_grid_too_big_for_the_machine_names_its_estimate():
     with pytest.raises(common.UsageError, match=r"a 1000 × 1000 grid \(1,000,000 points\) needs about 0.1 GiB"):
         landscape.check_grid_fits([0.0] * 1000, [0.0] * 1000, memory=2**26)

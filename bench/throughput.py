@@ -26,6 +26,7 @@ Prints one JSON line per pipeline or profile; --out FILE also writes them as a J
 import argparse
 import copy
 import json
+import math
 import os
 import shlex
 import sys
@@ -84,6 +85,7 @@ def write_fake_dataset(root, images, labels):
         pickle.dump({b"label_names": [str(i).encode() for i in range(10)]}, f)
 
 
+HELD_OUT = 100  # train and precision: fake images held out as the validation split
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 per GPU, from the datasheets
 
 
@@ -118,7 +120,7 @@ def bench_train(args, device):
         write_fake_dataset(tmp, images, labels)
         cfg = common.make_config(
             model=args.model, arch=args.arch, act="relu", width=args.width, data_dir=tmp, no_download=True,
-            epochs=args.epochs, batch_size=128, device=args.device, out=os.path.join(tmp, "run"), val=100,
+            epochs=args.epochs, batch_size=128, device=args.device, out=os.path.join(tmp, "run"), val=HELD_OUT,
             precision=args.precision, compile=args.compile)
         common.train(cfg)
         history = common.read_metrics(os.path.join(tmp, "run"))
@@ -282,7 +284,7 @@ def precision_rates(args, cfg, numerics, tmp, device):
     """train img/s (the last of --epochs epochs of common.train), eval img/s and landscape points/s."""
     run_cfg = common.make_config(
         model=cfg["model"], arch=args.arch, act="relu", width=args.width, data_dir=tmp, no_download=True,
-        epochs=args.epochs, device=args.device, val=100,
+        epochs=args.epochs, device=args.device, val=HELD_OUT,
         out=os.path.join(tmp, f"{cfg['model']}_{numerics.precision}_{numerics.memory_format}"))
     run_cfg.update(numerics.as_dict())
     common.train(run_cfg)
@@ -425,7 +427,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def main():
+def check_args(p, args):
+    """argparse's error (exit 2, one line) for a value that would crash or print nonsense later."""
+    try:
+        args.peak_tflops = {k: float(v) for k, v in (item.split("=") for item in args.peak_tflops)}
+    except ValueError:
+        p.error("--peak-tflops takes PRECISION=TFLOPS items, e.g. bf16=0.5")
+    if not all(math.isfinite(v) and v > 0 for v in args.peak_tflops.values()):
+        p.error("--peak-tflops: each peak must be a positive finite number of TFLOP/s")
+    if args.n_images < 1 or args.epochs < 1 or args.points < 1:
+        p.error("--n-images, --epochs and --points must be at least 1")
+    if args.what in ("train", "precision") and args.n_images <= HELD_OUT:
+        p.error(f"--n-images {args.n_images}: {args.what} holds {HELD_OUT} images out for validation; give more")
+    if not (math.isfinite(args.width) and args.width > 0):
+        p.error(f"--width {args.width}: must be a positive finite multiplier")
+    return args
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["train", "landscape", "predict", "precision", "matmul", "table"])
     p.add_argument("--inputs", nargs="+", default=[], help="table: JSON files of precision and matmul results")
@@ -447,17 +466,14 @@ def main():
     common.add_precision_arg(p)
     p.add_argument("--no-naive", action="store_true", help="train: time only our pipeline")
     p.add_argument("--out", help="also write the results as a JSON list here")
-    args = p.parse_args()
-    try:
-        args.peak_tflops = {k: float(v) for k, v in (item.split("=") for item in args.peak_tflops)}
-    except ValueError:
-        p.error("--peak-tflops takes PRECISION=TFLOPS items, e.g. bf16=0.5")
-    if args.n_images < 1 or args.epochs < 1 or args.points < 1:
-        p.error("--n-images, --epochs and --points must be at least 1")
+    args = check_args(p, p.parse_args(argv))
     if args.what == "table":
         try:
-            print(precision_table([r for path in args.inputs for r in common.load_json(path)]))
-        except (OSError, ValueError, KeyError, StopIteration) as e:
+            rows = [r for path in args.inputs for r in common.load_json(path)]
+            if not all(isinstance(r, dict) for r in rows):
+                raise ValueError("each file must hold a JSON list of result objects")
+            print(precision_table(rows))
+        except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
             return common.fail(common.UsageError(f"--inputs: not precision/matmul results ({type(e).__name__}: {e})"))
         return 0
     device = common.resolve_device(args.device)
