@@ -20,6 +20,7 @@ import socket
 import statistics
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -74,6 +75,11 @@ class DataError(Exception):
 
 class UsageError(Exception):
     """A flag, folder or file the user got wrong; the scripts print it as one line, without a traceback."""
+
+
+class CorruptFile(UsageError, ValueError):
+    """A saved file cut short or garbled (a kill -9 mid-write by an older version, a full disk): one line,
+    and still the ValueError that code reading an optional file catches."""
 
 
 USER_ERRORS = (DataError, UsageError, OSError)  # OSError: a folder or file that cannot be read or written
@@ -917,8 +923,23 @@ def write_json(path, obj):
 
 
 def load_json(path):
+    """The JSON file `path`; one that is cut short or garbled is a CorruptFile naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptFile(f"{path} is not valid JSON (cut short?): {e}; delete it to make it again") from None
+
+
+def load_npz(path):
+    """The arrays of the .npz file `path` as a dict; one that is cut short or garbled is a CorruptFile."""
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CorruptFile(f"{path} is not a readable .npz (cut short?): {type(e).__name__}: {e}") from None
 
 
 def read_metrics(run_dir):

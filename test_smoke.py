@@ -871,6 +871,38 @@ def test_interrupted_bn_analysis_resumes_to_the_same_numbers(fake_data, tmp_path
         assert len(a["vgg_a_bn/lr0.001/step_loss"]) == 16 and len(a["vgg_a_bn/lr0.001/sharpness_top"]) == 4
 
 
+def test_a_bn_analysis_killed_mid_way_leaves_nothing_that_passes_for_finished(fake_data, tmp_path, monkeypatch):
+    """Killed after a retrained run's result.json but before its probe.npz, the rerun once reused the old
+    probe.npz; killed while drawing, the old summary.md stayed beside the new raw numbers. Now the old probe
+    arrays go before the run trains again, and summary.md (written last) before the new raw numbers; a
+    truncated bn_analysis.json or .npz is one line on --replot."""
+    flags = ["--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download", "--data-dir", fake_data,
+             "--models", "vgg_a_bn", "vgg_a", "--lrs", "1e-3", "--epochs", "1", "--probe-every", "4",
+             "--out", str(tmp_path)]
+    assert bn_analysis.main(flags) == 0 and (tmp_path / "summary.md").exists()
+    real_save, probe = common.save_npz, tmp_path / "runs" / "vgg_a_bn_lr0.001" / "probe.npz"
+
+    def killed_at_the_probe_file(path, **arrays):
+        if path.endswith("probe.npz"):
+            raise KeyboardInterrupt  # as a kill -9 would, between result.json and probe.npz
+        real_save(path, **arrays)
+
+    with monkeypatch.context() as m:
+        m.setattr(common, "save_npz", killed_at_the_probe_file)
+        with pytest.raises(KeyboardInterrupt):
+            bn_analysis.main([*flags, "--epochs", "2"])
+    assert not probe.exists() and (probe.parent / "result.json").exists()
+    with monkeypatch.context() as m:
+        m.setattr(bn_analysis, "write_bn_report", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            bn_analysis.main([*flags, "--epochs", "2"])
+    assert probe.exists() and not (tmp_path / "summary.md").exists()
+    (tmp_path / "bn_analysis.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert bn_analysis.main(["--replot", str(tmp_path)]) == 2
+    (tmp_path / "bn_analysis.json").write_text('{"runs": [')
+    assert bn_analysis.main(["--replot", str(tmp_path)]) == 2
+
+
 def known_run(model, lr, step_loss, probe_ranges, betas, sharpness):
     """A run dict as load_bn_analysis returns it, 2 steps per epoch, probes at steps 0, 2, 3 (two η each)."""
     pairs = lambda values: np.array([[v / 2, v] for v in values])  # noqa: E731 (the max over η is the value)
@@ -1380,7 +1412,7 @@ def test_a_path_resumed_without_the_flag_stays_whole_and_leftovers_are_not_kept(
     assert sorted(os.listdir(cut / "trajectory")) == ["index.json"] + [f"step{s:08d}.pt" for s in (5, 8, 10, 15, 16)]
 
 
-def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path):
+def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path, capsys):
     run = tmp_path / "run"
     common.train(parse([*TINY, "--data-dir", fake_data, "--epochs", "2", "--save-trajectory", "3", "--out", str(run)]))
     files = sorted(os.listdir(run / "trajectory"))
@@ -1390,6 +1422,14 @@ def test_a_run_keeps_its_path_and_landscape_draws_it(fake_data, tmp_path):
     params = common.count_params(common.build_model(read_json(run / "config.json")))
     assert snapshot["params"].dtype == torch.float16 and snapshot["params"].numel() == params
     (run / "trajectory" / "step00000017.tmp4242.pt").write_bytes(b"half a snapshot")  # a kill -9 mid-write
+    for bad, said in ((b"PK cut short", "is not a readable snapshot"),
+                      (None, "holds 3 parameters, the model")):  # one of another run
+        (run / "trajectory" / "step00000099.pt").write_bytes(bad) if bad else torch.save(
+            dict(step=99, epoch=2, params=torch.zeros(3, dtype=torch.float16)), run / "trajectory" / "step00000099.pt")
+        assert landscape.main(["--trajectory", str(run), "--x", "-1:1:3", "--n-items", "20", "--data-dir", fake_data,
+                               "--no-download", "--out", str(tmp_path / "bad")]) == 2
+        assert said in capsys.readouterr().err
+    os.remove(run / "trajectory" / "step00000099.pt")
     out = tmp_path / "plane"
     assert landscape.main(["--trajectory", str(run), "--x", "-1:1:3", "--n-items", "20", "--data-dir", fake_data,
                            "--no-download", "--out", str(out)]) == 0
@@ -1888,6 +1928,29 @@ def test_a_surface_is_complete_only_with_its_figures_and_for_its_checkpoint(chec
     with pytest.raises(SystemExit) as e:  # one point on an axis is no surface: refused before any work
         landscape.main([*job[1:-2], "--y", "0:0:1", "--out", str(tmp_path / "flat")])
     assert e.value.code == 2 and not (tmp_path / "flat").exists()
+
+
+def test_an_overwrite_killed_after_its_directions_leaves_no_complete_surface(checkpoints, fake_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    """--overwrite --seed 1 killed just after directions.pt once left the seed-0 surface.json saying complete;
+    a truncated surface.json or surface.npz is one line on --resume and --replot."""
+    out = tmp_path / "surface"
+    job = ["--ckpt", checkpoints[0], "--x", "-1:1:3", "--y", "-1:1:3", "--n-items", "50", "--data-dir", fake_data,
+           "--no-download", "--device", "cpu", "--out", str(out)]
+    assert landscape.main(job) == 0
+    with monkeypatch.context() as m:
+        m.setattr(landscape, "SurfaceFiles", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            landscape.main([*job, "--overwrite", "--seed", "1"])
+    assert (out / "directions.pt").exists() and not (out / "surface.json").exists()
+    assert landscape.main([*job, "--overwrite"]) == 0
+    npz = (out / "surface.npz").read_bytes()
+    (out / "surface.npz").write_bytes(npz[:100])
+    assert landscape.main([*job, "--resume"]) == 2 and landscape.main(["--replot", str(out)]) == 2
+    (out / "surface.json").write_text('{"status": "compl')
+    assert landscape.main([*job, "--resume"]) == 2 and landscape.main(["--replot", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "surface.npz is not a readable .npz" in err and "not valid JSON" in err
 
 
 def test_replot_redraws_a_complete_surface_without_its_checkpoint(checkpoints, fake_data, tmp_path, capsys):

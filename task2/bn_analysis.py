@@ -208,8 +208,7 @@ def load_bn_analysis(out):
     if not os.path.exists(os.path.join(out, "bn_analysis.json")):
         raise common.UsageError(f"{out} holds no bn_analysis.json (run the analysis first)")
     saved = common.load_json(os.path.join(out, "bn_analysis.json"))
-    with np.load(os.path.join(out, "bn_analysis.npz")) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    arrays = common.load_npz(os.path.join(out, "bn_analysis.npz"))
     runs = saved["runs"]
     for r in runs:
         r.setdefault("seed", 0)
@@ -647,6 +646,8 @@ def analysis_run(args, model, lr, out, seed=0):
         probe.restore(restored)
         cfg = {**cfg, "resume": True, "overwrite": False}
         print(f"resuming {run_dir} at step {len(restored['step_loss'])}", flush=True)
+    elif os.path.exists(probe_file):  # trained again: a kill before the new probe.npz must not leave the old one
+        os.remove(probe_file)
     result = common.train(cfg, step_hook=probe)
     arrays, settings = probe.arrays(), np.array(json.dumps(probe_settings))
     if result["status"] == "interrupted":
@@ -676,8 +677,7 @@ def interrupted_probe(run_dir, cfg, probe_settings, numerics=True):
     paths = [os.path.join(run_dir, n) for n in ("probe_partial.npz", "last.pt", "config.json")]
     if not all(os.path.exists(p) for p in paths):
         return None
-    with np.load(paths[0]) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    arrays = common.load_npz(paths[0])
     progress = common.read_checkpoint(paths[1])["progress"]
     same = same_settings(paths[2], cfg, arrays, probe_settings, numerics)
     at_step = len(arrays["step_loss"]) == progress["global_step"]
@@ -691,8 +691,7 @@ def reusable_run(run_dir, cfg, probe_settings, numerics=True):
     if not all(os.path.exists(f) for f in files):
         return None
     result = common.load_json(files[1])
-    with np.load(files[0]) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    arrays = common.load_npz(files[0])
     if result.get("status") not in ("completed", "diverged") or not same_settings(files[2], cfg, arrays,
                                                                                    probe_settings, numerics):
         print(f"{run_dir} is not a finished run of these settings", flush=True)
@@ -732,6 +731,8 @@ def analysis(args, out):
     first = runs[0]["result"]["config"]  # the settings every run shares, as the runs resolved them
     settings = {**{k: getattr(args, k) for k in ("models", "lrs", "seeds")}, **{k: first[k] for k in RECORDED},
                 "paper": args.paper, **{k: getattr(args, k) for k in PROBE_KEYS}}
+    if os.path.exists(os.path.join(out, "summary.md")):  # written last: without it the folder is incomplete
+        os.remove(os.path.join(out, "summary.md"))
     save_bn_analysis(runs, out, settings)
     figures = write_bn_report(runs, out, settings, args.smooth)
     print(claims_table(runs, settings))

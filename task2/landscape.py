@@ -297,8 +297,8 @@ def start_surface(out, settings, resume=False, overwrite=False):
     differ = [k for k in SURFACE_KEYS if made.get(k) != common.json_safe(settings[k])]
     if differ:
         raise common.UsageError(f"--resume with different settings than {json_path}: {differ}")
-    with np.load(npz_path) as old:
-        return {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}, saved["seconds"]
+    old = common.load_npz(npz_path)
+    return {k: old[k].reshape(-1).copy() for k in ("loss", "acc", "done")}, saved["seconds"]
 
 
 def evaluation_data(data_dir, cfg, device, split="train", n_items=10000, download=True):
@@ -335,6 +335,20 @@ def prepare_axes(model, device, out, ckpt, x, y=None, trajectory=None, interp=No
     return axes, path
 
 
+def read_snapshot(path, n_params):
+    """One --save-trajectory snapshot; a truncated one, or one of another size, is a UsageError naming it."""
+    try:
+        snapshot = torch.load(path, map_location="cpu", weights_only=True)
+        size = snapshot["params"].numel()
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as e:
+        raise common.UsageError(f"{path} is not a readable snapshot (cut short?): {type(e).__name__}; delete it "
+                                "and the path is drawn without it") from None
+    if size != n_params:
+        raise common.UsageError(f"{path} holds {size:,} parameters, the model {n_params:,}: not a snapshot of "
+                                "this run; delete it")
+    return snapshot
+
+
 def trajectory_directions(run, model, ckpt):
     """The plane of the training path kept by --save-trajectory: the first two principal components of
     θ_t − θ_final (θ_final: --ckpt, by default the run's last.pt), each scaled so that the path spans [-1, 1]
@@ -349,8 +363,8 @@ def trajectory_directions(run, model, ckpt):
                    if re.fullmatch(r"step\d+\.pt", os.path.basename(f)))
     if len(files) < 3:
         raise common.UsageError(f"{folder}: {len(files)} snapshots; a path needs at least 3")
-    snapshots = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     final = torch.cat([p.detach().reshape(-1).float().cpu() for _, p in named])
+    snapshots = [read_snapshot(f, final.numel()) for f in files]
     plane, coords, explained = common.trajectory_plane([s["params"] for s in snapshots], final)
     scale = np.abs(coords).max(0)
     scale[scale == 0] = 1.0
@@ -583,9 +597,8 @@ def draw_figures(folder, info, log, zmax):
     run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
     title = f"{info['model']} {run_of(settings['ckpt'])}" + (
         f" (α=0) to {run_of(settings['interp'])} (α=1)" if settings["interp"] else "")
-    with np.load(os.path.join(folder, "surface.npz")) as saved:
-        written = plot_landscape(dict(saved), folder, title, log, zmax, "α" if settings["interp"] else "x",
-                                 info.get("trajectory"))
+    written = plot_landscape(common.load_npz(os.path.join(folder, "surface.npz")), folder, title, log, zmax,
+                             "α" if settings["interp"] else "x", info.get("trajectory"))
     return written + (plot_spectrum(info, folder, title) if "spectrum" in info else [])
 
 
@@ -616,6 +629,10 @@ def landscape_in_folder(args, rank, device):
     model = numerics.place(model, device).eval()
     cfg, world = ckpt["config"], common.rank_and_world()[1]
     images, labels = evaluation_data(args.data_dir, cfg, device, args.split, args.n_items, not args.no_download)
+    if rank == 0 and not args.resume:  # --overwrite: the old surface is not complete beside the new directions
+        for name in ("surface.json", "surface.npz"):
+            if os.path.exists(os.path.join(args.out, name)):
+                os.remove(os.path.join(args.out, name))
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
     axes, path = prepare_axes(model, device, args.out, args.ckpt, args.x, args.y, args.trajectory, args.interp,

@@ -516,8 +516,7 @@ def load_surface(folder):
     path = os.path.join(folder, "surface.npz")
     if not os.path.exists(path):
         return None
-    with np.load(path) as s:
-        return dict(s)
+    return common.load_npz(path)
 
 
 def plot_bn_modes(plain, bn_eval, bn_train, path):
