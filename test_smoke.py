@@ -1018,6 +1018,25 @@ def test_steps_budget_and_the_papers_protocol(fake_data, tmp_path, capsys):
     assert cfg["steps"] // args.probe_every >= 300
 
 
+def test_every_job_of_every_profile_has_a_prediction(monkeypatch):
+    """predict once left out five of the cpu profile's seven phase-2 jobs and its spectra and path surfaces,
+    and failed on cpu-full: now it plans every phase as run_all.sh would, on the results the earlier leave."""
+    import throughput
+    monkeypatch.setattr(throughput, "measured_rates", lambda cfg, device, cache: (1000.0, 2000.0))
+    for profile in sorted(reproduce.PROFILES):
+        jobs = throughput.predict_jobs(profile, torch.device("cpu"), {})
+        assert jobs and all(0 < seconds < math.inf for *_, seconds in jobs), profile
+        if profile == "cpu":
+            names = [job[-1].split("/")[-1] for phase, job, _ in jobs if phase == "landscapes"]
+            assert names == ["best_sgd", "best_adam", "interp_sgd_adam", "vgg_a", "vgg_a_bn", "vgg_a_bn_bntrain",
+                             "trajectory_sgd", "trajectory_adam", "spectrum_vgg_a", "spectrum_vgg_a_bn_eval",
+                             "spectrum_vgg_a_bn_train", "visualize"]
+            assert sum(phase == "analysis" for phase, *_ in jobs) == 8
+    assert throughput.hessian_passes(["--hessian", "--hessian-iters", "10", "--repeats", "2"]) == 2 * 10 * 2
+    assert throughput.hessian_passes(["--hessian-trace", "--trace-probes", "8", "--hessian-density", "--slq-probes",
+                                      "2", "--slq-steps", "5"]) == 2 * (8 + 2 * 5)
+
+
 def test_predicted_time_of_the_cpu_profiles_paper_analysis_counts_every_run_and_probe(tmp_path):
     """The bench's predictor reads a BN analysis job as bn_analysis.py does: 2 models x 2 lrs x 2 seeds of
     15,000 steps, 8 passes per probe every 50 steps, a 20-iteration Lanczos on 256 images every 500 steps."""

@@ -86,6 +86,8 @@ def write_fake_dataset(root, images, labels):
 
 
 HELD_OUT = 100  # train and precision: fake images held out as the validation split
+PER_BLOCK_BLOCKS = 16  # predict: parameter blocks of a --per-block spectrum (VGG-A: 11 convs + 3 linears)
+VISUALIZE_SECONDS = 10.0  # predict: a checkpoint loaded and two figures drawn
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 per GPU, from the datasheets
 
 
@@ -377,38 +379,75 @@ def training_seconds(job, device, cache):
                for train_rate, eval_rate in (measured_rates(c, device, cache) for c in runs))
 
 
-def surface_seconds(cfg, flags, device, cache):
-    """A surface or interpolation: every point is one evaluation of --n-items images; plus the Hessian."""
-    def value(name, default):
-        return flags[flags.index(name) + 1] if name in flags else default
-    points = int(value("--x", "-1:1:51").split(":")[2]) * int(value("--y", "0:0:1").split(":")[2])
-    items = int(value("--n-items", "10000"))
+def flag_value(flags, name, default):
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def hessian_passes(flags):
+    """Training-pass equivalents per evaluation image of a landscape job's Hessian flags (a Hessian-vector
+    product costs about two passes): Lanczos extremes, the trace's probes, the density's steps, per block both."""
+    value = lambda name, default: int(flag_value(flags, name, default))  # noqa: E731
+    iters, probes = value("--hessian-iters", "20"), value("--trace-probes", "16")
+    passes = iters * ("--hessian" in flags) + probes * ("--hessian-trace" in flags) + \
+        value("--slq-probes", "4") * value("--slq-steps", "30") * ("--hessian-density" in flags) + \
+        PER_BLOCK_BLOCKS * (iters + probes) * ("--per-block" in flags)
+    return 2 * passes * value("--repeats", "1")
+
+
+def landscape_seconds(flags, device, cache):
+    """A surface, path plane or interpolation: every point one evaluation of --n-items images; the Hessian's
+    products; the model from its run's saved config (--ckpt, or the --trajectory run's last.pt)."""
+    ckpt = flag_value(flags, "--ckpt", None) or os.path.join(flag_value(flags, "--trajectory", None), "last.pt")
+    cfg = common.load_json(os.path.join(os.path.dirname(ckpt), "config.json"))
+    x = int(flag_value(flags, "--x", "-1:1:51").split(":")[2])
+    y = x if "--trajectory" in flags else int(flag_value(flags, "--y", "0:0:1").split(":")[2])
+    items = int(flag_value(flags, "--n-items", "10000"))
     train_rate, eval_rate = measured_rates(cfg, device, cache)
-    hessian = int(value("--hessian-iters", "20")) * items * 2 / train_rate if "--hessian" in flags else 0.0
-    return points * items / eval_rate + hessian
+    return x * y * items / eval_rate + hessian_passes(flags) * items / train_rate
+
+
+def job_seconds(job, device, cache):
+    """The predicted wall time of one job line of the plan; a script without a model is a ValueError."""
+    script, flags = job[0], job[1:]
+    if script.endswith(("train.py", "bn_analysis.py")):
+        return training_seconds(job, device, cache)
+    if script.endswith("landscape.py"):
+        return landscape_seconds(flags, device, cache)
+    if script.endswith("visualize.py"):
+        return VISUALIZE_SECONDS
+    raise ValueError(f"no prediction for {script}")
+
+
+def finish_on_paper(jobs):
+    """A finished result.json, config.json and (empty) best.pt for every training job, so that the plan's later phases list
+    their jobs; the grid's standard ReLU CE SGD run is made the best (the slower ResVGG16: errs long)."""
+    for script, *flags in (job for job in jobs if job[0].endswith("train.py")):
+        cfg, out = common.parse_config(script, flags), flag_value(flags, "--out", None)
+        best = os.path.basename(out) == reproduce.grid_name("standard", "relu", "ce", "sgd")
+        os.makedirs(out, exist_ok=True)
+        common.write_json(os.path.join(out, "config.json"), cfg)
+        common.write_json(os.path.join(out, "result.json"), dict(status="completed", best_val_acc=1.0 if best
+                                                                 else 0.5, test_acc_at_best_val=0.5, config=cfg))
+        open(os.path.join(out, "best.pt"), "w").close()  # the plan asks for checkpoints by name only
+
+
+def predict_jobs(profile, device, cache):
+    """[(phase, job, seconds)] for every job of the profile's plan, each phase planned on the results the
+    earlier ones would leave."""
+    predicted = []
+    with tempfile.TemporaryDirectory() as out:
+        for phase in reproduce.PHASES:
+            jobs = reproduce.plan(phase, profile, out, ".")
+            predicted += [(phase, job, job_seconds(job, device, cache)) for job in jobs]
+            finish_on_paper(jobs)
+    return predicted
 
 
 def predict_profile(profile, device, cache):
-    """Seconds per phase. Phase 1 is the plan itself; phases 2 and 3 assume the best grid configuration is a
-    standard (the slower) ResVGG16, so the estimate errs long."""
-    flags = reproduce.PROFILES[profile]
-    if "jobs" in flags:  # a list of training runs (cpu-full): phase 1 is all of it
-        with tempfile.TemporaryDirectory() as out:
-            return dict(train=sum(training_seconds(job, device, cache)
-                                  for job in reproduce.plan("train", profile, out, ".")))
-    t1 = train_config(shlex.split(flags["t1"]) + ["--arch", "standard"])
-    t2 = train_config(shlex.split(flags["t2"]), task2=True)
-    with tempfile.TemporaryDirectory() as out:
-        best = reproduce.run_dir(out, reproduce.grid_name("standard", "relu", "ce", "sgd"))
-        os.makedirs(best)
-        common.write_json(os.path.join(best, "result.json"), dict(best_val_acc=1.0, config=t1))
-        seconds = {phase: sum(training_seconds(job, device, cache) for job in reproduce.plan(phase, profile, out, "."))
-                   for phase in ("train", "analysis")}
-    surface = ["--x", flags["grid"], "--y", flags["grid"], "--hessian", *shlex.split(flags["landscape"])]
-    interp = ["--x", flags["interp"], *shlex.split(flags["landscape"])]
-    seconds["landscapes"] = 2 * surface_seconds(t1, surface, device, cache) + \
-        surface_seconds(t1, interp, device, cache) + \
-        sum(surface_seconds(dict(t2, model=m), surface, device, cache) for m in ("vgg_a", "vgg_a_bn"))
+    """Seconds per phase of a profile."""
+    seconds = {}
+    for phase, _, s in predict_jobs(profile, device, cache):
+        seconds[phase] = seconds.get(phase, 0.0) + s
     return seconds
 
 
