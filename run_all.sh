@@ -8,6 +8,7 @@
 #   --phase P           run only phase P: 1 (train), 2 (analysis), 3 (landscapes) or 4 (report)
 #   --shard K/N         with --phase 1-3: only every N-th job of the phase, starting at job K (0 <= K < N)
 #   --update-readme     put the generated tables into README.md
+#   --no-eta            skip the predicted wall time at the start (bench/throughput.py predict, ~10 s)
 # Rerunning skips finished runs and resumes interrupted ones. The jobs of each phase come from the one
 # experiment plan in task2/reproduce.py (`python task2/reproduce.py plan PHASE --profile P --out DIR`).
 set -uo pipefail
@@ -15,7 +16,7 @@ here=$PWD  # relative --out and --data-dir are the user's, resolved where the us
 cd "$(dirname "$0")"
 absolute() { case $1 in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 profile=quick data_dir=${CIFAR10_DIR:+$(absolute "$CIFAR10_DIR")} out="" gpus="" update_readme="" seeds=1 phase=""
-data_dir=${data_dir:-data} shard=""
+data_dir=${data_dir:-data} shard="" no_eta=""
 usage() { echo "run_all.sh: $1 (see --help)" >&2; exit 2; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || usage "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -28,7 +29,8 @@ while [ $# -gt 0 ]; do
     --phase) need_value "$@"; phase=$2; shift 2 ;;
     --shard) need_value "$@"; shard=$2; shift 2 ;;
     --update-readme) update_readme=--update-readme; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --no-eta) no_eta=1; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) usage "unknown argument $1" ;;
   esac
 done
@@ -80,6 +82,10 @@ stop_children() {
 trap stop_children TERM INT
 failures="$out/logs/failures$tag.txt"; : > "$failures"
 started=$(date +%s)
+if [ -z "$no_eta" ] && [ "$phase" != report ]; then  # from rates timed now, on this machine; a guess, not a limit
+  $PY bench/throughput.py predict --profiles "$profile" --seeds "$seeds" --min-seconds 0.2 --eta --done-in "$out" \
+    || echo "(no prediction of the wall time)"
+fi
 
 # run_phase NAME: plan the phase's jobs into $out/logs/NAME.jobs (one command line each; with --shard only
 # this shard's share), then run them round robin over --gpus with one worker per GPU, or one after another.

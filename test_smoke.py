@@ -1022,7 +1022,7 @@ def test_every_job_of_every_profile_has_a_prediction(monkeypatch):
     """predict once left out five of the cpu profile's seven phase-2 jobs and its spectra and path surfaces,
     and failed on cpu-full: now it plans every phase as run_all.sh would, on the results the earlier leave."""
     import throughput
-    monkeypatch.setattr(throughput, "measured_rates", lambda cfg, device, cache: (1000.0, 2000.0))
+    monkeypatch.setattr(throughput, "measured_rates", lambda cfg, device, cache, min_seconds: (1000.0, 2000.0))
     for profile in sorted(reproduce.PROFILES):
         jobs = throughput.predict_jobs(profile, torch.device("cpu"), {})
         assert jobs and all(0 < seconds < math.inf for *_, seconds in jobs), profile
@@ -1521,13 +1521,16 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     command = ["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--data-dir", data, "--out", str(out)]
     env = {**os.environ, "PYTHON": sys.executable}
     for shard in ("0/2", "1/2"):  # phase 1 as two shards into the shared folder, one after the other
-        proc = subprocess.run(command + ["--phase", "1", "--shard", shard], capture_output=True, text=True, env=env)
+        proc = subprocess.run(command + ["--phase", "1", "--shard", shard, "--no-eta"], capture_output=True, text=True,
+                              env=env)
         assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 32 jobs" in proc.stdout, proc.stdout[-2000:]
     proc = subprocess.run(command, capture_output=True, text=True, env=env)  # every phase: phase 1 is all there
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no failures" in proc.stdout and proc.stdout.count("already complete, skipped") == 64
     log = (out / "run_all.log").read_text()  # the whole run's output, kept beside its results
     assert proc.stdout.strip().splitlines()[-1] in log and f"with {sys.executable} (log: " in log
+    assert re.search(r"predicted wall time of --profile smoke: [0-9:]+ \(analysis [0-9:]+, landscapes [0-9:]+; "
+                     r"rates measured now on cpu \(\d+ cores\); finished jobs left out\)", log)  # phase 1 was done
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
@@ -1737,7 +1740,7 @@ def test_run_all_counts_a_job_runner_that_crashed_as_a_failure(tmp_path):
     python.write_text(f"#!/bin/bash\n[ \"$2\" = jobs ] && {{ echo 'Traceback: boom' >&2; exit 1; }}\n"
                       f"exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--phase", "1",
+    proc = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--no-eta", "--profile", "smoke", "--phase", "1",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHON": str(python)})
     assert proc.returncode == 1 and "no failures" not in proc.stdout
@@ -1851,7 +1854,7 @@ RUN_ALL = os.path.join(ROOT, "run_all.sh")
 
 
 def run_all(*args, cwd=ROOT, **kwargs):
-    return subprocess.run(["bash", RUN_ALL, *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run(["bash", RUN_ALL, "--no-eta", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "PYTHON": sys.executable}, **kwargs)
 
 
@@ -1905,8 +1908,8 @@ def process_with(text):
 @SLOW
 def test_sigterm_to_run_all_stops_its_job_runner_too(tmp_path):
     data, out = write_fake_cifar(tmp_path / "data"), tmp_path / "out"
-    proc = subprocess.Popen(["bash", RUN_ALL, "--profile", "smoke", "--data-dir", data, "--out", str(out), "--phase",
-                             "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(["bash", RUN_ALL, "--no-eta", "--profile", "smoke", "--data-dir", data, "--out", str(out),
+                             "--phase", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHON": sys.executable})
     for line in proc.stdout:  # wait until a job is training, however slow the machine
         if line.startswith("[2/"):

@@ -361,7 +361,7 @@ def bn_analysis_runs(flags):
     return [dict(cfg, model=m) for m in args.models for _ in args.lrs for _ in range(args.seeds)], probe + hessian
 
 
-def training_seconds(job, device, cache):
+def training_seconds(job, device, cache, min_seconds=1.0):
     """One training job (or every run of a BN analysis): steps, validation every epoch, test twice."""
     script, flags = job[0], job[1:]
     cfg = train_config(flags, task2=script.startswith("task2"))
@@ -376,7 +376,7 @@ def training_seconds(job, device, cache):
     images, epochs = steps * cfg["batch_size"], -(-steps // steps_per_epoch)
     evaluations = n_val * epochs + 2 * (cfg["test_subset"] or 10000)
     return sum(images * (1 + probe_cost) / train_rate + evaluations / eval_rate
-               for train_rate, eval_rate in (measured_rates(c, device, cache) for c in runs))
+               for train_rate, eval_rate in (measured_rates(c, device, cache, min_seconds) for c in runs))
 
 
 def flag_value(flags, name, default):
@@ -394,7 +394,7 @@ def hessian_passes(flags):
     return 2 * passes * value("--repeats", "1")
 
 
-def landscape_seconds(flags, device, cache):
+def landscape_seconds(flags, device, cache, min_seconds=1.0):
     """A surface, path plane or interpolation: every point one evaluation of --n-items images; the Hessian's
     products; the model from its run's saved config (--ckpt, or the --trajectory run's last.pt)."""
     ckpt = flag_value(flags, "--ckpt", None) or os.path.join(flag_value(flags, "--trajectory", None), "last.pt")
@@ -402,17 +402,17 @@ def landscape_seconds(flags, device, cache):
     x = int(flag_value(flags, "--x", "-1:1:51").split(":")[2])
     y = x if "--trajectory" in flags else int(flag_value(flags, "--y", "0:0:1").split(":")[2])
     items = int(flag_value(flags, "--n-items", "10000"))
-    train_rate, eval_rate = measured_rates(cfg, device, cache)
+    train_rate, eval_rate = measured_rates(cfg, device, cache, min_seconds)
     return x * y * items / eval_rate + hessian_passes(flags) * items / train_rate
 
 
-def job_seconds(job, device, cache):
+def job_seconds(job, device, cache, min_seconds=1.0):
     """The predicted wall time of one job line of the plan; a script without a model is a ValueError."""
     script, flags = job[0], job[1:]
     if script.endswith(("train.py", "bn_analysis.py")):
-        return training_seconds(job, device, cache)
+        return training_seconds(job, device, cache, min_seconds)
     if script.endswith("landscape.py"):
-        return landscape_seconds(flags, device, cache)
+        return landscape_seconds(flags, device, cache, min_seconds)
     if script.endswith("visualize.py"):
         return VISUALIZE_SECONDS
     raise ValueError(f"no prediction for {script}")
@@ -431,31 +431,53 @@ def finish_on_paper(jobs):
         open(os.path.join(out, "best.pt"), "w").close()  # the plan asks for checkpoints by name only
 
 
-def predict_jobs(profile, device, cache):
-    """[(phase, job, seconds)] for every job of the profile's plan, each phase planned on the results the
-    earlier ones would leave."""
+def predict_jobs(profile, device, cache, seeds=1, min_seconds=1.0):
+    """[(phase, job, seconds)] for every job of the profile's plan (with `seeds` seeds), each phase planned on
+    the results the earlier ones would leave."""
     predicted = []
     with tempfile.TemporaryDirectory() as out:
         for phase in reproduce.PHASES:
-            jobs = reproduce.plan(phase, profile, out, ".")
-            predicted += [(phase, job, job_seconds(job, device, cache)) for job in jobs]
+            jobs = reproduce.plan(phase, profile, out, ".", seeds)
+            predicted += [(phase, job, job_seconds(job, device, cache, min_seconds)) for job in jobs]
             finish_on_paper(jobs)
     return predicted
 
 
-def predict_profile(profile, device, cache):
-    """Seconds per phase of a profile."""
+def predict_profile(profile, device, cache, seeds=1, min_seconds=1.0, done_in=None):
+    """Seconds per phase of a profile (each model's rates timed for min_seconds); done_in: a results folder
+    whose finished runs and complete surfaces are not counted."""
     seconds = {}
-    for phase, _, s in predict_jobs(profile, device, cache):
-        seconds[phase] = seconds.get(phase, 0.0) + s
+    for phase, job, s in predict_jobs(profile, device, cache, seeds, min_seconds):
+        seconds[phase] = seconds.get(phase, 0.0) + (0.0 if done_in and finished_in(done_in, job) else s)
     return seconds
 
 
+def finished_in(results, job):
+    """Whether the job's folder (its --out, under the planned results folder) is finished in `results`."""
+    folder = os.path.join(results, *flag_value(job, "--out", "").split(os.sep)[-2:])
+    done = [("result.json", "status", reproduce.FINISHED), ("surface.json", "status", ("complete",))]
+    for name, key, values in done:
+        try:
+            if common.load_json(os.path.join(folder, name)).get(key) in values:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def eta_line(prediction):
+    phases = ", ".join(f"{k} {common.format_seconds(v)}" for k, v in prediction["phases"].items() if v)
+    return (f"predicted wall time of --profile {prediction['profile']}: {prediction['wall']} ({phases}; rates "
+            f"measured now on {prediction['device']}{'; finished jobs left out' if prediction['left_out'] else ''})")
+
+
 def bench_predict(args, device):
+    """Per profile the predicted seconds, in all and per phase, from rates measured here and now."""
     cache, results = {}, []
     for profile in args.profiles:
-        seconds = predict_profile(profile, device, cache)
-        results.append(dict(what="predict", profile=profile, seconds=round(sum(seconds.values())),
+        seconds = predict_profile(profile, device, cache, args.seeds, args.min_seconds, args.done_in)
+        results.append(dict(what="predict", profile=profile, seeds=args.seeds, left_out=bool(args.done_in),
+                            seconds=round(sum(seconds.values())),
                             wall=common.format_seconds(sum(seconds.values())),
                             phases={k: round(v) for k, v in seconds.items()}))
     return results
@@ -478,6 +500,8 @@ def check_args(p, args):
         p.error("--n-images, --epochs and --points must be at least 1")
     if args.what in ("train", "precision") and args.n_images <= HELD_OUT:
         p.error(f"--n-images {args.n_images}: {args.what} holds {HELD_OUT} images out for validation; give more")
+    if args.seeds < 1 or not args.min_seconds > 0:
+        p.error("--seeds must be at least 1 and --min-seconds positive")
     if not (math.isfinite(args.width) and args.width > 0):
         p.error(f"--width {args.width}: must be a positive finite multiplier")
     return args
@@ -493,6 +517,10 @@ def main(argv=None):
                    help="precision: the device's peak, e.g. bf16=0.5 fp32=0.25 (default: module docstring)")
     p.add_argument("--profiles", nargs="+", default=["quick", "cpu"], choices=sorted(reproduce.PROFILES),
                    help="predict: the run_all.sh profiles to predict")
+    p.add_argument("--seeds", type=int, default=1, help="predict: as run_all.sh --seeds")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="predict: time each model this long")
+    p.add_argument("--eta", action="store_true", help="predict: one line for a person instead of JSON")
+    p.add_argument("--done-in", metavar="DIR", help="predict: leave out the jobs finished in this results folder")
     p.add_argument("--model", default="resvgg16", choices=common.MODELS)
     p.add_argument("--arch", default="light", choices=sorted(common.RESVGG16_ARCHS))
     p.add_argument("--width", type=float, default=1.0)
@@ -523,7 +551,7 @@ def main(argv=None):
         r.update(device=name, torch=torch.__version__)
         if args.what in ("train", "landscape", "precision"):  # precision rows name their own model
             r.update(arch=args.arch, width=args.width, model=r.get("model", args.model))
-        print(json.dumps(r), flush=True)
+        print(eta_line(r) if args.eta else json.dumps(r), flush=True)
     if args.out:
         common.write_json(args.out, results)
 
