@@ -1800,12 +1800,13 @@ def filter_scales(params):
 def hessian_operator(params, batch_losses, n_items, coords="raw"):
     """v -> H·v of the mean loss over `params` (the others held fixed: a diagonal block of H); coords 'filter':
     v -> D·H·D·v with D = filter_scales(params)."""
+    product = HessianVectorProduct(params, batch_losses, n_items)
     if coords == "raw":
-        return lambda vector: _hessian_vector_product(params, batch_losses, n_items, vector)
+        return product
     if coords != "filter":
         raise ValueError(f"unknown Hessian coordinates {coords!r}; known: {HESSIAN_COORDS}")
     scales = filter_scales(params)
-    return lambda vector: scales * _hessian_vector_product(params, batch_losses, n_items, scales * vector)
+    return lambda vector: scales * product(scales * vector)
 
 
 def flat_size(params):
@@ -1894,14 +1895,31 @@ def spectral_density(spectrum, grid, sigma):
                     for nodes, w in spectrum], axis=0) / (sigma * math.sqrt(2 * math.pi))
 
 
-def _hessian_vector_product(params, batch_losses, n_items, vector):
-    """H·vector for the mean loss, flat, summed over batch_losses()'s batches (double backward)."""
-    pieces = [t.view_as(p) for t, p in zip(vector.split([p.numel() for p in params]), params)]
-    out = torch.zeros_like(vector)
-    for loss in batch_losses():
-        grads = torch.autograd.grad(loss / n_items, params, create_graph=True)
-        out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, params, grad_outputs=pieces)])
-    return out
+class HessianVectorProduct:
+    """vector -> H·vector for the mean loss, flat, summed over batch_losses()'s batches (double backward). When
+    batch_losses says it yields one batch (batch_losses.batches == 1) that batch's gradient graph is built once
+    and kept for every later product, as PyHessian does for one batch: each product is then one backward pass
+    instead of a forward and two, at the peak memory one product needs anyway. Else every product rebuilds the
+    batches' graphs one at a time."""
+
+    def __init__(self, params, batch_losses, n_items):
+        self.params, self.batch_losses, self.n_items = params, batch_losses, n_items
+        self.keep, self.kept = getattr(batch_losses, "batches", None) == 1, None
+
+    def __call__(self, vector):
+        pieces = [t.view_as(p) for t, p in zip(vector.split([p.numel() for p in self.params]), self.params)]
+        out = torch.zeros_like(vector)
+        for grads in [self.kept] if self.kept is not None else self._gradients():
+            out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, self.params, grad_outputs=pieces,
+                                                                        retain_graph=self.keep)])
+        return out
+
+    def _gradients(self):
+        for loss in self.batch_losses():
+            grads = torch.autograd.grad(loss / self.n_items, self.params, create_graph=True)
+            if self.keep:
+                self.kept = grads
+            yield grads
 
 
 # -- tables and figures: one cell format and one axis rule for all ----------------------------

@@ -1305,6 +1305,26 @@ def tiny_net_hessian():
     return model, batch_losses, torch.autograd.functional.hessian(mean_loss, flat)
 
 
+def test_one_batch_keeps_its_gradient_graph_for_every_hessian_product():
+    """The products from a kept graph equal those rebuilt each time, bit for bit, with one forward pass in all
+    instead of one per product."""
+    model, _, _ = tiny_net_hessian()
+    x, y, forwards = torch.rand(12, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (12,)), []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    model.train()  # BN on batch statistics: the kept graph must be the very function each product differs by
+
+    def one_batch():
+        yield torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+    params = common.trainable(model)
+    vectors = torch.randn(5, common.flat_size(params), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rebuilt = common.HessianVectorProduct(params, one_batch, 12)
+    expected = [rebuilt(v) for v in vectors]
+    assert len(forwards) == 5
+    one_batch.batches = 1
+    kept = common.HessianVectorProduct(params, one_batch, 12)
+    assert all(torch.equal(kept(v), e) for v, e in zip(vectors, expected)) and len(forwards) == 5 + 1
+
+
 def test_hessian_trace_spectrum_and_blocks_against_the_full_hessian():
     model, batch_losses, full = tiny_net_hessian()
     n = full.shape[0]

@@ -162,6 +162,7 @@ class BNProbe:
             def batch_losses():
                 common.set_rng_state(rng, run.device)  # one dropout mask for every product
                 yield self.criterion(run.model(x).float(), y) * len(y)
+            batch_losses.batches = 1  # its gradient graph serves every product
             return common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters)
 
     def restore(self, arrays):

@@ -408,6 +408,7 @@ def hessian_batches(model, images, labels, criterion, numerics, batch_size):
         for i in range(0, len(labels), batch_size):
             x = numerics.inputs(images[i:i + batch_size])  # no autocast: fp32 products
             yield criterion(model(x).float(), labels[i:i + batch_size]) * len(x)
+    batch_losses.batches = math.ceil(len(labels) / batch_size)  # one: its gradient graph serves every product
     return batch_losses
 
 
