@@ -1813,12 +1813,15 @@ def flat_size(params):
     return sum(p.numel() for p in params)
 
 
-def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None, coords="raw"):
+def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None, coords="raw",
+                     extreme="both"):
     """Largest and smallest (most negative) Hessian eigenvalue of the mean loss (over `params`, default every
     trainable one): Lanczos on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
-    their count. Stops when both Ritz residuals ‖Hv − λv‖ (exact for Lanczos) are ≤ tol·max|λ|, or when the
-    Krylov space is exhausted; coords 'filter': of D·H·D (hessian_operator). Returns dict(top, bottom,
-    residual_top, residual_bottom, converged, iterations)."""
+    their count. Stops when the Ritz residuals ‖Hv − λv‖ (exact for Lanczos) of the extremes asked for
+    (extreme 'both' or 'top') are ≤ tol·max|λ|, or when the Krylov space is exhausted; coords 'filter': of
+    D·H·D (hessian_operator). Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
+    if extreme not in ("both", "top"):
+        raise ValueError(f"extreme must be 'both' or 'top', not {extreme!r}")
     params = params or trainable(model)
     start = torch.randn(flat_size(params), generator=torch.Generator().manual_seed(seed))
     start = start.to(dtype=params[0].dtype, device=params[0].device)
@@ -1826,7 +1829,8 @@ def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, p
     for j, (ritz, vectors, beta) in enumerate(lanczos(operator, start, iters)):
         residuals = (beta * vectors[-1]).abs()
         scale = max(float(ritz.abs().max()), 1e-30)
-        converged = beta <= 1e-10 * scale or max(residuals[0], residuals[-1]) <= tol * scale
+        asked = residuals[-1] if extreme == "top" else max(residuals[0], residuals[-1])
+        converged = beta <= 1e-10 * scale or asked <= tol * scale
         if converged or j == iters - 1:
             return dict(top=float(ritz[-1]), bottom=float(ritz[0]), residual_top=float(residuals[-1]),
                         residual_bottom=float(residuals[0]), converged=bool(converged), iterations=j + 1)

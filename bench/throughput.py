@@ -5,6 +5,7 @@ Dataset of PIL images with per-sample transforms and a DataLoader, fp32), same m
     python bench/throughput.py landscape --arch light --width 0.25 --n-images 1000 --points 6
     python bench/throughput.py predict --profiles quick cpu      # predicted wall time of run_all.sh profiles
     python bench/throughput.py precision --models resvgg16 vgg_a  # fp32 vs channels_last vs bf16 + channels_last
+    python bench/throughput.py hessian --model vgg_a_bn --n-images 256   # top eigenvalue, trace: ours vs PyHessian
 
 train: images/s of the training step (ours: common.train, data on the device, per-batch augmentation,
 bf16 + channels_last on CUDA), with the achieved TFLOP/s (forward + backward FLOPs per image counted by
@@ -14,6 +15,8 @@ data; naive: a model copy and a DataLoader pass per point, as in the reference i
 predict: the wall time of each run_all.sh profile on this device, from its plan (task2/reproduce.py) and
 img/s measured here for every model the profile trains (training steps and evaluation batches); surfaces
 cost their points × images at the evaluation rate, the Hessian 2 training steps per image and iteration.
+hessian: seconds to the top Hessian eigenvalue and the trace on one batch, ours and PyHessian's (pip install
+pyhessian for the comparison; it is never a dependency), same fp32 model, images and threads.
 matmul: GFLOP/s of 2048×2048 matrix products in fp32 and bf16, a practical peak beside the nominal one.
 precision: for each model, training img/s (common.train), evaluation img/s (common.evaluate) and landscape
 points/s (common.evaluate_at) in fp32, fp32 + channels_last and bf16 + channels_last, with GFLOP/s and the
@@ -216,6 +219,65 @@ def peak_tflops(args, device, precision):
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None) if precision == "bf16" else None
     return cpu_peak_tflops(precision)
+
+
+def bench_hessian(args, device):
+    """The top Hessian eigenvalue and the trace of one batch of --n-images fake images, ours (Lanczos, top
+    residual at --hessian-tol; Hutchinson with --trace-probes probes) and PyHessian's when it is installed
+    (power iteration at the same tolerance; its trace with the same probes: tol -inf, as its stopping test
+    divides by the signed trace and stops at once when that is negative): the same fp32 model, images and
+    threads, each timed from the model's first forward pass, with the Hessian-vector products it took."""
+    torch.manual_seed(0)
+    cfg = train_config(["--model", args.model, "--arch", args.arch, "--width", str(args.width), "--precision",
+                        "fp32", "--dropout", "0"], task2=args.model in common.VGG_A_MODELS)
+    model = common.build_model(cfg).to(device).eval()
+    x, y = fake_images(args.n_images)
+    x, y, criterion = common.FP32.inputs(x.to(device)), y.to(device), torch.nn.CrossEntropyLoss()
+
+    def batch_losses():
+        yield criterion(model(x), y) * len(y)
+    batch_losses.batches = 1
+    rows, common_row = [], dict(what="hessian", images=args.n_images, threads=torch.get_num_threads())
+    products = counted(common.HessianVectorProduct, "__call__")
+    for statistic, ours in (("top eigenvalue", lambda: common.hessian_extremes(
+            model, batch_losses, len(y), args.hessian_iters, args.hessian_tol, extreme="top")["top"]),
+                            ("trace", lambda: common.hessian_trace(model, batch_losses, len(y),
+                                                                   args.trace_probes)["trace"])):
+        rows.append(dict(common_row, impl="ours", statistic=statistic, **timed(ours, device, products)))
+    try:
+        import pyhessian  # optional: pip install pyhessian (never a dependency of this repository)
+    except ImportError:
+        return rows + [dict(common_row, impl="pyhessian", statistic="not installed")]
+    def make():  # its backward accumulates into .grad: a second instance would see twice the Hessian
+        model.zero_grad(set_to_none=True)
+        return pyhessian.hessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
+    products = counted(sys.modules["pyhessian.hessian"], "hessian_vector_product")
+    for statistic, theirs in (("top eigenvalue", lambda: make().eigenvalues(args.hessian_iters,
+                                                                            args.hessian_tol)[0][0]),
+                              ("trace", lambda: float(np.mean(make().trace(args.trace_probes, tol=-math.inf))))):
+        rows.append(dict(common_row, impl="pyhessian", statistic=statistic, **timed(theirs, device, products)))
+    return rows
+
+
+def counted(owner, name):
+    """Count the calls of owner.name from now on (a list whose length is the count)."""
+    calls, real = [], getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    setattr(owner, name, counting)
+    return calls
+
+
+def timed(compute, device, products):
+    """The value compute() returns, its seconds and the Hessian-vector products it made."""
+    sync(device)
+    started, before = time.time(), len(products)
+    value = compute()
+    sync(device)
+    seconds, n = time.time() - started, len(products) - before
+    return dict(value=float(value), seconds=round(seconds, 3), products=n, seconds_per_product=round(seconds / n, 4))
 
 
 def bench_matmul(args, device, n=2048, min_seconds=3.0):
@@ -509,7 +571,10 @@ def check_args(p, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["train", "landscape", "predict", "precision", "matmul", "table"])
+    p.add_argument("what", choices=["train", "landscape", "predict", "precision", "matmul", "hessian", "table"])
+    p.add_argument("--hessian-iters", type=int, default=20, help="hessian: Lanczos / power iterations at most")
+    p.add_argument("--hessian-tol", type=float, default=1e-3, help="hessian: relative tolerance of the top")
+    p.add_argument("--trace-probes", type=int, default=16, help="hessian: Hutchinson probes")
     p.add_argument("--inputs", nargs="+", default=[], help="table: JSON files of precision and matmul results")
     p.add_argument("--models", nargs="+", default=["resvgg16", "vgg_a"], choices=common.MODELS,
                    help="precision: the models to measure")
@@ -544,12 +609,12 @@ def main(argv=None):
             return common.fail(common.UsageError(f"--inputs: not precision/matmul results ({type(e).__name__}: {e})"))
         return 0
     device = common.resolve_device(args.device)
-    results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict,
-                   precision=bench_precision, matmul=bench_matmul)[args.what](args, device)
+    results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict, precision=bench_precision,
+                   matmul=bench_matmul, hessian=bench_hessian)[args.what](args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     for r in results:
         r.update(device=name, torch=torch.__version__)
-        if args.what in ("train", "landscape", "precision"):  # precision rows name their own model
+        if args.what in ("train", "landscape", "precision", "hessian"):  # precision rows name their own model
             r.update(arch=args.arch, width=args.width, model=r.get("model", args.model))
         print(eta_line(r) if args.eta else json.dumps(r), flush=True)
     if args.out:
