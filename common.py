@@ -1577,8 +1577,8 @@ def preserved(model):
         yield
     finally:
         with torch.no_grad():
-            for t, copy in zip(tensors, saved):
-                t.copy_(copy)
+            for t, kept in zip(tensors, saved):
+                t.copy_(kept)
         set_rng_state(rng, tensors[0].device)
 
 

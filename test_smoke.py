@@ -1337,7 +1337,6 @@ def test_hessian_trace_spectrum_and_blocks_against_the_full_hessian():
             assert (weights * nodes ** k).sum() == pytest.approx((v @ torch.linalg.matrix_power(full, k) @ v / n)
                                                                  .item(), rel=1e-8)
         assert weights.sum() == pytest.approx(1.0, rel=1e-12)
-    grid = np.linspace(-5, 5, 20001)
     exact = torch.linalg.eigvalsh(full)
     sigma = float(exact.max() - exact.min()) / 50
     density = common.spectral_density(spectrum, np.linspace(float(exact.min()) - 8 * sigma, float(exact.max())

@@ -31,7 +31,6 @@ import copy
 import json
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -550,6 +549,18 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def print_table(inputs):
+    """The precision table of the JSON result files `inputs`; exit code."""
+    try:
+        rows = [r for path in inputs for r in common.load_json(path)]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError("each file must hold a JSON list of result objects")
+        print(precision_table(rows))
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+        return common.fail(common.UsageError(f"--inputs: not precision/matmul results ({type(e).__name__}: {e})"))
+    return 0
+
+
 def check_args(p, args):
     """argparse's error (exit 2, one line) for a value that would crash or print nonsense later."""
     try:
@@ -600,14 +611,7 @@ def main(argv=None):
     p.add_argument("--out", help="also write the results as a JSON list here")
     args = check_args(p, p.parse_args(argv))
     if args.what == "table":
-        try:
-            rows = [r for path in args.inputs for r in common.load_json(path)]
-            if not all(isinstance(r, dict) for r in rows):
-                raise ValueError("each file must hold a JSON list of result objects")
-            print(precision_table(rows))
-        except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
-            return common.fail(common.UsageError(f"--inputs: not precision/matmul results ({type(e).__name__}: {e})"))
-        return 0
+        return print_table(args.inputs)
     device = common.resolve_device(args.device)
     results = dict(train=bench_train, landscape=bench_landscape, predict=bench_predict, precision=bench_precision,
                    matmul=bench_matmul, hessian=bench_hessian)[args.what](args, device)

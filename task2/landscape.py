@@ -43,6 +43,23 @@ SURFACE_KEYS = ("ckpt", "interp", "trajectory", "x", "y", "seed", "norm", "inclu
                 "n_items", "precision", "dir_file", "ckpt_sha256", "interp_sha256")  # the checkpoints' contents too
 
 
+def check_numbers(p, args):
+    """argparse's error (exit 2, one line) for a count, tolerance, clip or grid that makes no sense or no fit."""
+    counts = (args.batch_size, args.hessian_iters, args.repeats, args.trace_probes, args.slq_probes, args.slq_steps)
+    if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not 0 < args.hessian_tol < 1:
+        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --repeats and the probe "
+                "and step counts positive; --hessian-tol in (0, 1)")
+    if args.zmax is not None and not (math.isfinite(args.zmax) and args.zmax > 0):
+        p.error(f"--zmax {args.zmax}: the clip must be a positive finite loss")
+    if args.trace_probes < 2:
+        p.error("--trace-probes must be at least 2 (its standard error needs two probes)")
+    try:
+        check_grid_fits(args.x, args.y or (args.x if args.trajectory else None))  # a path's plane is x by x
+    except common.UsageError as e:
+        p.error(str(e))
+    return args
+
+
 def settings_differences(info, argv):
     """The settings of a saved surface.json that the command line `argv` would make otherwise (grid, images,
     directions, Hessian flags; the checkpoints and the resolved precision aside). A surface saved before its
@@ -143,19 +160,7 @@ def parse_args(argv=None):
     for i, token in enumerate(argv[:-1]):  # let "--x -1:1:51" through: argparse reads "-1:1:51" as an option
         if token in ("--x", "--y") and argv[i + 1].startswith("-"):
             argv[i:i + 2] = [f"{token}={argv[i + 1]}", ""]
-    args = p.parse_args([a for a in argv if a != ""])
-    counts = (args.batch_size, args.hessian_iters, args.repeats, args.trace_probes, args.slq_probes, args.slq_steps)
-    if args.n_items == 0 or args.n_items < -1 or min(counts) < 1 or not 0 < args.hessian_tol < 1:
-        p.error("--n-items must be -1 (all) or positive; --batch-size, --hessian-iters, --repeats and the probe "
-                "and step counts positive; --hessian-tol in (0, 1)")
-    if args.zmax is not None and not (math.isfinite(args.zmax) and args.zmax > 0):
-        p.error(f"--zmax {args.zmax}: the clip must be a positive finite loss")
-    if args.trace_probes < 2:
-        p.error("--trace-probes must be at least 2 (its standard error needs two probes)")
-    try:
-        check_grid_fits(args.x, args.y or (args.x if args.trajectory else None))  # a path's plane is x by x
-    except common.UsageError as e:
-        p.error(str(e))
+    args = check_numbers(p, p.parse_args([a for a in argv if a != ""]))
     if args.replot:
         return args
     if not (args.ckpt or args.trajectory):
@@ -620,6 +625,12 @@ def replot(folder, log, zmax):
     return 0
 
 
+def drop_old_surface(out):
+    for name in ("surface.json", "surface.npz"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
 def landscape_in_folder(args, rank, device):
     numerics = common.numerics_for(args.precision, device)
     settings = {**{k: getattr(args, k) for k in SURFACE_KEYS if not k.endswith("_sha256")},
@@ -631,9 +642,7 @@ def landscape_in_folder(args, rank, device):
     cfg, world = ckpt["config"], common.rank_and_world()[1]
     images, labels = evaluation_data(args.data_dir, cfg, device, args.split, args.n_items, not args.no_download)
     if rank == 0 and not args.resume:  # --overwrite: the old surface is not complete beside the new directions
-        for name in ("surface.json", "surface.npz"):
-            if os.path.exists(os.path.join(args.out, name)):
-                os.remove(os.path.join(args.out, name))
+        drop_old_surface(args.out)
     criterion = common.loss_fn(cfg["loss"], cfg.get("label_smoothing", 0.0))
     base = [t.detach().clone() for _, t in common.landscape_tensors(model)]
     axes, path = prepare_axes(model, device, args.out, args.ckpt, args.x, args.y, args.trajectory, args.interp,
