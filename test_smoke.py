@@ -1750,7 +1750,8 @@ def test_job_runner_refuses_other_settings_and_unreadable_results(fake_data, tmp
     (out / "config.json").write_text("{ truncated")  # once a traceback that ended the phase
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "[2/2]" in proc.stdout
-    assert failures.read_text().count("its files cannot be read (JSONDecodeError") == 2
+    assert failures.read_text().count("its files cannot be read (CorruptFile: ") == 2
+    assert "config.json is not valid JSON" in failures.read_text()
 
 
 def test_run_all_counts_a_job_runner_that_crashed_as_a_failure(tmp_path):
