@@ -1631,6 +1631,18 @@ def test_bench_refuses_values_that_crashed_it_or_printed_nonsense(argv, tmp_path
     assert "Traceback" not in err and (argv[1] if argv[0] != "table" else "--inputs") in err
 
 
+def test_the_airbench_calibration_gets_our_images_in_airbench_format(fake_data, tmp_path):
+    """airbench reads <folder>/cifar10/{train,test}.pt: uint8 N×32×32×3 images, labels and class names (it would
+    make them through torchvision, whose MD5 check our JPEG-derived copy fails); airbench itself is optional."""
+    import airbench_calibration
+    airbench_calibration.write_airbench_data(str(tmp_path), fake_data, subset=10)
+    data = common.load_cifar10(fake_data, download=False)
+    train, test = (torch.load(tmp_path / "cifar10" / f"{n}.pt") for n in ("train", "test"))
+    assert train["images"].dtype == torch.uint8 and train["images"].shape == (10, 32, 32, 3)
+    assert torch.equal(train["images"].permute(0, 3, 1, 2), data["train_x"][:10])
+    assert torch.equal(test["labels"], data["test_y"]) and test["classes"] == data["classes"]
+
+
 def test_a_grid_too_big_for_the_machine_names_its_estimate():
     with pytest.raises(common.UsageError, match=r"a 1000 × 1000 grid \(1,000,000 points\) needs about 0.1 GiB"):
         landscape.check_grid_fits([0.0] * 1000, [0.0] * 1000, memory=2**26)
