@@ -1786,6 +1786,20 @@ def fake_result(folder, val_acc, status="completed", **config):
         epochs_run=1, epochs=1, train_seconds=1.0, params=10, convergence_epoch=1, device="cpu", config=config))
 
 
+def test_per_block_spectra_are_drawn_by_block_position(tmp_path, monkeypatch):
+    """VGG-A names its blocks features.0, .3, ...; VGG-A + BN features.0+1, .4+5, ...: drawn by name, the BN
+    network's blocks once landed after VGG-A's. Both are drawn at positions 1..n."""
+    drawn = {}
+    monkeypatch.setattr(report.common, "save_figure", lambda fig, path: drawn.update(fig=fig))
+    block = lambda name, top: dict(name=name, top=dict(mean=top))  # noqa: E731
+    report.plot_spectra({"vgg_a": dict(blocks=[block("features.0", 5.0), block("features.3", 2.0)]),
+                         "vgg_a_bn": dict(blocks=[block("features.0+1", 9.0), block("features.4+5", 3.0)])},
+                        str(tmp_path / "spectra.png"))
+    lines = drawn["fig"].axes[1].lines
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [1, 2]]
+    assert [line.get_label() for line in lines] == ["vgg_a", "vgg_a_bn"]
+
+
 def test_a_failing_report_keeps_the_figures_its_old_tables_link(tmp_path, monkeypatch):
     fake_result(str(tmp_path / "runs" / "some_run"), 0.5)
     (tmp_path / "figures").mkdir()

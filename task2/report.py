@@ -261,16 +261,18 @@ def plot_spectra(infos, path):
         if "density" in s:
             grid, _, curves = common.density_curves(s["density"])
             ax_d.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color=colour, label=label)
-        if "blocks" in s:
-            ax_b.plot([b["name"] for b in s["blocks"]], [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
+        if "blocks" in s:  # by position: the networks name their blocks differently (features.3 vs features.4+5)
+            ax_b.plot(np.arange(1, len(s["blocks"]) + 1), [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
                       label=label)
     ax_d.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
              title="Hessian eigenvalue density")
-    ax_b.set(yscale="log", ylabel="top eigenvalue of the block's Hessian", title="per block (the rest fixed)")
-    ax_b.tick_params(axis="x", rotation=60, labelsize=7)
+    ax_b.set(yscale="log", xlabel="block, counted from the input (each network's block names: tables.md)",
+             ylabel="top eigenvalue of the block's Hessian", title="per block (the rest fixed)")
+    ax_b.xaxis.get_major_locator().set_params(integer=True)
     for ax in (ax_d, ax_b):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     common.save_figure(fig, path)
 
 
