@@ -440,14 +440,10 @@ def training_seconds(job, device, cache, min_seconds=1.0):
                for train_rate, eval_rate in (measured_rates(c, device, cache, min_seconds) for c in runs))
 
 
-def flag_value(flags, name, default):
-    return flags[flags.index(name) + 1] if name in flags else default
-
-
 def hessian_passes(flags):
     """Training-pass equivalents per evaluation image of a landscape job's Hessian flags (a Hessian-vector
     product costs about two passes): Lanczos extremes, the trace's probes, the density's steps, per block both."""
-    value = lambda name, default: int(flag_value(flags, name, default))  # noqa: E731
+    value = lambda name, default: int(reproduce.option(flags, name) or default)  # noqa: E731
     iters, probes = value("--hessian-iters", "20"), value("--trace-probes", "16")
     passes = iters * ("--hessian" in flags) + probes * ("--hessian-trace" in flags) + \
         value("--slq-probes", "4") * value("--slq-steps", "30") * ("--hessian-density" in flags) + \
@@ -458,11 +454,11 @@ def hessian_passes(flags):
 def landscape_seconds(flags, device, cache, min_seconds=1.0):
     """A surface, path plane or interpolation: every point one evaluation of --n-items images; the Hessian's
     products; the model from its run's saved config (--ckpt, or the --trajectory run's last.pt)."""
-    ckpt = flag_value(flags, "--ckpt", None) or os.path.join(flag_value(flags, "--trajectory", None), "last.pt")
+    ckpt = reproduce.option(flags, "--ckpt") or os.path.join(reproduce.option(flags, "--trajectory"), "last.pt")
     cfg = common.load_json(os.path.join(os.path.dirname(ckpt), "config.json"))
-    x = int(flag_value(flags, "--x", "-1:1:51").split(":")[2])
-    y = x if "--trajectory" in flags else int(flag_value(flags, "--y", "0:0:1").split(":")[2])
-    items = int(flag_value(flags, "--n-items", "10000"))
+    x = int((reproduce.option(flags, "--x") or "-1:1:51").split(":")[2])
+    y = x if "--trajectory" in flags else int((reproduce.option(flags, "--y") or "0:0:1").split(":")[2])
+    items = int(reproduce.option(flags, "--n-items") or "10000")
     train_rate, eval_rate = measured_rates(cfg, device, cache, min_seconds)
     return x * y * items / eval_rate + hessian_passes(flags) * items / train_rate
 
@@ -483,7 +479,7 @@ def finish_on_paper(jobs):
     """A finished result.json, config.json and (empty) best.pt for every training job, so that the plan's later phases list
     their jobs; the grid's standard ReLU CE SGD run is made the best (the slower ResVGG16: errs long)."""
     for script, *flags in (job for job in jobs if job[0].endswith("train.py")):
-        cfg, out = common.parse_config(script, flags), flag_value(flags, "--out", None)
+        cfg, out = common.parse_config(script, flags), reproduce.option(flags, "--out")
         best = os.path.basename(out) == reproduce.grid_name("standard", "relu", "ce", "sgd")
         os.makedirs(out, exist_ok=True)
         common.write_json(os.path.join(out, "config.json"), cfg)
@@ -515,7 +511,7 @@ def predict_profile(profile, device, cache, seeds=1, min_seconds=1.0, done_in=No
 
 def finished_in(results, job):
     """Whether the job's folder (its --out, under the planned results folder) is finished in `results`."""
-    folder = os.path.join(results, *flag_value(job, "--out", "").split(os.sep)[-2:])
+    folder = os.path.join(results, *(reproduce.option(job, "--out") or "").split(os.sep)[-2:])
     done = [("result.json", "status", reproduce.FINISHED), ("surface.json", "status", ("complete",))]
     for name, key, values in done:
         try:
