@@ -476,8 +476,8 @@ def job_seconds(job, device, cache, min_seconds=1.0):
 
 
 def finish_on_paper(jobs):
-    """A finished result.json, config.json and (empty) best.pt for every training job, so that the plan's later phases list
-    their jobs; the grid's standard ReLU CE SGD run is made the best (the slower ResVGG16: errs long)."""
+    """A finished result.json, config.json and (empty) best.pt for every training job, so that the plan's later
+    phases list their jobs; the grid's standard ReLU CE SGD run is made the best (the slower ResVGG16: errs long)."""
     for script, *flags in (job for job in jobs if job[0].endswith("train.py")):
         cfg, out = common.parse_config(script, flags), reproduce.option(flags, "--out")
         best = os.path.basename(out) == reproduce.grid_name("standard", "relu", "ce", "sgd")
