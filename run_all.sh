@@ -87,13 +87,17 @@ if [ -z "$no_eta" ] && [ "$phase" != report ]; then  # from rates timed now, on 
     || echo "(no prediction of the wall time)"
 fi
 
+# deal N K: every N-th job line from stdin, starting at job K; an indented line (a surface of the checkpoint the
+# job before it writes) goes with that job
+deal() { awk -v n="$1" -v k="$2" 'NR == 1 || !/^ / {g++} (g - 1) % n == k'; }
+
 # run_phase NAME: plan the phase's jobs into $out/logs/NAME.jobs (one command line each; with --shard only
 # this shard's share), then run them round robin over --gpus with one worker per GPU, or one after another.
 # Ctrl-C (exit 130) stops the script.
 run_phase() {
   local name=$1 file="$out/logs/$1$tag.jobs" code=0 listed
   plan "$name" > "$file.all" || { echo "plan $name" >> "$failures"; return; }
-  awk -v n="${shard_n:-1}" -v k="${shard_k:-0}" '(NR - 1) % n == k' "$file.all" > "$file" && rm "$file.all"
+  deal "${shard_n:-1}" "${shard_k:-0}" < "$file.all" > "$file" && rm "$file.all"
   echo "== $name$tag: $(grep -c . "$file") jobs"
   listed=$(wc -l < "$failures")
   if [ -z "$gpus" ]; then
@@ -104,7 +108,7 @@ run_phase() {
     IFS=, read -ra ids <<< "$gpus"
     local i pids=()
     for i in "${!ids[@]}"; do
-      awk -v n="${#ids[@]}" -v i="$i" '(NR - 1) % n == i' "$file" > "$file.$i"
+      deal "${#ids[@]}" "$i" < "$file" > "$file.$i"
       CUDA_VISIBLE_DEVICES=${ids[$i]} $PY task2/reproduce.py jobs "$file.$i" --worker "[gpu ${ids[$i]}] " \
         --failures "$failures" > "$out/logs/$name$tag.gpu${ids[$i]}.log" 2>&1 &
       pids+=($!)

@@ -978,11 +978,37 @@ def test_figures_average_each_step_over_the_seeds_that_reached_it():
                                                     probe_losses=np.array([[1.0, 3.0], [5.0, 7.0]]))),
             dict(model="vgg_a", lr=0.5, arrays=dict(step_loss=np.array([4.0, 6.0, 3.0, 1.0]),
                                                     probe_losses=np.array([[3.0, 5.0], [7.0, 9.0], [1.0, 1.0]])))]
-    assert bn_analysis.seed_mean(runs, "vgg_a", 0.5, "step_loss").tolist() == [3.0, 5.0, 3.0, 1.0]
-    assert bn_analysis.seed_mean(runs, "vgg_a", 0.5, "probe_losses").tolist() == [[2, 4], [6, 8], [1, 1]]
-    assert bn_analysis.seed_mean(runs, "vgg_a_bn", 0.5, "step_loss") is None
+    assert bn_analysis.group_mean(runs, "step_loss").tolist() == [3.0, 5.0, 3.0, 1.0]
+    assert bn_analysis.group_mean(runs, "probe_losses").tolist() == [[2, 4], [6, 8], [1, 1]]
+    assert bn_analysis.group_mean(runs, "probe_betas") is None
     assert bn_analysis.with_seeds_note("β", runs) == "β\nmean over 2 seeds, at each step over those that reached it"
     assert bn_analysis.with_seeds_note("β", runs[:1]) == "β"
+
+
+def test_a_seed_that_diverged_or_stalled_is_drawn_alone_and_named(monkeypatch):
+    """The --paper curves once averaged VGG-A lr 0.5's diverged seed (best 64 %) with its stalled one (10 %)
+    into one 36 % line, unmarked. Such a group is drawn seed by seed, each outcome in the legend; a group whose
+    seeds all trained stays one mean line; plain model names; accuracy in %."""
+    drawn = {}
+    monkeypatch.setattr(bn_analysis.common, "save_figure", lambda fig, path: drawn.update({path: fig}))
+    def run(model, lr, seed, status, best, accs):  # noqa: E306
+        return dict(model=model, lr=lr, seed=seed, result=dict(status=status, best_val_acc=best, epochs_run=len(accs),
+                                                               config=dict(num_classes=10)),
+                    history=[dict(train_loss=1.0, val_acc=a) for a in accs],
+                    arrays=dict(probe_step=np.array([1.0, 2.0]), probe_betas=np.array([[1.0], [2.0]]),
+                                steps_per_epoch=1, etas=np.array([1.0])))
+    runs = [run("vgg_a", 0.5, 0, "diverged", 0.64, [0.3, 0.64]), run("vgg_a", 0.5, 1, "completed", 0.104, [0.1, 0.1]),
+            run("vgg_a_bn", 0.5, 0, "completed", 0.7, [0.5, 0.7]), run("vgg_a_bn", 0.5, 1, "completed", 0.8, [0.6, 0.8])]
+    bn_analysis.plot_runs_curves(runs, "curves.png")
+    acc = drawn["curves.png"].axes[1]
+    lines = {line.get_label(): np.round(line.get_ydata(), 6).tolist() for line in acc.lines}
+    assert lines == {"VGG-A, lr 0.5, seed 0 (diverged at epoch 2)": [30.0, 64.0],
+                     "VGG-A, lr 0.5, seed 1 (stalled, best val 10.4 %)": [10.0, 10.0],
+                     "VGG-A + BN, lr 0.5": [55.0, 75.0]}
+    assert acc.get_ylabel() == "validation accuracy (%)" and "each seed alone" in drawn["curves.png"]._suptitle.get_text()
+    bn_analysis.plot_probe(runs, "beta.png", "probe_betas", "β", "β", band=False)
+    assert [line.get_label() for line in drawn["beta.png"].axes[0].lines][:3] == [
+        "VGG-A, seed 0 (diverged at epoch 2)", "VGG-A, seed 1 (stalled, best val 10.4 %)", "VGG-A + BN"]
 
 
 def seeded_runs(ratios_by_seed, probes=40):
@@ -2119,8 +2145,9 @@ def test_a_profile_rerun_on_the_committed_results_trains_and_computes_nothing():
         for phase in reproduce.PHASES:
             for script, *args in reproduce.plan(phase, profile, out, "data"):
                 folder = reproduce.option(args, "--out")
-                if script.endswith("train.py") and not os.path.exists(os.path.join(folder, "result.json")):
-                    continue  # a run the profile has not made yet
+                if not os.path.exists(os.path.join(folder, "surface.json" if script.endswith("landscape.py")
+                                                   else "result.json")):
+                    continue  # a run or surface the profile has not made yet
                 if script.endswith("bn_analysis.py"):
                     a = bn_analysis.parse_args(args)
                     for seed, model, lr in itertools.product(range(a.seeds), a.models, a.lrs):
@@ -2136,7 +2163,8 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     """cpu-full: every report row once, then seeds 1 and 2 of VGG-A and VGG-A + BN with Adam, pair by pair; the
     report pairs them by seed (an unfinished seed counts nowhere) and puts each run's convergence epoch beside
     the report's."""
-    outs = [job[-1] for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")]
+    outs = [job[-1] for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")
+            if not isinstance(job, reproduce.FollowingJob)]
     names = [os.path.basename(o) for o in outs]
     assert names[7:] == ["t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
     assert "t2_vgg_a_res_bn_sgd" in names[:7] and len(set(names)) == len(names)
@@ -2157,6 +2185,84 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     assert "79.00 ± 1.00 (n=3)" in plain_row and "| 20 / 1.0 ± 0.0 (n=3) |" in plain_row
     bn_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_bn_adam]"))
     assert "85.50 ± 0.71 (n=2)" in bn_row and "completed ×2, interrupted ×1" in bn_row
+
+
+def fake_surface(folder, ckpt, status="complete"):
+    """A landscape folder as landscape.py leaves it (surface.json naming its checkpoint, one figure)."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "contour.png"), "w").close()
+    common.write_json(os.path.join(folder, "surface.json"), dict(status=status, figures=["contour.png"],
+                                                                 settings=dict(ckpt=ckpt)))
+
+
+def test_full_scale_surfaces_follow_their_training_job_and_a_lost_checkpoint_is_retrained(tmp_path):
+    """cpu-full draws the SGD runs' surfaces from seed 0's best.pt right after it trains (indented lines, dealt
+    out with their job); a finished run whose best.pt is gone (a new sitting) is trained again into
+    <run>_retrain for its unfinished surfaces, afresh when the retrain's best.pt is gone too; complete surfaces
+    of a gone checkpoint stay as drawn, and an unfinished one without its checkpoint is refused."""
+    out, job = str(tmp_path), next(j for j in reproduce.FULL_SCALE_JOBS if j["name"] == "t2_vgg_a_bn_sgd")
+    run = reproduce.run_dir(out, job["name"])
+    lines = lambda: [j for j in reproduce.plan("train", "cpu-full", out, "data") if "vgg_a_bn_sgd" in j[-1]]  # noqa
+    first = lines()
+    assert [type(j) is reproduce.FollowingJob for j in first] == [False, True, True, True]
+    assert all(reproduce.option(j, "--ckpt") == f"{run}/best.pt" for j in first[1:])
+    assert ["--x", "-1:1:21", "--y", "-1:1:21", "--n-items", "2000"] == first[1][first[1].index("--x"):][:6]
+    assert "train" == reproduce.option(first[2], "--bn-mode") and "filter" == reproduce.option(first[3],
+                                                                                             "--hessian-coords")
+    assert reproduce.job_state(first[1][0], first[1][1:]).startswith("refused: its checkpoint")
+    printed = subprocess.run([sys.executable, "task2/reproduce.py", "plan", "train", "--profile", "cpu-full",
+                              "--out", out], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    deal = next(line for line in open(os.path.join(ROOT, "run_all.sh")) if line.startswith("deal()"))
+    dealt = [subprocess.run(["bash", "-c", f"{deal}\ndeal 2 {k}"], input=printed, capture_output=True, text=True,
+                            check=True).stdout.splitlines() for k in (0, 1)]
+    holder = next(d for d in dealt if any(line.endswith(run) for line in d))
+    at = next(i for i, line in enumerate(holder) if line.endswith(run))
+    assert [line.endswith(f) for line, f in zip(holder[at + 1:], ("vgg_a_bn_sgd", "bntrain", "hessian"))] == [True] * 3
+    assert sorted(dealt[0] + dealt[1]) == sorted(printed.splitlines())
+    fake_result(run, 0.8, **reproduce.full_scale_config(job, 0))  # finished, no best.pt: a new sitting
+    retrain, *surfaces = lines()[1:]
+    assert retrain[-1] == run + "_retrain" and "--overwrite" not in retrain
+    assert all(reproduce.option(j, "--ckpt") == f"{run}_retrain/best.pt" for j in surfaces)
+    fake_result(run + "_retrain", 0.8, **reproduce.full_scale_config(job, 0))  # and that one's best.pt gone too
+    again = lines()[1]
+    assert again[-3:] == ["--overwrite", "--out", run + "_retrain"] and reproduce.job_state(again[0], again[1:]) == []
+    for j in surfaces:
+        fake_surface(reproduce.option(j, "--out"), reproduce.option(j, "--ckpt"))
+    assert "--overwrite" not in lines()[1] and all(reproduce.job_state(j[0], j[1:]) == "done" for j in lines())
+
+
+def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_one_scale(tmp_path, monkeypatch):
+    """The report's cpu-full landscape section: a row per planned folder (loss range over the finite points, the
+    top eigenvalue and its coordinates, wall time), the report's maxima beside, a retrain set against the
+    committed run, and the three SGD surfaces drawn together once all exist."""
+    out, drawn = str(tmp_path), []
+    monkeypatch.setattr(report, "plot_bn_modes", lambda *a, **k: drawn.append(a))
+    jobs = {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
+    x = np.linspace(-1, 1, 3)
+    for folder, top, coords in (("vgg_a_sgd", 250.0, "raw"), ("vgg_a_bn_sgd", 80.0, "raw"),
+                                ("vgg_a_bn_sgd_bntrain", 60.0, "raw"), ("vgg_a_bn_sgd_filter_hessian", 3.0, "filter")):
+        folder = os.path.join(out, "landscapes", folder)
+        fake_surface(folder, f"{out}/runs/t2_vgg_a_bn_sgd/best.pt")
+        info = common.load_json(os.path.join(folder, "surface.json"))
+        info.update(points=9, points_done=9, seconds=120.0, hessian=dict(top_eigenvalue=top, converged=True,
+                                                                           coords=coords, seconds=60.0))
+        info["settings"].update(bn_mode="train" if "bntrain" in folder else "eval", n_items=2000)
+        common.write_json(os.path.join(folder, "surface.json"), info)
+        loss = np.full((3, 3), top)
+        loss[0, 0], loss[1, 1] = np.inf, 0.5
+        np.savez(os.path.join(folder, "surface.npz"), x=x, y=x, loss=loss)
+    for name, acc in (("t2_vgg_a_sgd", 0.82), ("t2_vgg_a_sgd_retrain", 0.815)):
+        fake_result(reproduce.run_dir(out, name), acc, **reproduce.full_scale_config(jobs["t2_vgg_a_sgd"], 0))
+    text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
+    sgd_row = next(line for line in text.splitlines() if line.startswith("| [vgg_a_sgd]"))
+    assert "| eval | 9/9 | 2000 | 0.5 | 250 | 250 | raw | 2:00 + Hessian 1:00 |" in sgd_row
+    assert "| 3 | filter |" in next(line for line in text.splitlines() if "filter_hessian]" in line)
+    assert "2.0·10⁶" in text and "71.50 % (completed, fp32) vs 72.00 % committed (fp32): -0.50 pp." in text
+    assert len(drawn) == 1 and "top eigenvalue 60" in drawn[0][4][2]
+    shutil.rmtree(os.path.join(out, "landscapes", "vgg_a_bn_sgd_bntrain"))
+    text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
+    assert "[vgg_a_bn_sgd_bntrain]" not in text and "vgg_a_sgd_filter_hessian, vgg_a_bn_sgd_bntrain (each" in text
+    assert len(drawn) == 1
 
 
 @pytest.mark.parametrize("flags", [["--hessian-tol", "inf"], ["--hessian-tol", "0"], ["--zmax", "nan"],

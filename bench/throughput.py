@@ -494,9 +494,9 @@ def predict_jobs(profile, device, cache, seeds=1, min_seconds=1.0):
     predicted = []
     with tempfile.TemporaryDirectory() as out:
         for phase in reproduce.PHASES:
-            jobs = reproduce.plan(phase, profile, out, ".", seeds)
-            predicted += [(phase, job, job_seconds(job, device, cache, min_seconds)) for job in jobs]
-            finish_on_paper(jobs)
+            for job in reproduce.plan(phase, profile, out, ".", seeds):  # a job may read the one before it
+                predicted.append((phase, job, job_seconds(job, device, cache, min_seconds)))
+                finish_on_paper([job])
     return predicted
 
 

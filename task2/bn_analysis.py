@@ -16,9 +16,11 @@ resumes one interrupted by Ctrl-C; one killed outright or made otherwise is trai
 import argparse
 import collections
 import copy
+import itertools
 import json
 import math
 import os
+import re
 import sys
 import warnings
 
@@ -454,12 +456,44 @@ def model_colours(runs):
     return {m: COLOUR_FAMILIES[i % len(COLOUR_FAMILIES)] for i, m in enumerate(models)}
 
 
-def seed_mean(runs, model, lr, key):
-    """The arrays of one model and lr averaged over its seeds, or None: at each step the mean over the seeds
-    that reached it (a run that stopped early counts until it stopped; the steps are the same at every seed)."""
-    arrays = [r["arrays"].get(key, np.zeros(0)) for r in runs if (r["model"], r["lr"]) == (model, lr)]
-    arrays = [a for a in arrays if a.size]
+MODEL_NAMES = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BN", "vgg_a_res_bn": "VGG-A + BN + residual"}
+SEED_STYLES = ["-", "--", ":", "-."]  # a seed drawn alone: its line style
+
+
+def model_name(model):
+    return MODEL_NAMES.get(model, model)
+
+
+def outcome(run):
+    """'' for a run that trained, else what went wrong, for legends: diverged, or stalled (its best validation
+    accuracy under twice chance)."""
+    result = run.get("result") or {}
+    if result.get("status") == "diverged":
+        return f"diverged at epoch {result.get('epochs_run', '?')}"
+    best = result.get("best_val_acc")
+    if best is not None and best < 2 / result.get("config", {}).get("num_classes", 10):
+        return f"stalled, best val {100 * best:.1f} %"
+    return ""
+
+
+def seed_groups(runs, model, lr):
+    """[(label suffix, runs)] of one model and lr: all seeds as one line (their mean) when every one trained;
+    each seed alone, its outcome in the label, when one diverged or stalled (a mean would hide it)."""
+    group = [r for r in runs if (r["model"], r["lr"]) == (model, lr)]
+    if not any(outcome(r) for r in group):
+        return [("", group)] if group else []
+    return [(f", seed {r.get('seed', 0)} ({outcome(r) or 'trained'})", [r]) for r in group]
+
+
+def group_mean(group, key):
+    """The arrays `key` of a group of runs averaged over them (padded_mean), or None when none has any."""
+    arrays = [a for a in (r["arrays"].get(key, np.zeros(0)) for r in group) if a.size]
     return padded_mean(arrays) if arrays else None
+
+
+def seed_style(label):
+    seed = re.search(r", seed (\d+)", label)
+    return SEED_STYLES[int(seed.group(1)) % len(SEED_STYLES)] if seed else "-"
 
 
 def padded_mean(arrays):
@@ -470,7 +504,10 @@ def padded_mean(arrays):
 def seeds_note(runs):
     """For figure titles: how the seeds were combined, when there are several ("" for one)."""
     n = max(collections.Counter((r["model"], r["lr"]) for r in runs).values())
-    return "" if n == 1 else f"mean over {n} seeds, at each step over those that reached it"
+    alone = any(label for m, lr in {(r["model"], r["lr"]) for r in runs} for label, _ in seed_groups(runs, m, lr))
+    return "" if n == 1 else (f"mean over {n} seeds, at each step over those that reached it" +
+                              ("\nwhere a seed diverged or stalled: each seed alone, named in the legend"
+                               if alone else ""))
 
 
 def with_seeds_note(title, runs):
@@ -496,18 +533,24 @@ def scale_and_first_epoch(ax, values, steps_per_epoch):
 
 
 def plot_loss_band(runs, path, smooth=1):
-    """Course 2.3.1: per step, the max and min training loss over the learning rates, one band per model
-    (mean over seeds per step)."""
+    """Course 2.3.1: per step, the max and min training loss over the learning rates, one band per model (mean
+    over seeds per step; one band per seed when a seed of the model diverged or stalled)."""
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     lrs, colours, shown = sorted({r["lr"] for r in runs}), model_colours(runs), []
     for model in colours:
-        losses = stack_padded([moving_average(seed_mean(runs, model, lr, "step_loss"), smooth) for lr in lrs
-                               if seed_mean(runs, model, lr, "step_loss") is not None])
-        lo, hi = nan_reduce(np.nanmin, losses, 0), nan_reduce(np.nanmax, losses, 0)
-        ax.fill_between(np.arange(losses.shape[1]), lo, hi, color=plt.get_cmap(colours[model])(0.6), alpha=0.6,
-                        lw=0, label=model)
-        shown += [lo, hi]
+        split = any(label for lr in lrs for label, _ in seed_groups(runs, model, lr))
+        seeds = sorted({r.get("seed", 0) for r in runs if r["model"] == model}) if split else [None]
+        for k, seed in enumerate(seeds):
+            mine = [r for r in runs if seed is None or r.get("seed", 0) == seed]
+            means = [group_mean([r for r in mine if (r["model"], r["lr"]) == (model, lr)], "step_loss") for lr in lrs]
+            losses = stack_padded([moving_average(m, smooth) for m in means if m is not None])
+            lo, hi = nan_reduce(np.nanmin, losses, 0), nan_reduce(np.nanmax, losses, 0)
+            notes = "; ".join(f"lr {r['lr']:g} {outcome(r)}" for r in mine if r["model"] == model and outcome(r))
+            label = model_name(model) + ("" if seed is None else f", seed {seed}" + (f" ({notes})" if notes else ""))
+            ax.fill_between(np.arange(losses.shape[1]), lo, hi, color=plt.get_cmap(colours[model])(0.45 + 0.3 * k),
+                            alpha=0.5, lw=0, label=label)
+            shown += [lo, hi]
     scale_and_first_epoch(ax, np.concatenate(shown), int(runs[0]["arrays"].get("steps_per_epoch", 0)))
     ax.set(xlabel="training step", ylabel="training loss",
            title=with_seeds_note(f"loss band: min..max training loss over lr in {{{', '.join(f'{lr:g}' for lr in lrs)}}}"
@@ -531,16 +574,17 @@ def plot_probe(runs, path, key, ylabel, title, band=True, reference=False):
     plt, fig, panels, colours = lr_panels(runs)
     for ax, lr in panels:
         shown = []
-        for model in colours:
-            values, steps = seed_mean(runs, model, lr, key), seed_mean(runs, model, lr, "probe_step")
+        for model, (suffix, group) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
+            values, steps = group_mean(group, key), group_mean(group, "probe_step")
             if values is None:
                 continue
-            colour = plt.get_cmap(colours[model])(0.65)
+            colour, label = plt.get_cmap(colours[model])(0.65), model_name(model) + suffix
             lo, hi = nan_reduce(np.nanmin, values, 1), nan_reduce(np.nanmax, values, 1)
             if band:
-                ax.fill_between(steps, lo, hi, color=colour, alpha=0.5, lw=0, label=model)
+                ax.fill_between(steps, lo, hi, color=colour, alpha=0.5, lw=0, label=label,
+                                hatch=None if seed_style(label) == "-" else "//")
             else:
-                ax.plot(steps, hi, color=colour, lw=1.2, label=model)
+                ax.plot(steps, hi, seed_style(label), color=colour, lw=1.2, label=label)
             shown += [lo, hi] if band else [hi]
         if reference:
             eta = min(float(np.min(r["arrays"]["etas"])) for r in runs if r["lr"] == lr)
@@ -558,19 +602,20 @@ def plot_runs_curves(runs, path):
     plt = common.pyplot()
     lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model in colours:
-        for i, lr in enumerate(lrs):
-            histories = [r["history"] for r in runs if (r["model"], r["lr"]) == (model, lr) and r["history"]]
+    for model, (i, lr) in itertools.product(colours, enumerate(lrs)):
+        for suffix, group in seed_groups(runs, model, lr):
+            histories = [r["history"] for r in group if r["history"]]
             if not histories:
                 continue
             mean = {k: padded_mean([[e[k] for e in h] for h in histories]) for k in ("train_loss", "val_acc")}
+            label = f"{model_name(model)}, lr {lr:g}{suffix}"
             style = dict(color=plt.get_cmap(colours[model])(0.35 + 0.6 * (i + 1) / len(lrs)), marker=".",
-                         label=f"{model} lr {lr:g}")
+                         ls=seed_style(label), label=label)
             epochs = np.arange(1, max(len(h) for h in histories) + 1)
             ax_loss.plot(epochs, mean["train_loss"], **style)
-            ax_acc.plot(epochs, mean["val_acc"], **style)
+            ax_acc.plot(epochs, 100 * mean["val_acc"], **style)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -598,10 +643,12 @@ def plot_sharpness(runs, path):
     plt, fig, panels, colours = lr_panels(runs)
     for ax, lr in panels:
         shown = []
-        for model in colours:
-            top, steps = seed_mean(runs, model, lr, "sharpness_top"), seed_mean(runs, model, lr, "sharpness_step")
+        for model, (suffix, group) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
+            top, steps = group_mean(group, "sharpness_top"), group_mean(group, "sharpness_step")
             if top is not None:
-                ax.plot(steps, top, color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2, label=model)
+                label = model_name(model) + suffix
+                ax.plot(steps, top, seed_style(label), color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2,
+                        label=label)
                 shown.append(top)
         run = next(r for r in runs if r["lr"] == lr)
         cfg, per_epoch = run["result"]["config"], int(run["arrays"]["steps_per_epoch"])

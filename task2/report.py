@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import bn_analysis  # noqa: E402
 import common  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       BN_PAIR, PROFILES, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       BN_PAIR, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
                        grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
 
 # -- tables --------------------------------------------------------------------------------
@@ -440,7 +440,73 @@ def full_scale_sections(out, jobs):
     md += [""] + paired_bn_difference(out, BN_PAIR)
     if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
         md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
-    return md + ["", curves_section(out)[0]]
+    return md + [""] + full_scale_landscapes(out, jobs) + ["", curves_section(out)[0]]
+
+
+REPORT_SURFACE_MAX = "the report's No_BN_SGD surface reaches a loss of 2.0·10⁶ (colour bar; z axis to 4.0·10⁶), its " \
+    "BN_SGD surface 20 (z axis to 25); it does not say how its surfaces were made (directions, their normalization, " \
+    "range, resolution, images, BN mode)"
+SGD_LANDSCAPES = [("vgg_a_sgd", "VGG-A, SGD"), ("vgg_a_bn_sgd", "VGG-A + BN, SGD, BN eval"),
+                  ("vgg_a_bn_sgd_bntrain", "VGG-A + BN, SGD, BN train")]  # figures/bn_landscapes_sgd.png
+
+
+def full_scale_landscapes(out, jobs):
+    """The surfaces and Hessians of the full-scale checkpoints (one row per landscape folder a job plans),
+    the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
+    planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _ in job["surfaces"]]
+    made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
+    md = ["### Loss landscapes of the full-scale SGD checkpoints (task2/landscape.py)", ""]
+    if made:
+        md += [*table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min", "loss max",
+                           "top eigenvalue", "Hessian coordinates", "wall time"),
+               *(landscape_row(out, f) for f in made), ""]
+    if len(made) < len(planned):
+        md += [f"Not computed yet: {', '.join(os.path.basename(f) for f in planned if f not in made)} (each right "
+               "after the training job whose best.pt it reads).", ""]
+    md += [f"For comparison: {REPORT_SURFACE_MAX}. Ours: filter-normalized random directions, the loss on the "
+           "first images of the training split, fp32 Hessian by Lanczos (raw: in the parameters; filter: D·H·D, "
+           "the surfaces' coordinates)."] + retrain_lines(out, jobs)
+    surfaces = [load_surface(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
+    if all(surfaces):
+        tops = [surface_top(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
+        titles = [f"{label}\ntop eigenvalue {top}" for (_, label), top in zip(SGD_LANDSCAPES, tops)]
+        plot_bn_modes(*surfaces, os.path.join(out, "figures", "bn_landscapes_sgd.png"), titles,
+                      "No BN vs BN: SGD checkpoints, full width, one log10 colour scale")
+        md += ["", "![No BN vs BN, SGD checkpoints: log10 loss on one colour scale](figures/bn_landscapes_sgd.png)"]
+    return md
+
+
+def surface_top(folder):
+    info = common.load_json(os.path.join(folder, "surface.json"))
+    return hessian_cell(info.get("hessian"), "top_eigenvalue")
+
+
+def landscape_row(out, folder):
+    """One landscape folder's row: its checkpoint, grid, loss range, top eigenvalue and wall time."""
+    info, loss = common.load_json(os.path.join(folder, "surface.json")), load_surface(folder)["loss"]
+    settings, finite, h = info["settings"], loss[np.isfinite(loss)], info.get("hessian") or {}
+    ckpt = os.path.relpath(settings["ckpt"], out)
+    seconds = f"{common.format_seconds(info['seconds'])} + Hessian {common.format_seconds(h['seconds'])}" \
+        if "seconds" in h else common.format_seconds(info["seconds"])
+    return row([link(out, folder), f"`{ckpt}`", settings["bn_mode"], f"{info['points_done']}/{info['points']}",
+                settings["n_items"], f"{finite.min():.4g}" if finite.size else "–",
+                f"{finite.max():.4g}" if finite.size else "–", hessian_cell(h, "top_eigenvalue"),
+                h.get("coords", "raw") if h else "–", seconds])
+
+
+def retrain_lines(out, jobs):
+    """A run trained again for its surfaces (its checkpoint was gone) beside the committed run."""
+    lines = []
+    for job in (job for job in jobs if job["surfaces"]):
+        first, again = read_result(run_dir(out, job["name"])), read_result(run_dir(out, job["name"] + RETRAIN))
+        if first and again and first["test_acc_at_best_val"] is not None and again["test_acc_at_best_val"] is not None:
+            lines.append(f"- {job['name']} trained again with its own command for its surfaces (its checkpoint was "
+                         f"gone): test accuracy at the best-validation epoch {100 * again['test_acc_at_best_val']:.2f} "
+                         f"% ({again['status']}, {again['config'].get('precision', 'fp32')}) vs "
+                         f"{100 * first['test_acc_at_best_val']:.2f} % committed "
+                         f"({first['config'].get('precision', 'fp32')}): "
+                         f"{100 * (again['test_acc_at_best_val'] - first['test_acc_at_best_val']):+.2f} pp.")
+    return [""] + lines if lines else []
 
 
 def write_report(out, profile=""):
@@ -521,13 +587,15 @@ def load_surface(folder):
     return common.load_npz(path)
 
 
-def plot_bn_modes(plain, bn_eval, bn_train, path):
+BN_MODE_TITLES = ("VGG-A (no BN: both modes)", "VGG-A + BN, --bn-mode eval", "VGG-A + BN, --bn-mode train")
+
+
+def plot_bn_modes(plain, bn_eval, bn_train, path, titles=BN_MODE_TITLES, suptitle=None):
     """Filled log10-loss contours on one colour scale: VGG-A (no BN, so one surface for both modes) beside
     VGG-A + BN with frozen running statistics (eval) and with statistics re-estimated at each point (train)."""
     from matplotlib.colors import Normalize
     plt = common.pyplot()
-    panels = [(plain, "VGG-A (no BN: both modes)"), (bn_eval, "VGG-A + BN, --bn-mode eval"),
-              (bn_train, "VGG-A + BN, --bn-mode train")]
+    panels = list(zip((plain, bn_eval, bn_train), titles))
     zs, levels = shared_scale([s for s, _ in panels], log=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     for ax, (s, title), z in zip(axes, panels, zs):
@@ -536,6 +604,8 @@ def plot_bn_modes(plain, bn_eval, bn_train, path):
                              extend="both")
         ax.set(title=title, xlabel="x", ylabel="y", aspect="equal")
     fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     common.save_figure(fig, path, dpi=110, tight=False)
 
 

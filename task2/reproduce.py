@@ -61,13 +61,17 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"], trajectory_every=2,
                   spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
-def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1):
+def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1, surfaces=()):
     """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
-    convergence epoch) and how many seeds it gets."""
+    convergence epoch), how many seeds it gets and the surfaces drawn from seed 0's best.pt right after it
+    trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists."""
     return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
-                report_epoch=report_epoch, seeds=seeds)
+                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces))
 
 
+# the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
+FULL_SCALE_SURFACE = "--x -1:1:21 --y -1:1:21 --n-items 2000 --hessian --hessian-iters 20 --log"
+FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 20 --hessian-coords filter"
 FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
     full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd "
                    "--recipe fast", "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
@@ -75,13 +79,20 @@ FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then 
                    20, seeds=3),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
                    83.29, 4, seeds=3),
-    full_scale_job("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd"),
-    full_scale_job("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50, 18),
+    full_scale_job("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd", surfaces=[
+        ("vgg_a_sgd", FULL_SCALE_SURFACE), ("vgg_a_sgd_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
+    full_scale_job("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50,
+                   18, surfaces=[("vgg_a_bn_sgd", FULL_SCALE_SURFACE),
+                                 ("vgg_a_bn_sgd_bntrain", f"{FULL_SCALE_SURFACE} --bn-mode train"),
+                                 ("vgg_a_bn_sgd_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
     full_scale_job("t2_vgg_a_res_bn_adam", "task2/train.py", "--model vgg_a_res_bn --opt adam",
                    "VGGA (BN + residual), Adam 1e-3", 86.0, 13),
     full_scale_job("t2_vgg_a_res_bn_sgd", "task2/train.py", "--model vgg_a_res_bn --opt sgd",
                    "VGGA (BN + residual), SGD 0.01", 84.64, 15),
 ]
+RETRAIN = "_retrain"  # <run>_retrain: the run trained again with its own command, for surfaces of a lost checkpoint
+
+
 def full_scale_config(job, seed):
     """The config the plan trains seed `seed` of a cpu-full job with (runtime settings aside)."""
     return common.parse_config(job["script"], [*shlex.split(job["flags"]), "--seed", str(seed)])
@@ -200,10 +211,50 @@ def plan(phase, profile, out, data_dir, seeds=1):
 
 
 def full_scale_jobs(p, out, seeds=1):
-    """Seed k of every job that has k seeds (its own count, or --seeds if larger), seed 0 of all first."""
-    most = max(seeds, *(job["seeds"] for job in p["jobs"]))
-    return [line for k in range(most) for job in p["jobs"] if k < max(seeds, job["seeds"])
-            for line in training_jobs(job["script"], [*p["data"], *shlex.split(job["flags"])], out, job["name"], [k])]
+    """Seed k of every job that has k seeds (its own count, or --seeds if larger), seed 0 of all first; after
+    seed 0 of a job with surfaces, those surfaces, each a FollowingJob (same worker, right after it)."""
+    most, jobs = max(seeds, *(job["seeds"] for job in p["jobs"])), []
+    for k in range(most):
+        for job in (job for job in p["jobs"] if k < max(seeds, job["seeds"])):
+            flags = [*p["data"], *shlex.split(job["flags"])]
+            jobs += training_jobs(job["script"], flags, out, job["name"], [k])
+            if k == 0 and job["surfaces"]:
+                jobs += full_scale_surface_jobs(p, out, job, flags)
+    return jobs
+
+
+class FollowingJob(list):
+    """A job line that must run after the one before it, on the same worker (a surface of the checkpoint that
+    job writes); `plan` prints it indented, and run_all.sh deals it out with the line before it."""
+
+
+def full_scale_surface_jobs(p, out, job, flags):
+    """The surfaces of seed 0's best.pt, each computed while that checkpoint exists. Checkpoints are not
+    committed: when the run is finished, its best.pt gone and a surface unfinished, the run is trained again
+    with the same command into <run>_retrain (trained afresh when that one's best.pt is gone too), and every
+    surface of the job reads the retrain's checkpoint from then on."""
+    run, folders = run_dir(out, job["name"]), [os.path.join(out, "landscapes", f) for f, _ in job["surfaces"]]
+    retrain, jobs = run + RETRAIN, []
+    pending = not all(surface_complete(f) for f in folders)
+    source = run
+    if os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))):
+        source = retrain
+        again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
+        jobs.append(FollowingJob([job["script"], *flags, *(["--overwrite"] if again else []), "--out", retrain]))
+    for folder, (_, surface_flags) in zip(folders, job["surfaces"]):
+        jobs.append(FollowingJob(["task2/landscape.py", *p["data"], "--ckpt", os.path.join(source, "best.pt"),
+                                  *shlex.split(surface_flags), "--out", folder]))
+    return jobs
+
+
+def surface_complete(folder):
+    """Whether a landscape folder holds a complete surface with all of its figures."""
+    info = os.path.join(folder, "surface.json")
+    if not os.path.exists(info):
+        return False
+    saved = common.load_json(info)
+    figures = [os.path.join(folder, f) for f in saved.get("figures", [])]
+    return saved["status"] == "complete" and bool(figures) and all(os.path.exists(f) for f in figures)
 
 
 def training_jobs(script, flags, out, name, seeds):
@@ -322,17 +373,18 @@ def job_state(script, args):
 def landscape_job_state(args, out):
     """A complete surface of the planned checkpoints is done, and so is one whose checkpoint is gone (a new
     sitting: checkpoints are not committed); one of other checkpoints (the best run changed as seeds were
-    added, or was retrained) is computed again, an unfinished one resumed."""
-    info = os.path.join(out, "surface.json")
-    if not os.path.exists(info):
+    added, or was retrained) is computed again, an unfinished one resumed; one whose checkpoint does not
+    exist is refused."""
+    complete, ckpt = surface_complete(out), option(args, "--ckpt")
+    if ckpt and not os.path.exists(ckpt):
+        if complete:
+            print(f"{out}: its checkpoint {ckpt} is gone; the surface stays as drawn (retrain the run to draw it "
+                  "again)", flush=True)
+            return "done"
+        return f"refused: its checkpoint {ckpt} does not exist (its training job did not finish here)"
+    if not os.path.exists(os.path.join(out, "surface.json")):
         return ["--overwrite"]
-    saved = common.load_json(info)
-    figures = [os.path.join(out, f) for f in saved.get("figures", [])]
-    complete = saved["status"] == "complete" and figures and all(os.path.exists(f) for f in figures)
-    if complete and not os.path.exists(option(args, "--ckpt")):  # checkpoints are not committed
-        print(f"{out}: its checkpoint {option(args, '--ckpt')} is gone; the surface stays as drawn (retrain the "
-              "run to draw it again)", flush=True)
-        return "done"
+    saved = common.load_json(os.path.join(out, "surface.json"))
     planned = {k: option(args, f"--{k}") for k in ("ckpt", "interp")}
     planned.update({f"{k}_sha256": v and common.file_digest(v) for k, v in list(planned.items())})
     if any(saved["settings"].get(k) != v for k, v in planned.items()):
@@ -351,7 +403,7 @@ def landscape_job_state(args, out):
 
 def train_job_state(script, args, out):
     """A finished run is done only if its saved config is the planned one; an unreadable result.json or
-    another config refuses the job (nothing of it is overwritten)."""
+    another config refuses the job (nothing of it is overwritten); a job line with --overwrite trains afresh."""
     result = read_result(out)
     if os.path.exists(os.path.join(out, "result.json")) and result is None:
         return f"refused: {out}/result.json is unreadable; delete the folder to train the run again"
@@ -363,6 +415,8 @@ def train_job_state(script, args, out):
         if differ:
             return (f"refused: {out} holds a run made with other settings ({', '.join(differ[:4])}"
                     f"{', ...' if len(differ) > 4 else ''}); use another --out or delete that folder")
+    if "--overwrite" in args:  # the plan asks for it (a retrain whose checkpoint is gone): trained afresh
+        return []
     if result and result["status"] in FINISHED:
         return "done"
     return ["--resume"] if os.path.exists(os.path.join(out, "last.pt")) else ["--overwrite"]
@@ -439,7 +493,7 @@ def main(argv=None):
         if args.seeds < 1:
             return common.fail(common.UsageError("--seeds must be at least 1"))
         for job in plan(args.phase, args.profile, args.out, args.data_dir, args.seeds):
-            print(shlex.join(job))
+            print(("  " if isinstance(job, FollowingJob) else "") + shlex.join(job))
         return 0
     if args.command == "jobs":
         if not os.path.isfile(args.file):
