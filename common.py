@@ -775,6 +775,25 @@ def _check_numbers(cfg):
                              "that fp32 can hold; dropout, label smoothing, momentum and EMA decay in [0, 1); no negative counts)")
 
 
+MODEL_LABELS = {"resvgg16": "ResVGG16", "vgg16": "plain VGG16", "vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BN",
+                "vgg_a_res_bn": "VGG-A + BN + residual"}
+WORDS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "tanh", "gelu": "GELU", "ce": "cross-entropy",
+         "nll": "NLL", "mse": "MSE", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "sgd_scratch": "SGD (by hand)"}
+
+
+def describe(cfg):
+    """A run's configuration in words, for figure titles: 'ResVGG16-light, LeakyReLU, cross-entropy, SGD lr 0.1
+    (recipe fast, seed 0)'; width and image count only where they are not the full ones."""
+    model = MODEL_LABELS.get(cfg["model"], cfg["model"])
+    if cfg["model"] in ("resvgg16", "vgg16"):
+        model += f"-{cfg['arch']}" + ("" if cfg["residual"] or cfg["model"] == "vgg16" else ", no shortcuts")
+    extras = [f"recipe {cfg['recipe']}" if cfg.get("recipe") not in (None, "ours") else "",
+              f"width {cfg['width']:g}" if cfg["width"] != 1 else "",
+              f"{cfg['subset']:,} training images" if cfg["subset"] else "", f"seed {cfg['seed']}"]
+    return (f"{model}, {WORDS.get(cfg['act'], cfg['act'])}, {WORDS.get(cfg['loss'], cfg['loss'])}, "
+            f"{WORDS.get(cfg['opt'], cfg['opt'])} lr {cfg['lr']:g} ({', '.join(filter(None, extras))})")
+
+
 def _run_name(cfg):
     arch = [cfg["arch"]] if cfg["model"] in ("resvgg16", "vgg16") else []
     parts = [cfg["model"], *arch, cfg["act"], cfg["loss"], cfg["opt"], f"lr{cfg['lr']:g}"]
@@ -1528,7 +1547,7 @@ def _finish_run(run, status, signal_name=None):
               f"state saved to {out}/last.pt", flush=True)
         return result
     if history:
-        _plot_curves(history, os.path.join(out, "curves.png"), title=_run_name(run.cfg))
+        plot_curves(history, os.path.join(out, "curves.png"), title=describe(run.cfg))
     best = "n/a" if result["test_acc_at_best_val"] is None else f"{result['test_acc_at_best_val']:.4f}"
     if "tta" in result:
         best += f" ({result['tta']['kind']} TTA: {result['tta']['test_acc_at_best_val']:.4f})"
@@ -1965,16 +1984,16 @@ def save_figure(fig, path, dpi=120, tight=True):
     pyplot().close(fig)
 
 
-def _plot_curves(history, path, title=""):
+def plot_curves(history, path, title=""):
     """Loss and accuracy per epoch, train and validation, side by side."""
     plt = pyplot()
     epochs = [m["epoch"] for m in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], marker=".", label=split)
-        ax_acc.plot(epochs, [m[f"{split}_acc"] for m in history], marker=".", label=split)
+        ax_acc.plot(epochs, [100 * m[f"{split}_acc"] for m in history], marker=".", label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.grid(alpha=0.3)

@@ -9,6 +9,7 @@ skip without a GPU) · nothing lost or mixed up (kills, bad input, refusals).
 """
 import math
 import itertools
+import json
 import os
 import pickle
 import re
@@ -983,6 +984,34 @@ def test_figures_average_each_step_over_the_seeds_that_reached_it():
     assert bn_analysis.group_mean(runs, "probe_betas") is None
     assert bn_analysis.with_seeds_note("β", runs) == "β\nmean over 2 seeds, at each step over those that reached it"
     assert bn_analysis.with_seeds_note("β", runs[:1]) == "β"
+
+
+def test_figure_titles_say_the_run_in_words_and_curves_are_redrawn_in_percent(tmp_path, monkeypatch):
+    """Figures once carried run names ("resvgg16 grid_standard_leaky_relu_ce_sgd") and accuracy as a fraction;
+    now the configuration in words, from the config.json beside the checkpoint (its folder name without one),
+    and report.py redraws every run's curves from metrics.jsonl."""
+    cfg = common.parse_config("task1/train.py", ["--arch", "light", "--act", "leaky_relu", "--opt", "sgd", "--recipe",
+                                                 "fast", "--width", "0.25", "--subset", "10000"])
+    words = "ResVGG16-light, LeakyReLU, cross-entropy, SGD lr 0.1 (recipe fast, width 0.25, 10,000 training images, seed 0)"
+    assert common.describe(cfg) == words
+    assert common.describe(common.parse_config("task2/train.py", ["--model", "vgg_a_bn", "--opt", "adam"])) == \
+        "VGG-A + BN, ReLU, cross-entropy, Adam lr 0.001 (seed 0)"
+    run = tmp_path / "runs" / "light"
+    run.mkdir(parents=True)
+    assert landscape.run_words(str(run / "best.pt")) == "light"
+    common.write_json(str(run / "config.json"), cfg)
+    assert landscape.run_words(str(run / "best.pt")).replace("\n", " ") == words
+    (run / "metrics.jsonl").write_text("".join(json.dumps(dict(epoch=e, train_loss=1.0, val_loss=1.0, train_acc=0.5,
+                                                               val_acc=0.25 * e)) + "\n" for e in (1, 2)))
+    drawn = {}
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: drawn.update({path: fig}))
+    os.makedirs(tmp_path / "figures" / "curves")
+    assert report.draw_curves(str(tmp_path)) == []  # under way: no result.json yet
+    fake_result(str(run), 0.5, **cfg)
+    assert report.draw_curves(str(tmp_path)) == ["light"]
+    fig = drawn[str(tmp_path / "figures" / "curves" / "light.png")]
+    assert fig._suptitle.get_text() == words and fig.axes[1].get_ylabel() == "accuracy (%)"
+    assert fig.axes[1].lines[1].get_ydata().tolist() == [25.0, 50.0]
 
 
 def test_a_seed_that_diverged_or_stalled_is_drawn_alone_and_named(monkeypatch):

@@ -456,12 +456,11 @@ def model_colours(runs):
     return {m: COLOUR_FAMILIES[i % len(COLOUR_FAMILIES)] for i, m in enumerate(models)}
 
 
-MODEL_NAMES = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BN", "vgg_a_res_bn": "VGG-A + BN + residual"}
 SEED_STYLES = ["-", "--", ":", "-."]  # a seed drawn alone: its line style
 
 
 def model_name(model):
-    return MODEL_NAMES.get(model, model)
+    return common.MODEL_LABELS.get(model, model)
 
 
 def outcome(run):

@@ -30,6 +30,7 @@ import pickle
 import re
 import statistics
 import sys
+import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -248,8 +249,16 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
     if path is not None:  # the path at the loss of its own points on the plane
         ax.plot(path["x"], path["y"], to_z(path["loss"]), "r.-")
     ax.set(xlabel=labels[0], ylabel=labels[1], zlabel=zlabel, title=title)
+    readable_3d_ticks(ax)
     common.save_figure(fig, os.path.join(out, "surface_3d.png"))
     return ["contour.png", "heatmap.png", "surface_3d.png"]
+
+
+def readable_3d_ticks(ax, n=5):
+    """At most n ticks on a 3D plot's x and y axes: matplotlib's default crowds them into one another."""
+    from matplotlib.ticker import MaxNLocator
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(n))
 
 
 class SurfaceFiles:
@@ -597,12 +606,20 @@ def finish_surface(out, files, surface, extra, log=False, zmax=None):
     return written
 
 
+def run_words(ckpt):
+    """The run of a checkpoint in words (common.describe of the config.json beside it), else its folder name."""
+    config = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "config.json")
+    try:
+        return textwrap.fill(common.describe(common.load_json(config)), 64)
+    except (OSError, ValueError, KeyError):
+        return os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
+
+
 def draw_figures(folder, info, log, zmax):
     """The figures of the surface in `folder` (its surface.npz; `info`: its surface.json); returns their names."""
     settings = info["settings"]
-    run_of = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
-    title = f"{info['model']} {run_of(settings['ckpt'])}" + (
-        f" (α=0) to {run_of(settings['interp'])} (α=1)" if settings["interp"] else "")
+    title = run_words(settings["ckpt"]) + (f" (α=0)\nto {run_words(settings['interp'])} (α=1)"
+                                          if settings["interp"] else "")
     written = plot_landscape(common.load_npz(os.path.join(folder, "surface.npz")), folder, title, log, zmax,
                              "α" if settings["interp"] else "x", info.get("trajectory"))
     return written + (plot_spectrum(info, folder, title) if "spectrum" in info else [])

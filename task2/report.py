@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import bn_analysis  # noqa: E402
 import common  # noqa: E402
+import landscape  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
                        BN_PAIR, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
                        grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
@@ -206,7 +207,7 @@ def spectrum_section(out):
         if not s:
             md.append(row([model, mode, *["–"] * 5, "missing"]))
             continue
-        infos[f"{model}, BN {mode}" if model != "vgg_a" else "vgg_a (no BN)"] = s
+        infos[f"{common.MODEL_LABELS[model]}, BN {mode}" if model != "vgg_a" else "VGG-A (no BN)"] = s
         top_block = max(s.get("blocks", []), key=lambda b: b["top"]["mean"], default=None)
         trace = s.get("trace")
         md.append(row([model, mode, f"{h['top_eigenvalue']:.4g} ± {h['top_eigenvalue_std']:.2g}" if h else "–",
@@ -273,6 +274,8 @@ def plot_spectra(infos, path):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    coords = " / ".join(sorted({s.get("coords", "raw") for s in infos.values()}))
+    fig.suptitle(f"The Hessian at the Adam checkpoints, VGG-A vs VGG-A + BN ({coords} coordinates)", fontsize=10)
     common.save_figure(fig, path)
 
 
@@ -299,24 +302,33 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 ]
 
 
-def copy_curves(out):
-    """Every run's curves.png into figures/curves/<run>.png; returns the run names."""
+def draw_curves(out):
+    """Every finished run's curves into figures/curves/<run>.png, drawn afresh from its metrics.jsonl and
+    config.json (or its curves.png copied when it has no metrics); a run under way has neither result.json nor
+    curves.png and is left out. Returns the run names."""
     names = sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []
-    copied = [n for n in names if os.path.exists(os.path.join(run_dir(out, n), "curves.png"))]
-    for name in copied:
-        shutil.copy(os.path.join(run_dir(out, name), "curves.png"),
-                    os.path.join(out, "figures", "curves", f"{name}.png"))
-    return copied
+    drawn = []
+    for name in names:
+        folder, path = run_dir(out, name), os.path.join(out, "figures", "curves", f"{name}.png")
+        if all(os.path.exists(os.path.join(folder, f)) for f in ("metrics.jsonl", "config.json", "result.json")):
+            common.plot_curves(common.read_metrics(folder), path,
+                               common.describe(common.load_json(os.path.join(folder, "config.json"))))
+        elif os.path.exists(os.path.join(folder, "curves.png")):
+            shutil.copy(os.path.join(folder, "curves.png"), path)
+        else:
+            continue
+        drawn.append(name)
+    return drawn
 
 
 def curves_section(out):
-    return [f"Training curves of the {len(copy_curves(out))} runs: [figures/curves/](figures/curves/)."]
+    return [f"Training curves of the {len(draw_curves(out))} runs: [figures/curves/](figures/curves/)."]
 
 
 def figures_section(out):
     """Copy every run's curves and the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
     figures = os.path.join(out, "figures")
-    copy_curves(out)
+    draw_curves(out)
     listed = []
     for src, dst, caption in FIGURES:
         if os.path.exists(os.path.join(out, src)):
@@ -327,11 +339,15 @@ def figures_section(out):
     surfaces = {m: load_surface(os.path.join(out, "landscapes", m)) for m in ("vgg_a", "vgg_a_bn", BN_TRAIN_MODE)}
     if surfaces["vgg_a"] and surfaces["vgg_a_bn"]:
         plot_surfaces_side_by_side([surfaces["vgg_a"], surfaces["vgg_a_bn"]], ["VGG-A", "VGG-A + BN"],
-                                   os.path.join(figures, "vgg_a_vs_bn.png"), log=True)
+                                   os.path.join(figures, "vgg_a_vs_bn.png"), log=True,
+                                   suptitle="Loss around the Adam checkpoints, filter-normalized directions x, y "
+                                            "(same seed, same grid, one log10 colour scale)")
         listed.append(("vgg_a_vs_bn.png", "VGG-A vs VGG-A + BN: same seed, same grid, same (log10) colour scale"))
     if all(surfaces.values()):
         plot_bn_modes(surfaces["vgg_a"], surfaces["vgg_a_bn"], surfaces[BN_TRAIN_MODE],
-                      os.path.join(figures, "vgg_a_vs_bn_bn_modes.png"))
+                      os.path.join(figures, "vgg_a_vs_bn_bn_modes.png"),
+                      suptitle="Loss around the Adam checkpoints: BN's running statistics frozen (eval) or "
+                               "re-estimated at every point (train)")
         listed.append(("vgg_a_vs_bn_bn_modes.png", "VGG-A vs VGG-A + BN with BN's running statistics frozen (eval) "
                        "and re-estimated at every point (train), one log10 colour scale"))
     listed += [(f"{d}_{n}", f"Task 2 ({label}): {n[:-4].replace('_', ' ')}") for d, label in
@@ -460,12 +476,11 @@ def full_scale_landscapes(out, jobs):
         md += [*table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min", "loss max",
                            "top eigenvalue", "Hessian coordinates", "wall time"),
                *(landscape_row(out, f) for f in made), ""]
-    if len(made) < len(planned):
-        md += [f"Not computed yet: {', '.join(os.path.basename(f) for f in planned if f not in made)} (each right "
-               "after the training job whose best.pt it reads).", ""]
-    md += [f"For comparison: {REPORT_SURFACE_MAX}. Ours: filter-normalized random directions, the loss on the "
-           "first images of the training split, fp32 Hessian by Lanczos (raw: in the parameters; filter: D·H·D, "
-           "the surfaces' coordinates)."] + retrain_lines(out, jobs)
+    pending = [os.path.basename(f) for f in planned if f not in made]
+    md += [(f"Not computed yet: {', '.join(pending)} (each right after the training job whose best.pt it reads). "
+            if pending else "") + f"For comparison: {REPORT_SURFACE_MAX}. Ours: filter-normalized random "
+           "directions, the loss on the first images of the training split, fp32 Hessian by Lanczos (raw: in the "
+           "parameters; filter: D·H·D, the surfaces' coordinates)."] + retrain_lines(out, jobs)
     surfaces = [load_surface(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
     if all(surfaces):
         tops = [surface_top(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
@@ -553,14 +568,16 @@ def _write_tables(out, profile):
 def shared_scale(surfaces, log):
     """The z of each surface (log10 of the loss with log) and 30 contour levels spanning all of them, so
     surfaces drawn side by side share one colour scale."""
+    from matplotlib.ticker import MaxNLocator
     zs = [np.log10(np.maximum(s["loss"], 1e-12)) if log else s["loss"] for s in surfaces]
     finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs])
-    return zs, np.linspace(float(finite.min()), float(finite.max()), 30)
+    return zs, MaxNLocator(30).tick_values(float(finite.min()), float(finite.max()))  # round values
 
 
-def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
+def plot_surfaces_side_by_side(surfaces, titles, path, log=False, suptitle=None):
     """2D surfaces next to each other on one colour scale and one z range: 3D above, filled contours below."""
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
     plt = common.pyplot()
     zs, levels = shared_scale(surfaces, log)
     norm = Normalize(levels[0], levels[-1])
@@ -571,11 +588,15 @@ def plot_surfaces_side_by_side(surfaces, titles, path, log=False):
         ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0)
         ax.set(title=title, xlabel="x", ylabel="y", zlim=(norm.vmin, norm.vmax),
                zlabel="log10 loss" if log else "loss")
+        landscape.readable_3d_ticks(ax)
         ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
         filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=norm, extend="both")
         ax.set(xlabel="x", ylabel="y", aspect="equal")
     fig.subplots_adjust(right=0.88)  # the colour bar gets its own strip, clear of the 3D z ticks
-    fig.colorbar(filled, cax=fig.add_axes([0.91, 0.1, 0.015, 0.35]), label="log10 loss" if log else "loss")
+    fig.colorbar(filled, cax=fig.add_axes([0.91, 0.1, 0.015, 0.35]), label="log10 loss" if log else "loss",
+                 ticks=MaxNLocator(8))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
     common.save_figure(fig, path, dpi=110, tight=False)
 
 
@@ -594,6 +615,7 @@ def plot_bn_modes(plain, bn_eval, bn_train, path, titles=BN_MODE_TITLES, suptitl
     """Filled log10-loss contours on one colour scale: VGG-A (no BN, so one surface for both modes) beside
     VGG-A + BN with frozen running statistics (eval) and with statistics re-estimated at each point (train)."""
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
     plt = common.pyplot()
     panels = list(zip((plain, bn_eval, bn_train), titles))
     zs, levels = shared_scale([s for s, _ in panels], log=True)
@@ -603,7 +625,7 @@ def plot_bn_modes(plain, bn_eval, bn_train, path, titles=BN_MODE_TITLES, suptitl
         filled = ax.contourf(gx, gy, z, levels=levels, cmap="viridis", norm=Normalize(levels[0], levels[-1]),
                              extend="both")
         ax.set(title=title, xlabel="x", ylabel="y", aspect="equal")
-    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.9)
+    fig.colorbar(filled, ax=axes, label="log10 loss", shrink=0.9, ticks=MaxNLocator(8))
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     common.save_figure(fig, path, dpi=110, tight=False)
