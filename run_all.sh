@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce every table and figure of the report: bash run_all.sh --profile full|quick|cpu|smoke
-#   (cpu-full: only the report's headline runs at full scale on a CPU, resumable across sittings)
+#   (cpu-full: the report's headline runs at full scale on a CPU and the SGD checkpoints' surfaces, resumable)
 #   --data-dir DIR      CIFAR-10 folder (default $CIFAR10_DIR or ./data; downloaded when missing)
 #   --out DIR           results folder (default results/<profile>)
 #   --seeds N           train every Task 1 and Task 2 job with seeds 0 .. N-1 (default 1)

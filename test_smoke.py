@@ -924,7 +924,9 @@ def test_claims_table_reports_whether_effective_beta_only_measures_the_probe_ste
         run["arrays"]["probe_grad_norm"] = np.array([1.0, norm, norm])
     text = bn_analysis.claims_table(runs, dict(probe_etas=[0.5, 1.0], probe_scale="relative"))
     assert "smallest step η = 0.5·lr after epoch 1 — lr 0.1: vgg_a 1.25, vgg_a_bn 0.5." in text
-    assert "probe check" not in bn_analysis.claims_table(runs, dict(opt="sgd"))  # no etas recorded: no line
+    beta = next(line for line in text.splitlines() if line.startswith("| effective β"))
+    assert beta.endswith("| 1.25 / 0.5 |") and "at η_min, baseline / compared |" in text  # the column too
+    assert "Effective β's probe check" not in bn_analysis.claims_table(runs, dict(opt="sgd"))  # no etas: no line
 
 
 def test_claims_table_from_known_arrays():
@@ -935,9 +937,9 @@ def test_claims_table_from_known_arrays():
     lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| ")}
     loss = lines["loss changes less along the probe direction (loss range over η)"]
     assert loss[3:5] == ["2", "0.5"] and loss[5].startswith("0.3333 [") and loss[6] == "100% of 2"
-    assert loss[7] == "holds |"  # both ratios (0.5, 1/6) below 1, so every resample's median is
+    assert loss[7] == "holds" and loss[8] == "– |"  # both ratios (0.5, 1/6) below 1, so every resample's median is
     beta = lines["effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)"]
-    assert beta[3:5] == ["5", "8"] and beta[6:8] == ["0% of 2", "does not hold |"]
+    assert beta[3:5] == ["5", "8"] and beta[6:9] == ["0% of 2", "does not hold", "– |"]  # no etas: no check
     sharp = lines["sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)"]
     assert sharp[3:5] == ["20", "2"]
     band = lines[bn_analysis.BAND_CLAIM]

@@ -267,6 +267,11 @@ def degeneracy(run, column):
     return dict(zip(steps[late].astype(int).tolist(), np.asarray(values, dtype=np.float64)[late].tolist()))
 
 
+def median_degeneracy(runs, model, lr, column):
+    """The median of degeneracy() over the seeds of one model and lr, at the probe's step `column`."""
+    return pooled_median([degeneracy(r, column) for r in runs if (r["model"], r["lr"]) == (model, lr)])
+
+
 def degeneracy_line(runs, settings):
     """summary.md's check of effective β: the median degeneracy at the smallest η, per lr and model."""
     etas = settings.get("probe_etas") or []
@@ -274,8 +279,7 @@ def degeneracy_line(runs, settings):
         return ""
     column, models, cells = int(np.argmin(etas)), list(dict.fromkeys(r["model"] for r in runs)), []
     for lr in sorted({r["lr"] for r in runs}):
-        medians = {m: pooled_median([degeneracy(r, column) for r in runs if (r["model"], r["lr"]) == (m, lr)])
-                   for m in models}
+        medians = {m: median_degeneracy(runs, m, lr, column) for m in models}
         cells.append(f"lr {lr:g}: " + ", ".join(f"{m} {common.short_number(v)}" for m, v in medians.items()))
     return (f"Effective β's probe check: the median ‖∇L(θ + η·d) − ∇L(θ)‖ / ‖∇L(θ)‖ at the smallest step η = "
             f"{min(etas):g}{'' if settings.get('probe_scale') == 'absolute' else '·lr'} after epoch 1 — "
@@ -347,16 +351,18 @@ def claim_pairs(runs, baseline, model, lr, key):
     return pairs
 
 
-def claim_line(claim, lr, model, pairs):
+def claim_line(claim, lr, model, pairs, check="–"):
     """One row of the claims table; both medians over the steps where both runs have a number (a run that
-    diverged has none after it; NaN is no number, while an overflow to inf still counts as larger)."""
+    diverged has none after it; NaN is no number, while an overflow to inf still counts as larger); `check`:
+    the probe-check cell (β rows)."""
     pairs = [tuple({s: m[s] for s in base.keys() & other.keys() if not math.isnan(base[s] + other[s])}
                    for m in (base, other)) for base, other in pairs]
     v = verdict(paired_ratios(pairs))
     share = "–" if not v["n"] else f"{v['smaller']:.0%} of {v['n']}"
     return (f"| {claim} | {lr} | {model} | {common.short_number(pooled_median(p[0] for p in pairs))} | "
             f"{common.short_number(pooled_median(p[1] for p in pairs))} | {common.short_number(v['ratio'])} "
-            f"[{common.short_number(v['low'])}, {common.short_number(v['high'])}] | {share} | {v['verdict']} |")
+            f"[{common.short_number(v['low'])}, {common.short_number(v['high'])}] | {share} | {v['verdict']} | "
+            f"{check} |")
 
 
 def claims_table(runs, settings):
@@ -369,10 +375,18 @@ def claims_table(runs, settings):
     seeds, lrs = sorted({r.get("seed", 0) for r in runs}), sorted({r["lr"] for r in runs})
     lines = [f"## Does BN help optimization? {baseline} vs {', '.join(others)}", "",
              f"| claim | lr | compared model | {baseline} (baseline) | compared model's | ratio [95 % CI] | "
-             "compared smaller in | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "compared smaller in | verdict | probe check: ‖Δ∇L‖ / ‖∇L‖ at η_min, baseline / compared |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    etas = settings.get("probe_etas") or []
+
+    def check(key, model, lr):  # β rows: near 1 for both, β measures the probe's step (degeneracy_line)
+        if key != "beta" or not etas:
+            return "–"
+        column = int(np.argmin(etas))
+        return " / ".join(common.short_number(median_degeneracy(runs, m, lr, column)) for m in (baseline, model))
     for model in others:
-        lines += [claim_line(claim, f"{lr:g}", model, claim_pairs(runs, baseline, model, lr, key))
-                  for claim, key in CLAIMS for lr in lrs]
+        lines += [claim_line(claim, f"{lr:g}", model, claim_pairs(runs, baseline, model, lr, key),
+                             check(key, model, lr)) for claim, key in CLAIMS for lr in lrs]
         lines.append(claim_line(BAND_CLAIM, "all", model, [(band_widths(runs, baseline, s),
                                                             band_widths(runs, model, s)) for s in seeds]))
     lines += ["", "Medians over the measurements after the first epoch that both models have (same seed and step), "

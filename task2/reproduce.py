@@ -10,7 +10,9 @@ phases read the earlier phases' results. Seed k > 0 of a run lives in <run name>
 in-process (runpy), so many short runs pay for one Python start. A training job whose result.json is
 finished with the planned config is skipped, an interrupted one resumed, one made with other settings or with
 an unreadable result.json refused (listed as failed); a landscape job whose surface.json is complete is
-skipped. Model selection uses validation accuracy only.
+skipped. Model selection uses validation accuracy only. cpu-full is one list of runs (phase train), each surface
+of a run's checkpoint printed indented under that run: run_all.sh deals them out together, so the surface is
+computed while the checkpoint exists.
 """
 import argparse
 import glob
