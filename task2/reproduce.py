@@ -242,7 +242,9 @@ def full_scale_surface_jobs(p, out, job, flags):
     if os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))):
         source = retrain
         again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
-        jobs.append(FollowingJob([job["script"], *flags, *(["--overwrite"] if again else []), "--out", retrain]))
+        line, = training_jobs(job["script"], [*flags, *(["--overwrite"] if again else [])], out,
+                              job["name"] + RETRAIN, [0])
+        jobs.append(FollowingJob(line))
     for folder, (_, surface_flags) in zip(folders, job["surfaces"]):
         jobs.append(FollowingJob(["task2/landscape.py", *p["data"], "--ckpt", os.path.join(source, "best.pt"),
                                   *shlex.split(surface_flags), "--out", folder]))
