@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 import warnings
 
@@ -490,23 +489,20 @@ def outcome(run):
 
 
 def seed_groups(runs, model, lr):
-    """[(label suffix, runs)] of one model and lr: all seeds as one line (their mean) when every one trained;
-    each seed alone, its outcome in the label, when one diverged or stalled (a mean would hide it)."""
+    """[(label suffix, runs, line style)] of one model and lr: all seeds as one solid line (their mean) when every
+    one trained; each seed alone, its outcome in the label and its own style, when one diverged or stalled (a
+    mean would hide it)."""
     group = [r for r in runs if (r["model"], r["lr"]) == (model, lr)]
     if not any(outcome(r) for r in group):
-        return [("", group)] if group else []
-    return [(f", seed {r.get('seed', 0)} ({outcome(r) or 'trained'})", [r]) for r in group]
+        return [("", group, "-")] if group else []
+    return [(f", seed {r.get('seed', 0)} ({outcome(r) or 'trained'})", [r],
+             SEED_STYLES[r.get("seed", 0) % len(SEED_STYLES)]) for r in group]
 
 
 def group_mean(group, key):
     """The arrays `key` of a group of runs averaged over them (padded_mean), or None when none has any."""
     arrays = [a for a in (r["arrays"].get(key, np.zeros(0)) for r in group) if a.size]
     return padded_mean(arrays) if arrays else None
-
-
-def seed_style(label):
-    seed = re.search(r", seed (\d+)", label)
-    return SEED_STYLES[int(seed.group(1)) % len(SEED_STYLES)] if seed else "-"
 
 
 def padded_mean(arrays):
@@ -517,7 +513,7 @@ def padded_mean(arrays):
 def seeds_note(runs):
     """For figure titles: how the seeds were combined, when there are several ("" for one)."""
     n = max(collections.Counter((r["model"], r["lr"]) for r in runs).values())
-    alone = any(label for m, lr in {(r["model"], r["lr"]) for r in runs} for label, _ in seed_groups(runs, m, lr))
+    alone = any(label for m, lr in {(r["model"], r["lr"]) for r in runs} for label, *_ in seed_groups(runs, m, lr))
     return "" if n == 1 else (f"mean over {n} seeds, at each step over those that reached it" +
                               ("\nwhere a seed diverged or stalled: each seed alone, named in the legend"
                                if alone else ""))
@@ -552,7 +548,7 @@ def plot_loss_band(runs, path, smooth=1):
     fig, ax = plt.subplots(figsize=(9, 4.5))
     lrs, colours, shown = sorted({r["lr"] for r in runs}), model_colours(runs), []
     for model in colours:
-        split = any(label for lr in lrs for label, _ in seed_groups(runs, model, lr))
+        split = any(label for lr in lrs for label, *_ in seed_groups(runs, model, lr))
         seeds = sorted({r.get("seed", 0) for r in runs if r["model"] == model}) if split else [None]
         for k, seed in enumerate(seeds):
             mine = [r for r in runs if seed is None or r.get("seed", 0) == seed]
@@ -587,7 +583,7 @@ def plot_probe(runs, path, key, ylabel, title, band=True, reference=False):
     plt, fig, panels, colours = lr_panels(runs)
     for ax, lr in panels:
         shown = []
-        for model, (suffix, group) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
+        for model, (suffix, group, style) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
             values, steps = group_mean(group, key), group_mean(group, "probe_step")
             if values is None:
                 continue
@@ -595,9 +591,9 @@ def plot_probe(runs, path, key, ylabel, title, band=True, reference=False):
             lo, hi = nan_reduce(np.nanmin, values, 1), nan_reduce(np.nanmax, values, 1)
             if band:
                 ax.fill_between(steps, lo, hi, color=colour, alpha=0.5, lw=0, label=label,
-                                hatch=None if seed_style(label) == "-" else "//")
+                                hatch=None if style == "-" else "//")
             else:
-                ax.plot(steps, hi, seed_style(label), color=colour, lw=1.2, label=label)
+                ax.plot(steps, hi, style, color=colour, lw=1.2, label=label)
             shown += [lo, hi] if band else [hi]
         if reference:
             eta = min(float(np.min(r["arrays"]["etas"])) for r in runs if r["lr"] == lr)
@@ -616,14 +612,14 @@ def plot_runs_curves(runs, path):
     lrs, colours = sorted({r["lr"] for r in runs}), model_colours(runs)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for model, (i, lr) in itertools.product(colours, enumerate(lrs)):
-        for suffix, group in seed_groups(runs, model, lr):
+        for suffix, group, style in seed_groups(runs, model, lr):
             histories = [r["history"] for r in group if r["history"]]
             if not histories:
                 continue
             mean = {k: padded_mean([[e[k] for e in h] for h in histories]) for k in ("train_loss", "val_acc")}
             label = f"{model_name(model)}, lr {lr:g}{suffix}"
             style = dict(color=plt.get_cmap(colours[model])(0.35 + 0.6 * (i + 1) / len(lrs)), marker=".",
-                         ls=seed_style(label), label=label)
+                         ls=style, label=label)
             epochs = np.arange(1, max(len(h) for h in histories) + 1)
             ax_loss.plot(epochs, mean["train_loss"], **style)
             ax_acc.plot(epochs, 100 * mean["val_acc"], **style)
@@ -656,11 +652,11 @@ def plot_sharpness(runs, path):
     plt, fig, panels, colours = lr_panels(runs)
     for ax, lr in panels:
         shown = []
-        for model, (suffix, group) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
+        for model, (suffix, group, style) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
             top, steps = group_mean(group, "sharpness_top"), group_mean(group, "sharpness_step")
             if top is not None:
                 label = model_name(model) + suffix
-                ax.plot(steps, top, seed_style(label), color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2,
+                ax.plot(steps, top, style, color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2,
                         label=label)
                 shown.append(top)
         run = next(r for r in runs if r["lr"] == lr)
