@@ -638,7 +638,9 @@ SETTINGS = {  # name: kind, default, --help text; flag=False: set by the recipe 
         device=_setting("runtime", "auto", "CUDA when available", choices=["auto", "cpu", "cuda"]),
         val=_setting("run", 5000, "training images held out for validation (at most a tenth of them)", type=int),
         subset=_setting("run", 0, "train on the first N remaining training images (0: all)", type=int),
-        test_subset=_setting("run", 0, "test on the first N test images (0: all)", type=int)),
+        test_subset=_setting("run", 0, "test on the first N test images (0: all)", type=int),
+        no_test=_setting("runtime", False, "never read the test set (a try of a recipe search: it is chosen on "
+                         "validation; result.json's test numbers stay null)", action="store_true")),
     "run": dict(
         precision=_setting("numerics", "auto", "auto: bf16 autocast (+ channels_last) where the device computes "
                            "bf16 fast (CUDA, a CPU with AVX512-BF16/AMX), else fp32; stored resolved in config.json",
@@ -1280,7 +1282,7 @@ class Run:
         if len(train[1]) == 0 or len(val[1]) == 0:
             raise UsageError(f"{len(train[1])} training and {len(val[1])} validation images; both must be "
                              "non-empty (check --val and --subset)")
-        n_test = cfg.get("test_subset") or None
+        n_test = 0 if cfg.get("no_test") else cfg.get("test_subset") or None
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = (
             t.to(self.device) for t in (*train, *val, data["test_x"][:n_test], data["test_y"][:n_test]))
         # the last partial batch of each epoch is dropped (a fresh order every epoch, so none is left out
@@ -1548,31 +1550,35 @@ def _finish_run(run, status, signal_name=None):
         return result
     if history:
         plot_curves(history, os.path.join(out, "curves.png"), title=describe(run.cfg))
-    best = "n/a" if result["test_acc_at_best_val"] is None else f"{result['test_acc_at_best_val']:.4f}"
-    if "tta" in result:
+    best, final = (("n/a" if result[k] is None else f"{result[k]:.4f}") for k in ("test_acc_at_best_val",
+                                                                                   "final_test_acc"))
+    if "tta" in result and "test_acc_at_best_val" in result["tta"]:
         best += f" ({result['tta']['kind']} TTA: {result['tta']['test_acc_at_best_val']:.4f})"
-    print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, "
-          f"test acc at best val {best}, final test acc {result['final_test_acc']:.4f} | {out}", flush=True)
+    test = "test set not read (--no-test)" if run.cfg.get("no_test") else \
+        f"test acc at best val {best}, final test acc {final}"
+    print(f"{status}: best val acc {result['best_val_acc']} at epoch {result['best_epoch']}, {test} | {out}",
+          flush=True)
     return result
 
 
 def _evaluate_test_set(run):
     """Test loss and accuracy of the last weights and of best.pt (the best validation epoch); with --tta also
-    best.pt's validation and test accuracy under it, as `tta`."""
+    best.pt's validation and test accuracy under it, as `tta`. Under --no-test only the validation's TTA."""
     state, rest = run.state, (run.criterion, run.device, EVAL_BATCH, run.numerics)
-    final, best = evaluate(run.eval_model, run.test_x, run.test_y, *rest), (None, None)
-    best_model = None
+    tested = len(run.test_y) > 0
+    final, best, best_model = (evaluate(run.eval_model, run.test_x, run.test_y, *rest) if tested else (None, None),
+                               (None, None), None)
     if state.best_epoch == state.epoch and run.epoch_step == 0:  # best.pt holds these very weights
         best, best_model = final, run.eval_model
     elif state.best_epoch is not None:
         best_model = run.numerics.place(load_checkpoint(os.path.join(run.out, "best.pt"))[0], run.device)
-        best = evaluate(best_model, run.test_x, run.test_y, *rest)
+        best = evaluate(best_model, run.test_x, run.test_y, *rest) if tested else best
     result = dict(test_loss_at_best_val=best[0], test_acc_at_best_val=best[1],
                   final_test_loss=final[0], final_test_acc=final[1])
     if run.cfg["tta"] != "none" and best_model is not None:
+        splits = [("val", run.val_x, run.val_y)] + [("test", run.test_x, run.test_y)] * tested
         result["tta"] = dict(kind=run.cfg["tta"], **{f"{split}_acc_at_best_val": evaluate(
-            best_model, x, y, *rest, tta=run.cfg["tta"])[1] for split, x, y in
-            (("val", run.val_x, run.val_y), ("test", run.test_x, run.test_y))})
+            best_model, x, y, *rest, tta=run.cfg["tta"])[1] for split, x, y in splits})
     return result
 
 

@@ -628,6 +628,25 @@ def test_ema_and_flip_tta_evaluate_what_they_say(fake_data, tmp_path):
                                                              torch.device("cpu"), numerics=numerics)[1]
 
 
+def test_no_test_never_reads_the_test_set(tmp_path, monkeypatch):
+    """--no-test (a try of a recipe search): no evaluation sees the 77 test images, the test numbers are
+    null and flip TTA is reported on validation only; without the flag the same run evaluates them."""
+    data, sizes, evaluate = write_fake_cifar(tmp_path / "cifar", n_test=77), [], common.evaluate
+
+    def recording(model, images, *args, **kwargs):
+        sizes.append(len(images))
+        return evaluate(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(common, "evaluate", recording)
+    argv = [*TINY, "--data-dir", data, "--epochs", "1", "--tta", "flip"]
+    result = common.train(parse([*argv, "--no-test", "--out", str(tmp_path / "try")]))
+    assert 77 not in sizes and sizes and result["test_images"] == 0
+    assert [result[k] for k in ("test_acc_at_best_val", "final_test_acc")] == [None, None]
+    assert set(result["tta"]) == {"kind", "val_acc_at_best_val"}
+    common.train(parse([*argv, "--out", str(tmp_path / "run")]))
+    assert 77 in sizes
+
+
 def test_a_loss_still_falling_at_chance_is_not_diverged(fake_data, tmp_path):
     """One full-batch step per epoch on 256 images: accuracy stays near chance for many epochs while the loss
     falls slowly; that is progress, not divergence (it used to stop at epoch 6)."""
@@ -2195,7 +2214,7 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     report pairs them by seed (an unfinished seed counts nowhere) and puts each run's convergence epoch beside
     the report's."""
     outs = [job[-1] for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")
-            if not isinstance(job, reproduce.FollowingJob)]
+            if not isinstance(job, reproduce.FollowingJob) and os.path.dirname(job[-1]) == str(tmp_path / "runs")]
     names = [os.path.basename(o) for o in outs]
     assert names[7:] == ["t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
     assert "t2_vgg_a_res_bn_sgd" in names[:7] and len(set(names)) == len(names)
@@ -2216,6 +2235,32 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     assert "79.00 ± 1.00 (n=3)" in plain_row and "| 20 / 1.0 ± 0.0 (n=3) |" in plain_row
     bn_row = next(line for line in text.splitlines() if line.startswith("| [t2_vgg_a_bn_adam]"))
     assert "85.50 ± 0.71 (n=2)" in bn_row and "completed ×2, interrupted ×1" in bn_row
+
+
+def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_differs(tmp_path):
+    """cpu-full: the recipe search's tries run before the headline job, under tries/, the proxies with
+    --no-test; the tries table names each try's settings beside the proxy's (or the headline job's) and the
+    proxy's seed noise."""
+    jobs = reproduce.plan("train", "cpu-full", str(tmp_path), "data")
+    tries = [job for job in jobs if os.path.dirname(job[-1]) == str(tmp_path / "tries")]
+    assert jobs[:len(tries)] == tries and len(tries) == len(reproduce.FAST_TRIES)
+    assert all("--no-test" in job for job in tries[1:]) and "--no-test" not in tries[0]
+    by_name = {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
+    for name, acc, seed in (("proxy_base", 0.70, 0), ("proxy_zero_init", 0.72, 0), ("proxy_base_s1", 0.69, 1)):
+        fake_result(str(tmp_path / "tries" / name), acc, **reproduce.full_scale_config(by_name[name], seed))
+    text = "\n".join(report.tries_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "| zero_init_residual True | completed | 72.00 |" in rows["[proxy_zero_init](tries/proxy_zero_init)"]
+    assert "| (the proxy) | completed | 70.00 |" in rows["[proxy_base](tries/proxy_base)"]
+    assert "| seed 1 | completed | 69.00 |" in rows["[proxy_base_s1](tries/proxy_base_s1)"]
+    assert "| missing |" in rows["proxy_ema"] and "| missing |" in rows["t1_light_leaky_relu_sgd_fast"]
+    assert "proxy_base 70.00 % (seed 0) vs proxy_base_s1 69.00 % (seed 1), 1.00 pp apart" in text
+    assert "Best proxy by validation accuracy: proxy_zero_init 72.00 %" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n")
+    report.update_readme(str(readme), text + "\n", str(tmp_path))
+    brief = readme.read_text()
+    assert "3 of 7 tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
 
 
 def fake_surface(folder, ckpt, status="complete"):

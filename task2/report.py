@@ -27,8 +27,11 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       BN_PAIR, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
-                       grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
+                       BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
+
+TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
+
 
 # -- tables --------------------------------------------------------------------------------
 
@@ -363,7 +366,7 @@ def full_scale_table(out, jobs):
     md = ["### Full scale: the report's numbers beside ours", "", *table_head(
         "run", "the report", "report %", "ours: test acc at best val", "difference (pp)", "convergence epoch: "
         "report / ours", "epochs", "wall time", "device; precision", "status")]
-    for job in jobs:
+    for job in (job for job in jobs if job["under"] == "runs"):
         name, report_acc = job["name"], job["report_acc"]
         every, report = seed_results(out, name), f"{report_acc:.2f}" if report_acc else "–"
         off = {seed_of(r): off_plan(job, r) for r in every}  # e.g. a smoke run in this folder: not counted
@@ -384,6 +387,55 @@ def full_scale_table(out, jobs):
                        f"{rs[0].get('machine', rs[0]['device'])}; {precisions(rs)}", status]))
     return md + ["", "Convergence epoch: the first whose validation accuracy reaches 95 % of the run's best (the "
                  "report does not define its own). With seeds: mean ± sample std (n) over the seeds that finished."]
+
+
+def tries_table(out, jobs):
+    """Every try of the fast recipe's search (the plan's, in its order) and the headline run, ranked by
+    nothing but shown with their validation accuracy; each row says in which settings it differs from the
+    headline job, or, for a proxy, from the proxy of the recipe as it is."""
+    tries = [job for job in jobs if job["under"] == "tries"]
+    headline = next(job for job in jobs if job["under"] == "runs")
+    proxy = next((job for job in tries if job["flags"].endswith(FAST_PROXY)), None)
+    md = ["### Tries of the fast recipe (chosen on validation; the proxies never read the test set)", "",
+          *tries_summary(out, tries), "", TABLES_ONLY[0],
+          f"Proxies: the headline job with `{FAST_PROXY}`; each other row: the headline job's settings.", "",
+          *table_head("try", "what it tries", "settings that differ", "status", "best val acc", "with flip TTA",
+                      "at epoch", "wall time")]
+    for job in [*tries, headline]:
+        folder = run_dir(out, job["name"], job["under"])
+        result = read_result(folder)
+        if result is None:
+            md.append(row([job["name"], job["tries"] or "the headline job", "–", "missing", "–", "–", "–", "–"]))
+            continue
+        base = proxy if proxy and FAST_PROXY in job["flags"] else headline
+        differ = ", ".join(f"{k} {result['config'][k]}" for k in common.config_differences(
+            result["config"], full_scale_config(base, 0), numerics=False)) or \
+            ("(the proxy)" if base is proxy else "(the headline job)")
+        tta = result.get("tta", {}).get("val_acc_at_best_val")
+        md.append(row([link(out, folder), job["tries"] or "the headline job", differ, result["status"],
+                       common.percent(result["best_val_acc"]), "–" if tta is None else common.percent(tta),
+                       result.get("best_epoch") or "–", common.format_seconds(result.get("wall_seconds",
+                                                                                     result["train_seconds"]))]))
+    return md + ["", TABLES_ONLY[1]]
+
+
+def tries_summary(out, tries):
+    """One paragraph for README: how many tries finished, the best proxy by validation accuracy beside the
+    recipe as it is, and the proxy's seed noise (the same proxy at seeds 0 and 1: a smaller gain is a tie)."""
+    done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
+    proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done]
+    text = f"{len(done)} of {len(tries)} tries finished ([every try](tables.md))."
+    base = next((job["name"] for job in tries if job["flags"].endswith(FAST_PROXY)), None)
+    if base in done and len(proxies) > 1:
+        best = max(proxies, key=lambda name: done[name]["best_val_acc"])
+        text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
+                 f"the recipe as it is ({base}) {common.percent(done[base]['best_val_acc'])} %.")
+    again = next((job["name"] for job in tries if job["flags"].endswith(f"{FAST_PROXY} --seed 1")), None)
+    if base in done and again in done:
+        a, b = (100 * done[name]["best_val_acc"] for name in (base, again))
+        text += (f" Seed noise of the proxy: {base} {a:.2f} % (seed 0) vs {again} {b:.2f} % (seed 1), "
+                 f"{abs(a - b):.2f} pp apart; a gain smaller than that is a tie (one pair of seeds).")
+    return [text]
 
 
 def precisions(results):
@@ -452,7 +504,7 @@ BN_CURVES = [("t2_vgg_a_adam", "VGG-A, Adam 1e-3", "tab:orange", "-"),
 
 
 def full_scale_sections(out, jobs):
-    md = full_scale_table(out, jobs)
+    md = full_scale_table(out, jobs) + [""] + tries_table(out, jobs)
     md += [""] + paired_bn_difference(out, BN_PAIR)
     if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
         md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
@@ -637,7 +689,8 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 def update_readme(readme, tables, out):
     """Replace README's text between the result markers with `tables`, links made relative to README."""
     rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
-    text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", tables)  # every relative link, now from README's folder
+    brief = re.sub(rf"{re.escape(TABLES_ONLY[0])}.*?{re.escape(TABLES_ONLY[1])}\n?", "", tables, flags=re.S)
+    text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", brief)  # every relative link, now from README's folder
     with open(readme) as f:
         content = f.read()
     if README_START not in content or README_END not in content:

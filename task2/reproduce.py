@@ -63,20 +63,44 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   grid="-1:1:5", interp="-0.5:1.5:5", best_seeds=1, recipes=["ours", "report"], trajectory_every=2,
                   spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
-def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1, surfaces=()):
+def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1, surfaces=(),
+                   under="runs", tries=""):
     """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
     convergence epoch), how many seeds it gets and the surfaces drawn from seed 0's best.pt right after it
-    trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists."""
+    trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists. A try of the
+    recipe search lives under tries/ and says what it tries."""
     return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
-                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces))
+                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces), under=under, tries=tries)
+
+
+# The fast recipe's search (#29): tries of the headline job, chosen on the validation split only. The proxies
+# train on 10,000 of the 45,000 training images for 6 epochs (234 steps of one-cycle) and never read the test set
+# (--no-test); every try reports flip TTA on validation beside its plain accuracy.
+HEADLINE = "--arch light --act leaky_relu --opt sgd --recipe fast"
+FAST_PROXY = "--subset 10000 --epochs 6 --no-test --tta flip"
+FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it tries and its source)
+    ("t1_light_leaky_relu_sgd_fast_lr0.2", "--lr 0.2", "full scale, peak lr 0.2: He et al.'s 0.1 at batch 128, "
+     "scaled to 256"),
+    ("proxy_base", FAST_PROXY, "the fast recipe as it is"),
+    ("proxy_zero_init", f"{FAST_PROXY} --zero-init-residual", "each residual block starts as its shortcut "
+     "(Goyal et al. 2017)"),
+    ("proxy_zero_init_lr0.2", f"{FAST_PROXY} --zero-init-residual --lr 0.2", "twice the peak lr, with zero-init "
+     "(Goyal et al. 2017: it lets large-batch lrs train); the first try diverged at lr 0.2 without it"),
+    ("proxy_ls0.2", f"{FAST_PROXY} --label-smoothing 0.2", "airbench94's label smoothing (Jordan 2024)"),
+    ("proxy_ema", f"{FAST_PROXY} --ema 0.98", "evaluate a moving average of the weights (Polyak & Juditsky 1992; "
+     "airbench94 averages too); 0.98: a horizon of 50 of the proxy's 234 steps"),
+    ("proxy_base_s1", f"{FAST_PROXY} --seed 1", "the fast recipe again, seed 1: the proxies' seed noise"),
+]
 
 
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
 FULL_SCALE_SURFACE = "--x -1:1:21 --y -1:1:21 --n-items 2000 --hessian --hessian-iters 20 --log"
 FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 20 --hessian-coords filter"
 FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
-    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", "--arch light --act leaky_relu --opt sgd "
-                   "--recipe fast", "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
+    *(full_scale_job(name, "task1/train.py", f"{HEADLINE} {flags}", under="tries", tries=what)
+      for name, flags, what in FAST_TRIES),
+    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", HEADLINE,
+                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
                    20, seeds=3),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
@@ -155,8 +179,8 @@ def t2_name(model, opt, recipe="ours"):
     return f"t2_{model}_{opt}" + ("_report" if recipe == "report" else "")
 
 
-def run_dir(out, name):
-    return os.path.join(out, "runs", name)
+def run_dir(out, name, under="runs"):
+    return os.path.join(out, under, name)
 
 
 def seed_name(name, seed):
@@ -219,7 +243,7 @@ def full_scale_jobs(p, out, seeds=1):
     for k in range(most):
         for job in (job for job in p["jobs"] if k < max(seeds, job["seeds"])):
             flags = [*p["data"], *shlex.split(job["flags"])]
-            jobs += training_jobs(job["script"], flags, out, job["name"], [k])
+            jobs += training_jobs(job["script"], flags, out, job["name"], [k], job["under"])
             if k == 0 and job["surfaces"]:
                 jobs += full_scale_surface_jobs(p, out, job, flags)
     return jobs
@@ -261,9 +285,9 @@ def surface_complete(folder):
     return saved["status"] == "complete" and bool(figures) and all(os.path.exists(f) for f in figures)
 
 
-def training_jobs(script, flags, out, name, seeds):
-    """One job per seed; seed 0 runs with the script's default --seed."""
-    return [[script, *flags, *(["--seed", str(k)] if k else []), "--out", run_dir(out, seed_name(name, k))]
+def training_jobs(script, flags, out, name, seeds, under="runs"):
+    """One job per seed; seed 0 runs with the script's default --seed (or the one its flags give)."""
+    return [[script, *flags, *(["--seed", str(k)] if k else []), "--out", run_dir(out, seed_name(name, k), under)]
             for k in seeds]
 
 
