@@ -877,7 +877,7 @@ def test_probe_formulas_on_a_quadratic():
 def test_interrupted_bn_analysis_resumes_to_the_same_numbers(fake_data, tmp_path, monkeypatch, capsys):
     flags = ["--width", "0.125", "--batch-size", "32", "--device", "cpu", "--no-download", "--data-dir", fake_data,
              "--models", "vgg_a_bn", "vgg_a", "--lrs", "1e-3", "--epochs", "2", "--probe-every", "3",
-             "--sharpness-every", "4", "--sharpness-images", "16", "--sharpness-iters", "2"]
+             "--sharpness-every", "4", "--sharpness-images", "16", "--sharpness-iters", "2", "--sharpness-coords", "both"]
     assert bn_analysis.main([*flags, "--out", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as m:
         m.setattr(common, "make_optimizer", cuda_checks.interrupt_at_step(common.make_optimizer, 11))
@@ -889,6 +889,39 @@ def test_interrupted_bn_analysis_resumes_to_the_same_numbers(fake_data, tmp_path
     with np.load(tmp_path / "whole" / "bn_analysis.npz") as a, np.load(tmp_path / "cut" / "bn_analysis.npz") as b:
         assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
         assert len(a["vgg_a_bn/lr0.001/step_loss"]) == 16 and len(a["vgg_a_bn/lr0.001/sharpness_top"]) == 4
+        assert len(a["vgg_a_bn/lr0.001/sharpness_filter_top"]) == 4
+    summary = (tmp_path / "whole" / "summary.md").read_text()
+    assert summary.count("| sharpness is lower in filter-normalized coordinates") == 1
+    assert "| top Hessian eigenvalue | top eigenvalue, filter coords | runs |" in summary
+
+
+def test_filter_coordinate_sharpness_is_recorded_only_where_asked_and_is_scale_free():
+    """--sharpness-coords filter: the analysis' Hessian on its fixed batch is D·H·D's (unchanged when the
+    filters feeding a BN are scaled by 3, while the raw one shrinks); raw only: no filter field, row or
+    column, so older analyses redraw as before."""
+    class FakeRun:
+        def __init__(self, scale):
+            torch.manual_seed(0)
+            self.model = common.build_model(dict(model="vgg_a_bn", width=0.125, dropout=0.0)).train()  # as trained
+            with torch.no_grad():
+                for m in self.model.modules():
+                    if isinstance(m, nn.Conv2d):
+                        m.weight.mul_(scale)
+            self.train_x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+            self.train_y, self.numerics, self.device = torch.arange(8) % 10, common.FP32, torch.device("cpu")
+
+    def probe(coords):
+        return bn_analysis.BNProbe(nn.CrossEntropyLoss(), [1.0], 1, torch.device("cpu"), sharpness_images=8,
+                                   sharpness_iters=80, sharpness_coords=coords)
+    both = [probe("both").hessian(FakeRun(c)) for c in (1.0, 3.0)]
+    assert both[1]["filter_top"] == pytest.approx(both[0]["filter_top"], rel=2e-3)
+    assert both[1]["top"] < both[0]["top"] / 3  # the classifier's block, not scaled, keeps it above 1/9
+    assert set(probe("raw").hessian(FakeRun(1.0))) == set(bn_analysis.SHARPNESS_FIELDS[1:])
+    recorder = probe("raw")
+    recorder.sharpness = [dict(step=0, **probe("raw").hessian(FakeRun(1.0)))]
+    runs = [dict(model=m, lr=0.1, arrays=recorder.arrays()) for m in ("vgg_a", "vgg_a_bn")]
+    assert "sharpness_filter_top" not in runs[0]["arrays"]
+    assert [key for _, key in bn_analysis.claims_of(runs)] == ["loss_range", "grad_dist", "beta", "sharpness"]
 
 
 def test_a_bn_analysis_killed_mid_way_leaves_nothing_that_passes_for_finished(fake_data, tmp_path, monkeypatch):

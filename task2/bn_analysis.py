@@ -33,6 +33,7 @@ BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", 
               "curves.png"]
 PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
 SHARPNESS_FIELDS = ("step", "top", "bottom", "residual_top", "converged")  # probe.npz: sharpness_*
+FILTER = "filter_"  # probe.npz: sharpness_filter_* (--sharpness-coords filter|both), the same fields for D·H·D
 COLOUR_FAMILIES = ["Oranges", "Blues", "Greens", "Purples"]  # baseline, then each compared model
 PROBE_FLAGS = {  # the probe's settings (a saved probe.npz is reused only when they match): default, --help
     "probe_every": (50, "probe every K training steps", dict(type=int)),
@@ -46,6 +47,9 @@ PROBE_FLAGS = {  # the probe's settings (a saved probe.npz is reused only when t
                         dict(type=int)),
     "sharpness_images": (256, "the fixed batch: the first N training images", dict(type=int)),
     "sharpness_iters": (20, "Lanczos iterations at most", dict(type=int)),
+    "sharpness_coords": ("raw", "raw: the Hessian in the parameters; filter: of D·H·D, D each filter's norm (the "
+                         "surfaces' coordinates, unchanged when a filter that feeds a BN is scaled); both: each",
+                         dict(choices=["raw", "filter", "both"])),
     "probe_precision": ("fp32", "the probe's forward passes (gradients, losses at θ + ηd); the sharpness "
                         "Hessian-vector products are always fp32, whatever --precision trains in",
                         dict(choices=["fp32", "bf16"])),
@@ -129,12 +133,13 @@ class BNProbe:
     fixed batch of training images (train mode, no augmentation)."""
 
     def __init__(self, criterion, etas, every, device, direction="grad", lr=1.0, sharpness_every=0,
-                 sharpness_images=256, sharpness_iters=20, numerics=common.FP32):
+                 sharpness_images=256, sharpness_iters=20, numerics=common.FP32, sharpness_coords="raw"):
         self.criterion, self.etas, self.every, self.device = criterion, list(etas), every, device
         self.numerics = numerics  # the probe's precision: fp32 unless --probe-precision says otherwise
         self.direction, self.lr = direction, lr
         self.sharpness_every, self.sharpness_images, self.sharpness_iters = sharpness_every, sharpness_images, \
             sharpness_iters
+        self.coords = {"raw": ["raw"], "filter": ["filter"], "both": ["raw", "filter"]}[sharpness_coords]
         self.step_losses, self.probes, self.sharpness, self.steps_per_epoch = [], [], [], 0
 
     def __call__(self, run, x, y, loss, step):
@@ -154,7 +159,8 @@ class BNProbe:
         return common.probe_along(model, loss_closure, self.etas, direction)
 
     def hessian(self, run):
-        """Lanczos on the first `sharpness_images` training images in one batch, fp32, weights left as found."""
+        """Lanczos on the first `sharpness_images` training images in one batch, fp32, weights left as found;
+        each of the coordinates asked for (filter: its fields prefixed FILTER)."""
         x = run.numerics.inputs(run.train_x[:self.sharpness_images])  # no autocast: fp32 products
         y = run.train_y[:self.sharpness_images]
         with common.preserved(run.model):
@@ -164,14 +170,19 @@ class BNProbe:
                 common.set_rng_state(rng, run.device)  # one dropout mask for every product
                 yield self.criterion(run.model(x).float(), y) * len(y)
             batch_losses.batches = 1  # its gradient graph serves every product
-            return common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters)
+            found = {}
+            for coords in self.coords:
+                h = common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters, coords=coords)
+                found.update({("" if coords == "raw" else FILTER) + k: h[k] for k in SHARPNESS_FIELDS[1:]})
+            return found
 
     def restore(self, arrays):
         """Continue from the arrays() of an interrupted run (its last.pt is at exactly that step)."""
         self.step_losses = [torch.tensor(v, dtype=torch.float32) for v in arrays["step_loss"]]  # as recorded
         self.probes = [{k: arrays[f"probe_{k}"][i].tolist() for k in PROBE_FIELDS}
                        for i in range(len(arrays["probe_step"]))]
-        self.sharpness = [{k: arrays[f"sharpness_{k}"][i].item() for k in SHARPNESS_FIELDS}
+        fields = [k[len("sharpness_"):] for k in arrays if k.startswith("sharpness_")]
+        self.sharpness = [{k: arrays[f"sharpness_{k}"][i].item() for k in fields}
                           for i in range(len(arrays["sharpness_step"]))]
 
     def arrays(self):
@@ -183,7 +194,10 @@ class BNProbe:
         for key in PROBE_FIELDS:
             arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
                 len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
-        for key in SHARPNESS_FIELDS:
+        prefixes = [""] if "raw" in self.coords else []
+        fields = SHARPNESS_FIELDS[:1] + tuple(p + k for p in prefixes + [FILTER] * ("filter" in self.coords)
+                                              for k in SHARPNESS_FIELDS[1:])
+        for key in fields:
             arrays[f"sharpness_{key}"] = np.array([h[key] for h in self.sharpness], dtype=np.float64)
         return arrays
 
@@ -231,7 +245,16 @@ CLAIMS = [  # (the paper's claim, measurements key): each holds when the compare
     ("the gradient is more predictive (largest ‖Δ∇L‖ over η)", "grad_dist"),
     ("effective β-smoothness is smaller (largest ‖Δ∇L‖ / ‖ηd‖)", "beta"),
     ("sharpness is lower (top Hessian eigenvalue, fixed batch; beyond the paper)", "sharpness"),
+    ("sharpness is lower in filter-normalized coordinates (top eigenvalue of D·H·D; beyond the paper)",
+     "sharpness_filter"),
 ]
+OPTIONAL_CLAIMS = {"sharpness_filter": "top eigenvalue, filter coords"}  # rows, columns only where measured
+
+
+def claims_of(runs):
+    """CLAIMS but those optional ones that no run measured."""
+    return [(claim, key) for claim, key in CLAIMS if key not in OPTIONAL_CLAIMS or
+            any(measurements(r, key) for r in runs)]
 BAND_CLAIM = "the training loss depends less on the lr (loss-band width over the lrs)"
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -240,8 +263,9 @@ def measurements(run, key):
     """{step: value} of one claim's number at every measurement after the first epoch: the loss range over η,
     the largest gradient change over η, the largest effective β over η, or the top Hessian eigenvalue."""
     a = run["arrays"]
-    if key == "sharpness":
-        steps, values = a.get("sharpness_step", np.zeros(0)), a.get("sharpness_top", np.zeros(0))
+    if key in ("sharpness", "sharpness_filter"):
+        top = "sharpness_top" if key == "sharpness" else f"sharpness_{FILTER}top"
+        steps, values = (a.get("sharpness_step", np.zeros(0)), a[top]) if top in a else (np.zeros(0), np.zeros(0))
     elif a["probe_losses"].size == 0:
         steps, values = np.zeros(0), np.zeros(0)
     else:
@@ -385,7 +409,7 @@ def claims_table(runs, settings):
         return " / ".join(common.short_number(median_degeneracy(runs, m, lr, column)) for m in (baseline, model))
     for model in others:
         lines += [claim_line(claim, f"{lr:g}", model, claim_pairs(runs, baseline, model, lr, key),
-                             check(key, model, lr)) for claim, key in CLAIMS for lr in lrs]
+                             check(key, model, lr)) for claim, key in claims_of(runs) for lr in lrs]
         lines.append(claim_line(BAND_CLAIM, "all", model, [(band_widths(runs, baseline, s),
                                                             band_widths(runs, model, s)) for s in seeds]))
     lines += ["", "Medians over the measurements after the first epoch that both models have (same seed and step), "
@@ -402,16 +426,19 @@ def bn_summary_table(runs, link_prefix=""):
     """Markdown: per model and lr, over its seeds (mean ± sample std), accuracy, convergence epoch and each
     claim's median over the measurements after the first epoch, linking the run folders (run["dir"], relative
     to the analysis folder, behind `link_prefix`)."""
+    claims = claims_of(runs)
+    extra = [OPTIONAL_CLAIMS[key] for _, key in claims if key in OPTIONAL_CLAIMS]
     lines = ["| model | lr | status | final val acc % | test acc % at best val | final test acc % | "
              "convergence epoch | loss range over η | grad-pred. distance | β-smoothness | top Hessian eigenvalue | "
-             "runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f"{name} | " for name in extra) + "runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"
+             + "---|" * len(extra)]
     for model, lr in dict.fromkeys((r["model"], r["lr"]) for r in sorted(runs, key=lambda r: r["lr"])):
         rs = [r for r in runs if (r["model"], r["lr"]) == (model, lr)]
         res = [r["result"] for r in rs]
         cells = [common.seeds_cell([x[k] for x in res], 100, 2) for k in ("final_val_acc", "test_acc_at_best_val",
                                                                    "final_test_acc")]
         cells.append(common.seeds_cell([x["convergence_epoch"] for x in res], digits=1 if len(rs) > 1 else 0))
-        cells += [common.seeds_cell([pooled_median([measurements(r, key)]) for r in rs]) for _, key in CLAIMS]
+        cells += [common.seeds_cell([pooled_median([measurements(r, key)]) for r in rs]) for _, key in claims]
         links = ", ".join(f"[{os.path.basename(r['dir'])}]({link_prefix}{r['dir']})" for r in rs)
         status = ", ".join(sorted({x["status"] for x in res}))
         lines.append(f"| {model} | {lr:g} | {status} | " + " | ".join(cells) + f" | {links} |")
@@ -653,12 +680,14 @@ def plot_sharpness(runs, path):
     for ax, lr in panels:
         shown = []
         for model, (suffix, group, style) in ((m, g) for m in colours for g in seed_groups(runs, m, lr)):
-            top, steps = group_mean(group, "sharpness_top"), group_mean(group, "sharpness_step")
-            if top is not None:
-                label = model_name(model) + suffix
-                ax.plot(steps, top, style, color=plt.get_cmap(colours[model])(0.65), marker=".", lw=1.2,
-                        label=label)
-                shown.append(top)
+            steps = group_mean(group, "sharpness_step")
+            for key, coords, shade, marker in (("sharpness_top", "", 0.65, "."),
+                                               (f"sharpness_{FILTER}top", ", filter coords", 0.95, "^")):
+                top = group_mean(group, key)
+                if top is not None:
+                    ax.plot(steps, top, style, color=plt.get_cmap(colours[model])(shade), marker=marker, ms=3,
+                            lw=1.2, label=model_name(model) + coords + suffix)
+                    shown.append(top)
         run = next(r for r in runs if r["lr"] == lr)
         cfg, per_epoch = run["result"]["config"], int(run["arrays"]["steps_per_epoch"])
         if cfg["opt"] in ("sgd", "sgd_scratch"):
@@ -696,7 +725,8 @@ def analysis_run(args, model, lr, out, seed=0):
     etas = [m * (lr if args.probe_scale == "relative" else 1.0) for m in args.probe_etas]
     probe = BNProbe(common.loss_fn(cfg["loss"], cfg["label_smoothing"]), etas, args.probe_every,
                     common.resolve_device(cfg["device"]), args.probe_direction, lr, args.sharpness_every,
-                    args.sharpness_images, args.sharpness_iters, common.Numerics(args.probe_precision))
+                    args.sharpness_images, args.sharpness_iters, common.Numerics(args.probe_precision),
+                    args.sharpness_coords)
     partial = os.path.join(run_dir, "probe_partial.npz")
     restored = interrupted_probe(run_dir, cfg, probe_settings, numerics)
     if restored is not None:  # Ctrl-C'd earlier: the run resumes from last.pt, the probe from its arrays
@@ -724,6 +754,7 @@ def same_settings(config_file, cfg, arrays, probe_settings, numerics=True):
     saved_probe = json.loads(str(arrays.pop("settings"))) if "settings" in arrays else None
     if saved_probe is not None:
         saved_probe.setdefault("probe_precision", "fp32")  # probes made before the flag: fp32 on the CPU
+        saved_probe.setdefault("sharpness_coords", "raw")  # and before this one: the raw Hessian
     return not common.config_differences(common.load_json(config_file), cfg, numerics) and \
         saved_probe == json.loads(json.dumps(probe_settings))
 

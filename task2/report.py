@@ -396,8 +396,8 @@ def tries_table(out, jobs):
     tries = [job for job in jobs if job["under"] == "tries"]
     headline = next(job for job in jobs if job["under"] == "runs")
     proxy = next((job for job in tries if job["flags"].endswith(FAST_PROXY)), None)
-    md = ["### Tries of the fast recipe (chosen on validation; the proxies never read the test set)", "",
-          *tries_summary(out, tries), "", TABLES_ONLY[0],
+    md = ["**Tries of the fast recipe** (chosen on validation; the proxies never read the test set): "
+          + tries_summary(out, tries), "", TABLES_ONLY[0], "### Tries of the fast recipe", "",
           f"Proxies: the headline job with `{FAST_PROXY}`; each other row: the headline job's settings.", "",
           *table_head("try", "what it tries", "settings that differ", "status", "best val acc", "with flip TTA",
                       "at epoch", "wall time")]
@@ -435,7 +435,7 @@ def tries_summary(out, tries):
         a, b = (100 * done[name]["best_val_acc"] for name in (base, again))
         text += (f" Seed noise of the proxy: {base} {a:.2f} % (seed 0) vs {again} {b:.2f} % (seed 1), "
                  f"{abs(a - b):.2f} pp apart; a gain smaller than that is a tie (one pair of seeds).")
-    return [text]
+    return text
 
 
 def precisions(results):
