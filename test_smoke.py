@@ -981,6 +981,15 @@ def test_claims_table_reports_whether_effective_beta_only_measures_the_probe_ste
     assert "Effective β's probe check" not in bn_analysis.claims_table(runs, dict(opt="sgd"))  # no etas: no line
 
 
+def test_small_steps_extend_the_papers_probe_down_to_a_hundredth_of_the_lr():
+    """--small-steps (beyond the paper): η/lr from 0.01 up to the paper's 4, sorted, each once; without it the
+    paper's seven steps."""
+    assert bn_analysis.parse_args(["--paper"]).probe_etas == [0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0]
+    assert bn_analysis.parse_args(["--paper", "--small-steps"]).probe_etas == [0.01, 0.03, 0.1, 0.3, 0.5, 0.75, 1.0,
+                                                                               1.5, 2.0, 3.0, 4.0]
+    assert bn_analysis.parse_args(["--small-steps", "--probe-etas", "0.1", "1"]).probe_etas == [0.01, 0.03, 0.1, 0.3, 1]
+
+
 def test_claims_table_from_known_arrays():
     """Paired medians after the first epoch (steps >= 2) decide each claim; the first probe never counts."""
     runs = [known_run("vgg_a", 0.1, [3, 2, 2, 1], [100, 1, 3], [100, 4, 6], [1000, 10, 30]),

@@ -61,6 +61,9 @@ PROBE_KEYS = tuple(PROBE_FLAGS)
 # steps: 300 probes a run
 PAPER = dict(recipe="paper", lrs=[0.1, 0.5], probe_every=50, probe_direction="grad", probe_scale="relative",
              probe_etas=[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
+# beyond the paper: its steps are so long that ‖Δ∇L‖ ≈ ‖∇L‖ for both networks and effective β is 1/η_min; steps
+# down to lr/100 show whether they differ where the probe is not degenerate (the claims table's probe check)
+SMALL_ETAS = [0.01, 0.03, 0.1, 0.3]
 RECORDED = ("opt", "momentum", "epochs", "steps", "batch_size", "subset", "width", "seed")  # in bn_analysis.json
 
 
@@ -80,12 +83,16 @@ def parse_args(argv=None):
     g.add_argument("--paper", action="store_true",
                    help="Santurkar et al.'s settings: " + ", ".join(f"{k} {v}" for k, v in PAPER.items())
                         + " (flags given beside it win)")
+    g.add_argument("--small-steps", action="store_true", help="beyond the paper: the probe's step sizes also at "
+                   f"{', '.join(f'{m:g}' for m in SMALL_ETAS)} x (before those of --probe-etas)")
     g.add_argument("--smooth", type=int, default=1, help="moving-average window of the loss-band figure")
     g.add_argument("--replot", metavar="DIR", help="only redraw figures and summary.md from DIR's raw numbers")
     argv = sys.argv[1:] if argv is None else argv
     if "--paper" in argv:
         parser.set_defaults(**{k: v for k, v in PAPER.items() if k != "recipe"})
     args = parser.parse_args(argv)
+    if args.small_steps:
+        args.probe_etas = sorted(set(SMALL_ETAS) | set(args.probe_etas))
     args.train = {k: v for k, v in vars(args).items() if k in common.SETTING}
     args.train.setdefault("diverge_patience", 0)
     if args.paper:
