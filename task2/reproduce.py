@@ -82,6 +82,7 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
     ("t1_light_leaky_relu_sgd_fast_lr0.2", "--lr 0.2", "full scale, peak lr 0.2: He et al.'s 0.1 at batch 128, "
      "scaled to 256"),
     ("proxy_base", FAST_PROXY, "the fast recipe as it is"),
+    ("proxy_base_s1", f"{FAST_PROXY} --seed 1", "the fast recipe again, seed 1: the proxies' seed noise"),
     ("proxy_zero_init", f"{FAST_PROXY} --zero-init-residual", "each residual block starts as its shortcut "
      "(Goyal et al. 2017)"),
     ("proxy_zero_init_lr0.2", f"{FAST_PROXY} --zero-init-residual --lr 0.2", "twice the peak lr, with zero-init "
@@ -89,7 +90,6 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
     ("proxy_ls0.2", f"{FAST_PROXY} --label-smoothing 0.2", "airbench94's label smoothing (Jordan 2024)"),
     ("proxy_ema", f"{FAST_PROXY} --ema 0.98", "evaluate a moving average of the weights (Polyak & Juditsky 1992; "
      "airbench94 averages too); 0.98: a horizon of 50 of the proxy's 234 steps"),
-    ("proxy_base_s1", f"{FAST_PROXY} --seed 1", "the fast recipe again, seed 1: the proxies' seed noise"),
 ]
 
 
