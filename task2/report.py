@@ -504,11 +504,11 @@ BN_CURVES = [("t2_vgg_a_adam", "VGG-A, Adam 1e-3", "tab:orange", "-"),
 
 
 def full_scale_sections(out, jobs):
-    md = full_scale_table(out, jobs) + [""] + tries_table(out, jobs)
+    md = full_scale_table(out, jobs)
     md += [""] + paired_bn_difference(out, BN_PAIR)
     if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
         md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
-    return md + [""] + full_scale_landscapes(out, jobs) + ["", curves_section(out)[0]]
+    return md + [""] + tries_table(out, jobs) + [""] + full_scale_landscapes(out, jobs) + ["", curves_section(out)[0]]
 
 
 REPORT_SURFACE_MAX = "the report's No_BN_SGD surface reaches a loss of 2.0·10⁶ (colour bar; z axis to 4.0·10⁶), its " \
@@ -689,7 +689,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 def update_readme(readme, tables, out):
     """Replace README's text between the result markers with `tables`, links made relative to README."""
     rel = os.path.relpath(out, os.path.dirname(os.path.abspath(readme)))
-    brief = re.sub(rf"{re.escape(TABLES_ONLY[0])}.*?{re.escape(TABLES_ONLY[1])}\n?", "", tables, flags=re.S)
+    brief = re.sub(rf"{re.escape(TABLES_ONLY[0])}.*?{re.escape(TABLES_ONLY[1])}\n+", "", tables, flags=re.S)
     text = re.sub(r"\]\((?!https?://|/)", f"]({rel}/", brief)  # every relative link, now from README's folder
     with open(readme) as f:
         content = f.read()
