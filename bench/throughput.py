@@ -423,7 +423,8 @@ def bn_analysis_runs(flags):
 
 
 def training_seconds(job, device, cache, min_seconds=1.0):
-    """One training job (or every run of a BN analysis): steps, validation every epoch, test twice."""
+    """One training job (or every run of a BN analysis): steps, validation every epoch, test twice (never under
+    --no-test), and with --tta flip best.pt's validation and test on image and mirror."""
     script, flags = job[0], job[1:]
     cfg = train_config(flags, task2=script.startswith("task2"))
     runs, probe_cost = [cfg], 0.0
@@ -435,7 +436,8 @@ def training_seconds(job, device, cache, min_seconds=1.0):
     steps_per_epoch = max(1, n_train // cfg["batch_size"])
     steps = cfg.get("steps") or steps_per_epoch * cfg["epochs"]
     images, epochs = steps * cfg["batch_size"], -(-steps // steps_per_epoch)
-    evaluations = n_val * epochs + 2 * (cfg["test_subset"] or 10000)
+    n_test = 0 if cfg.get("no_test") else cfg["test_subset"] or 10000
+    evaluations = n_val * epochs + 2 * n_test + 2 * (n_val + n_test) * (cfg.get("tta", "none") != "none")
     return sum(images * (1 + probe_cost) / train_rate + evaluations / eval_rate
                for train_rate, eval_rate in (measured_rates(c, device, cache, min_seconds) for c in runs))
 
