@@ -434,7 +434,8 @@ def tries_summary(out, tries):
     if base in done and again in done:
         a, b = (100 * done[name]["best_val_acc"] for name in (base, again))
         text += (f" Seed noise of the proxy: {base} {a:.2f} % (seed 0) vs {again} {b:.2f} % (seed 1), "
-                 f"{abs(a - b):.2f} pp apart; a gain smaller than that is a tie (one pair of seeds).")
+                 f"{abs(a - b):.2f} pp apart: a gain smaller than that is a tie, and one pair of seeds is a rough "
+                 "yardstick, so only a gain several times larger is more than a hint.")
     return text
 
 
