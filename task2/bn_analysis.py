@@ -34,6 +34,7 @@ BN_FIGURES = ["loss_band.png", "loss_variation.png", "grad_predictiveness.png", 
 PROBE_FIELDS = ("step", "loss", "grad_norm", "step_norm", "losses", "grad_dists", "betas")  # probe.npz: probe_*
 SHARPNESS_FIELDS = ("step", "top", "bottom", "residual_top", "converged")  # probe.npz: sharpness_*
 FILTER = "filter_"  # probe.npz: sharpness_filter_* (--sharpness-coords filter|both), the same fields for D·H·D
+FIELD_PREFIX = {"raw": "", "filter": FILTER}  # each Hessian coordinate's prefix of the sharpness fields
 COLOUR_FAMILIES = ["Oranges", "Blues", "Greens", "Purples"]  # baseline, then each compared model
 PROBE_FLAGS = {  # the probe's settings (a saved probe.npz is reused only when they match): default, --help
     "probe_every": (50, "probe every K training steps", dict(type=int)),
@@ -180,7 +181,7 @@ class BNProbe:
             found = {}
             for coords in self.coords:
                 h = common.hessian_extremes(run.model, batch_losses, len(y), self.sharpness_iters, coords=coords)
-                found.update({("" if coords == "raw" else FILTER) + k: h[k] for k in SHARPNESS_FIELDS[1:]})
+                found.update({FIELD_PREFIX[coords] + k: h[k] for k in SHARPNESS_FIELDS[1:]})
             return found
 
     def restore(self, arrays):
@@ -201,9 +202,7 @@ class BNProbe:
         for key in PROBE_FIELDS:
             arrays[f"probe_{key}"] = np.array([p[key] for p in self.probes], dtype=np.float64).reshape(
                 len(self.probes), *([len(self.etas)] if key in ("losses", "grad_dists", "betas") else []))
-        prefixes = [""] if "raw" in self.coords else []
-        fields = SHARPNESS_FIELDS[:1] + tuple(p + k for p in prefixes + [FILTER] * ("filter" in self.coords)
-                                              for k in SHARPNESS_FIELDS[1:])
+        fields = SHARPNESS_FIELDS[:1] + tuple(FIELD_PREFIX[c] + k for c in self.coords for k in SHARPNESS_FIELDS[1:])
         for key in fields:
             arrays[f"sharpness_{key}"] = np.array([h[key] for h in self.sharpness], dtype=np.float64)
         return arrays

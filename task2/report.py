@@ -397,7 +397,7 @@ def tries_table(out, jobs):
     headline = next(job for job in jobs if job["under"] == "runs")
     proxy = next((job for job in tries if job["flags"].endswith(FAST_PROXY)), None)
     md = ["**Tries of the fast recipe** (chosen on validation; the proxies never read the test set): "
-          + tries_summary(out, tries), "", TABLES_ONLY[0], "### Tries of the fast recipe", "",
+          + tries_summary(out, tries, proxy), "", TABLES_ONLY[0], "### Tries of the fast recipe", "",
           f"Proxies: the headline job with `{FAST_PROXY}`; each other row: the headline job's settings.", "",
           *table_head("try", "what it tries", "settings that differ", "status", "best val acc", "with flip TTA",
                       "at epoch", "wall time")]
@@ -419,13 +419,14 @@ def tries_table(out, jobs):
     return md + ["", TABLES_ONLY[1]]
 
 
-def tries_summary(out, tries):
+def tries_summary(out, tries, proxy):
     """One paragraph for README: how many tries finished, the best proxy by validation accuracy beside the
-    recipe as it is, and the proxy's seed noise (the same proxy at seeds 0 and 1: a smaller gain is a tie)."""
+    recipe as it is (`proxy`, the job), and the proxy's seed noise (the same proxy at seeds 0 and 1: a smaller gain
+    is a tie)."""
     done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
     proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done]
     text = f"{len(done)} of {len(tries)} tries finished ([every try](tables.md))."
-    base = next((job["name"] for job in tries if job["flags"].endswith(FAST_PROXY)), None)
+    base = proxy and proxy["name"]
     if base in done and len(proxies) > 1:
         best = max(proxies, key=lambda name: done[name]["best_val_acc"])
         text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
