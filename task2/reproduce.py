@@ -92,8 +92,8 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
      "airbench94 averages too); 0.98: a horizon of 50 of the proxy's 234 steps"),
     ("proxy_ls0.2_s1", f"{FAST_PROXY} --label-smoothing 0.2 --seed 1", "label smoothing 0.2 again, seed 1: its "
      "gain paired by seed"),
-    ("t1_light_leaky_relu_sgd_fast_ls0.2", "--label-smoothing 0.2", "full scale, the best proxy's setting "
-     "(label smoothing 0.2); like the headline job it reads the test set once, at its end"),
+    ("t1_light_leaky_relu_sgd_fast_ls0.2", "--label-smoothing 0.2 --tta flip", "full scale, the best proxy's setting "
+     "(label smoothing 0.2), flip TTA beside; like the headline job it reads the test set once, at its end"),
 ]
 
 
