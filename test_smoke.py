@@ -2301,7 +2301,8 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     proxies = [job for job in tries if "--subset" in job]  # a proxy never reads the test set, a full-scale try once
     assert proxies and all(("--no-test" in job) == (job in proxies) for job in tries)
     by_name = {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
-    for name, acc, seed in (("proxy_base", 0.70, 0), ("proxy_zero_init", 0.72, 0), ("proxy_base_s1", 0.69, 1)):
+    for name, acc, seed in (("proxy_base", 0.70, 0), ("proxy_zero_init", 0.72, 0), ("proxy_base_s1", 0.69, 1),
+                            ("proxy_ls0.2", 0.705, 0), ("proxy_ls0.2_s1", 0.71, 1)):
         fake_result(str(tmp_path / "tries" / name), acc, **reproduce.full_scale_config(by_name[name], seed))
     text = "\n".join(report.tries_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
@@ -2311,11 +2312,14 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     assert "| missing |" in rows["proxy_ema"] and "| missing |" in rows["t1_light_leaky_relu_sgd_fast"]
     assert "proxy_base 70.00 % (seed 0) vs proxy_base_s1 69.00 % (seed 1), 1.00 pp apart" in text
     assert "Best proxy by validation accuracy: proxy_zero_init 72.00 %" in text
+    # label smoothing at seeds 0 and 1, each against the recipe as it is at its own seed; zero-init has one seed
+    assert ("Paired by seed, validation accuracy minus the recipe as it is: label_smoothing 0.2 +1.25 ± 1.06 pp "
+            "(n=2: seed 0 +0.50, seed 1 +2.00).") in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n")
     report.update_readme(str(readme), text + "\n", str(tmp_path))
     brief = readme.read_text()
-    assert f"3 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
+    assert f"5 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
 
 
 def fake_surface(folder, ckpt, status="complete"):

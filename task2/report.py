@@ -437,7 +437,27 @@ def tries_summary(out, tries, proxy):
         text += (f" Seed noise of the proxy: {base} {a:.2f} % (seed 0) vs {again} {b:.2f} % (seed 1), "
                  f"{abs(a - b):.2f} pp apart: a gain smaller than that is a tie, and one pair of seeds is a rough "
                  "yardstick, so only a gain several times larger is more than a hint.")
+    if base in done:
+        text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
     return text
+
+
+def paired_proxy_gains(done, proxy_cfg):
+    """' Paired by seed: ...' for each proxy setting tried at two seeds or more: its validation accuracy minus
+    the recipe-as-it-is proxy's at the same seed (same seed = same batches), mean ± sample std and per seed."""
+    by_setting = collections.defaultdict(dict)  # the settings a proxy differs in (its seed aside) -> seed -> acc
+    for result in done.values():
+        differ = [k for k in common.config_differences(result["config"], proxy_cfg, numerics=False) if k != "seed"]
+        by_setting[", ".join(f"{k} {result['config'][k]}" for k in differ)][seed_of(result)] = \
+            100 * result["best_val_acc"]
+    base, parts = by_setting.pop("", {}), []
+    for setting, accs in by_setting.items():
+        diffs = {seed: acc - base[seed] for seed, acc in sorted(accs.items()) if seed in base}
+        if len(diffs) >= 2:
+            per_seed = ", ".join(f"seed {seed} {d:+.2f}" for seed, d in diffs.items())
+            parts.append(f"{setting} {statistics.mean(diffs.values()):+.2f} ± {statistics.stdev(diffs.values()):.2f} "
+                         f"pp (n={len(diffs)}: {per_seed})")
+    return f" Paired by seed, validation accuracy minus the recipe as it is: {'; '.join(parts)}." if parts else ""
 
 
 def precisions(results):
