@@ -1839,12 +1839,14 @@ def flat_size(params):
 
 
 def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, params=None, coords="raw",
-                     extreme="both"):
+                     extreme="both", on_step=None):
     """Largest and smallest (most negative) Hessian eigenvalue of the mean loss (over `params`, default every
     trainable one): Lanczos on Hessian-vector products. batch_losses() yields each batch's summed loss, n_items
     their count. Stops when the Ritz residuals ‖Hv − λv‖ (exact for Lanczos) of the extremes asked for
     (extreme 'both' or 'top') are ≤ tol·max|λ|, or when the Krylov space is exhausted; coords 'filter': of
-    D·H·D (hessian_operator). Returns dict(top, bottom, residual_top, residual_bottom, converged, iterations)."""
+    D·H·D (hessian_operator). on_step(iteration, top Ritz value), when given, is called after every step (the
+    bench times how soon the top reaches another method's answer). Returns dict(top, bottom, residual_top,
+    residual_bottom, converged, iterations)."""
     if extreme not in ("both", "top"):
         raise ValueError(f"extreme must be 'both' or 'top', not {extreme!r}")
     params = params or trainable(model)
@@ -1852,6 +1854,8 @@ def hessian_extremes(model, batch_losses, n_items, iters=20, tol=1e-3, seed=0, p
     start = start.to(dtype=params[0].dtype, device=params[0].device)
     operator = hessian_operator(params, batch_losses, n_items, coords)
     for j, (ritz, vectors, beta) in enumerate(lanczos(operator, start, iters)):
+        if on_step:
+            on_step(j + 1, float(ritz[-1]))
         residuals = (beta * vectors[-1]).abs()
         scale = max(float(ritz.abs().max()), 1e-30)
         asked = residuals[-1] if extreme == "top" else max(residuals[0], residuals[-1])
@@ -1939,10 +1943,11 @@ class HessianVectorProduct:
 
     def __call__(self, vector):
         pieces = [t.view_as(p) for t, p in zip(vector.split([p.numel() for p in self.params]), self.params)]
-        out = torch.zeros_like(vector)
+        out = None  # the first batch's product itself: no zero vector to add it to (one batch: nothing to add)
         for grads in [self.kept] if self.kept is not None else self._gradients():
-            out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, self.params, grad_outputs=pieces,
-                                                                        retain_graph=self.keep)])
+            product = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads, self.params, grad_outputs=pieces,
+                                                                            retain_graph=self.keep)])
+            out = product if out is None else out.add_(product)
         return out
 
     def _gradients(self):

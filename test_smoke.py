@@ -1391,11 +1391,24 @@ def test_hessian_extremes_of_least_squares():
     def batch_losses():
         for i in range(0, 200, 64):
             yield 0.5 * ((model(x[i:i + 64]).squeeze(1) - t[i:i + 64]) ** 2).sum()
-    h = common.hessian_extremes(model, batch_losses, 200, iters=20, tol=1e-9)
+    steps = []
+    h = common.hessian_extremes(model, batch_losses, 200, iters=20, tol=1e-9,
+                                on_step=lambda j, top: steps.append((j, top)))
     exact = torch.linalg.eigvalsh(x.T @ x / 200)
     assert h["converged"] and h["iterations"] <= 8
+    # every step reported, its top Ritz value growing towards the answer (what the bench's time-to-answer needs)
+    assert [j for j, _ in steps] == list(range(1, h["iterations"] + 1)) and steps[-1][1] == h["top"]
+    assert all(a <= b + 1e-12 for (_, a), (_, b) in zip(steps, steps[1:]))
     assert (h["top"], h["bottom"]) == (pytest.approx(exact[-1].item(), rel=1e-9), pytest.approx(exact[0].item(),
                                                                                                rel=1e-9))
+
+
+def test_the_bench_times_our_top_eigenvalue_to_the_first_step_that_reaches_pyhessians():
+    import throughput
+    steps = [(0, -math.inf, 100.0), (1, 1.2, 103.0), (2, 1.52, 106.5), (3, 1.56, 110.0)]
+    assert throughput.reached(steps, 1.525) == dict(value=1.56, seconds=10.0, products=3, seconds_per_product=3.3333,
+                                                    reached=True)
+    assert throughput.reached(steps, 1.5)["products"] == 2 and not throughput.reached(steps, 1.6)["reached"]
 
 
 def test_hessian_extremes_find_a_saddle_and_say_when_not_converged():
