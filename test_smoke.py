@@ -2379,6 +2379,27 @@ def test_full_scale_surfaces_follow_their_training_job_and_a_lost_checkpoint_is_
     assert "--overwrite" not in lines()[1] and all(reproduce.job_state(j[0], j[1:]) == "done" for j in lines())
 
 
+def test_the_adam_pairs_hessians_read_seed_1s_checkpoint_and_a_lost_one_retrains_seed_1(tmp_path):
+    """The Adam pair's raw and filter Hessians (#33) follow seed 1's run, read its best.pt, and when it is gone
+    retrain seed 1 (--seed 1) into t2_vgg_a_bn_adam_s1_retrain, which the report then sets against it."""
+    out, job = str(tmp_path), next(j for j in reproduce.FULL_SCALE_JOBS if j["name"] == "t2_vgg_a_bn_adam")
+    run = reproduce.run_dir(out, "t2_vgg_a_bn_adam_s1")
+    jobs = reproduce.plan("train", "cpu-full", out, "data")
+    at = next(i for i, j in enumerate(jobs) if j[-1] == run)
+    hessians = jobs[at + 1:at + 5]
+    assert all(type(j) is reproduce.FollowingJob and reproduce.option(j, "--ckpt") == f"{run}/best.pt"
+               for j in hessians) and type(jobs[at + 5]) is not reproduce.FollowingJob
+    assert [(reproduce.option(j, "--bn-mode"), reproduce.option(j, "--hessian-coords")) for j in hessians] == \
+        [(None, "raw"), (None, "filter"), ("train", "raw"), ("train", "filter")]
+    assert not any(reproduce.option(j, "--ckpt") == f"{reproduce.run_dir(out, job['name'])}/best.pt" for j in jobs)
+    fake_result(run, 0.85, **reproduce.full_scale_config(job, 1))  # finished, its best.pt gone
+    jobs = reproduce.plan("train", "cpu-full", out, "data")
+    retrain = jobs[next(i for i, j in enumerate(jobs) if j[-1] == run) + 1]
+    assert retrain[-4:] == ["--seed", "1", "--out", run + "_retrain"]
+    fake_result(run + "_retrain", 0.84, **reproduce.full_scale_config(job, 1))
+    assert "t2_vgg_a_bn_adam_s1 trained again" in "\n".join(report.retrain_lines(out, reproduce.FULL_SCALE_JOBS))
+
+
 def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_one_scale(tmp_path, monkeypatch):
     """The report's cpu-full landscape section: a row per planned folder (loss range over the finite points, the
     top eigenvalue and its coordinates, wall time), the report's maxima beside, a retrain set against the
@@ -2395,6 +2416,8 @@ def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_o
         info.update(points=9, points_done=9, seconds=120.0, hessian=dict(top_eigenvalue=top, converged=True,
                                                                            coords=coords, seconds=60.0))
         info["settings"].update(bn_mode="train" if "bntrain" in folder else "eval", n_items=2000)
+        if coords == "filter":  # a Hessian job with --hessian-trace
+            info["spectrum"] = dict(trace=dict(mean=41.5, std=0.0, stderr=[2.3], values=[41.5], probes=8))
         common.write_json(os.path.join(folder, "surface.json"), info)
         loss = np.full((3, 3), top)
         loss[0, 0], loss[1, 1] = np.inf, 0.5
@@ -2403,8 +2426,8 @@ def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_o
         fake_result(reproduce.run_dir(out, name), acc, **reproduce.full_scale_config(jobs["t2_vgg_a_sgd"], 0))
     text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
     sgd_row = next(line for line in text.splitlines() if line.startswith("| [vgg_a_sgd]"))
-    assert "| eval | 9/9 | 2000 | 0.5 | 250 | 250 | raw | 2:00 + Hessian 1:00 |" in sgd_row
-    assert "| 3 | filter |" in next(line for line in text.splitlines() if "filter_hessian]" in line)
+    assert "| eval | 9/9 | 2000 | 0.5 | 250 | 250 | – | raw | 2:00 + Hessian 1:00 |" in sgd_row
+    assert "| 3 | 41.5 (2.3) | filter |" in next(line for line in text.splitlines() if "filter_hessian]" in line)
     assert "2.0·10⁶" in text and "71.50 % (completed, fp32) vs 72.00 % committed (fp32): -0.50 pp." in text
     assert len(drawn) == 1 and "top eigenvalue 60" in drawn[0][4][2]
     shutil.rmtree(os.path.join(out, "landscapes", "vgg_a_bn_sgd_bntrain"))

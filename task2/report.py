@@ -545,10 +545,10 @@ def full_scale_landscapes(out, jobs):
     the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
     planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _ in job["surfaces"]]
     made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
-    md = ["### Loss landscapes of the full-scale SGD checkpoints (task2/landscape.py)", ""]
+    md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", ""]
     if made:
         md += [*table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min", "loss max",
-                           "top eigenvalue", "Hessian coordinates", "wall time"),
+                           "top eigenvalue", "trace (SE)", "Hessian coordinates", "wall time"),
                *(landscape_row(out, f) for f in made), ""]
     pending = [os.path.basename(f) for f in planned if f not in made]
     md += [(f"Not computed yet: {', '.join(pending)} (each right after the training job whose best.pt it reads). "
@@ -571,25 +571,28 @@ def surface_top(folder):
 
 
 def landscape_row(out, folder):
-    """One landscape folder's row: its checkpoint, grid, loss range, top eigenvalue and wall time."""
+    """One landscape folder's row: its checkpoint, grid, loss range, top eigenvalue, trace and wall time."""
     info, loss = common.load_json(os.path.join(folder, "surface.json")), load_surface(folder)["loss"]
     settings, finite, h = info["settings"], loss[np.isfinite(loss)], info.get("hessian") or {}
+    trace = (info.get("spectrum") or {}).get("trace")
     ckpt = os.path.relpath(settings["ckpt"], out)
     seconds = f"{common.format_seconds(info['seconds'])} + Hessian {common.format_seconds(h['seconds'])}" \
         if "seconds" in h else common.format_seconds(info["seconds"])
     return row([link(out, folder), f"`{ckpt}`", settings["bn_mode"], f"{info['points_done']}/{info['points']}",
                 settings["n_items"], f"{finite.min():.4g}" if finite.size else "–",
                 f"{finite.max():.4g}" if finite.size else "–", hessian_cell(h, "top_eigenvalue"),
-                h.get("coords", "raw") if h else "–", seconds])
+                f"{trace['mean']:.4g} ({trace['stderr'][0]:.2g})" if trace else "–", h.get("coords", "raw") if h else "–",
+                seconds])
 
 
 def retrain_lines(out, jobs):
     """A run trained again for its surfaces (its checkpoint was gone) beside the committed run."""
     lines = []
     for job in (job for job in jobs if job["surfaces"]):
-        first, again = read_result(run_dir(out, job["name"])), read_result(run_dir(out, job["name"] + RETRAIN))
+        name = seed_name(job["name"], job["surface_seed"])
+        first, again = read_result(run_dir(out, name)), read_result(run_dir(out, name + RETRAIN))
         if first and again and first["test_acc_at_best_val"] is not None and again["test_acc_at_best_val"] is not None:
-            lines.append(f"- {job['name']} trained again with its own command for its surfaces (its checkpoint was "
+            lines.append(f"- {name} trained again with its own command for its surfaces (its checkpoint was "
                          f"gone): test accuracy at the best-validation epoch {100 * again['test_acc_at_best_val']:.2f} "
                          f"% ({again['status']}, {again['config'].get('precision', 'fp32')}) vs "
                          f"{100 * first['test_acc_at_best_val']:.2f} % committed "

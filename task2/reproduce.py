@@ -64,13 +64,14 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
 def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1, surfaces=(),
-                   under="runs", tries=""):
+                   under="runs", tries="", surface_seed=0):
     """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
-    convergence epoch), how many seeds it gets and the surfaces drawn from seed 0's best.pt right after it
-    trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists. A try of the
+    convergence epoch), how many seeds it gets and the surfaces drawn from seed `surface_seed`'s best.pt right
+    after it trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists. A try of the
     recipe search lives under tries/ and says what it tries."""
     return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
-                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces), under=under, tries=tries)
+                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces), under=under, tries=tries,
+                surface_seed=surface_seed)
 
 
 # The fast recipe's search (#29): tries of the headline job, chosen on the validation split only. The proxies
@@ -100,15 +101,27 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
 FULL_SCALE_SURFACE = "--x -1:1:21 --y -1:1:21 --n-items 2000 --hessian --hessian-iters 20 --log"
 FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 20 --hessian-coords filter"
+# the Adam pair's sharpness, raw and filter-normalized (#33): seed 1's checkpoints, the ones a sitting still held;
+# the cpu profile's spectra's 256 images, top eigenvalue and trace
+ADAM_HESSIAN = "--x 0:0:1 --n-items 256 --hessian --hessian-iters 20 --hessian-trace --trace-probes 8"
+
+
+def adam_hessians(name, bn_modes):
+    """(folder, flags) of the Adam pair's Hessian jobs: raw and filter coordinates in each BN mode."""
+    return [(f"{name}_s1{'_bntrain' if mode == 'train' else ''}{'_filter' if coords == 'filter' else ''}_hessian",
+             f"{ADAM_HESSIAN}{' --bn-mode train' if mode == 'train' else ''} --hessian-coords {coords}")
+            for mode in bn_modes for coords in common.HESSIAN_COORDS]
+
+
 FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
     *(full_scale_job(name, "task1/train.py", f"{HEADLINE} {flags}", under="tries", tries=what)
       for name, flags, what in FAST_TRIES),
     full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", HEADLINE,
                    "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
-                   20, seeds=3),
+                   20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seed=1),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
-                   83.29, 4, seeds=3),
+                   83.29, 4, seeds=3, surfaces=adam_hessians("vgg_a_bn_adam", ["eval", "train"]), surface_seed=1),
     full_scale_job("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd", surfaces=[
         ("vgg_a_sgd", FULL_SCALE_SURFACE), ("vgg_a_sgd_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
     full_scale_job("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50,
@@ -242,13 +255,14 @@ def plan(phase, profile, out, data_dir, seeds=1):
 
 def full_scale_jobs(p, out, seeds=1):
     """Seed k of every job that has k seeds (its own count, or --seeds if larger), seed 0 of all first; after
-    seed 0 of a job with surfaces, those surfaces, each a FollowingJob (same worker, right after it)."""
+    the seed of a job whose checkpoint its surfaces read, those surfaces, each a FollowingJob (same worker, right
+    after it)."""
     most, jobs = max(seeds, *(job["seeds"] for job in p["jobs"])), []
     for k in range(most):
         for job in (job for job in p["jobs"] if k < max(seeds, job["seeds"])):
             flags = [*p["data"], *shlex.split(job["flags"])]
             jobs += training_jobs(job["script"], flags, out, job["name"], [k], job["under"])
-            if k == 0 and job["surfaces"]:
+            if k == job["surface_seed"] and job["surfaces"]:
                 jobs += full_scale_surface_jobs(p, out, job, flags)
     return jobs
 
@@ -259,20 +273,20 @@ class FollowingJob(list):
 
 
 def full_scale_surface_jobs(p, out, job, flags):
-    """The surfaces of seed 0's best.pt, each computed while that checkpoint exists. Checkpoints are not
-    committed: when the run is finished, its best.pt gone and a surface unfinished, the run is trained again
-    with the same command into <run>_retrain (trained afresh when that one's best.pt is gone too), and every
-    surface of the job reads the retrain's checkpoint from then on."""
-    run, folders = run_dir(out, job["name"]), [os.path.join(out, "landscapes", f) for f, _ in job["surfaces"]]
+    """The surfaces of the job's surface seed's best.pt, each computed while that checkpoint exists. Checkpoints
+    are not committed: when the run is finished, its best.pt gone and a surface unfinished, the run is trained
+    again with the same command into <run>_retrain (trained afresh when that one's best.pt is gone too), and
+    every surface of the job reads the retrain's checkpoint from then on."""
+    seed, folders = job["surface_seed"], [os.path.join(out, "landscapes", f) for f, _ in job["surfaces"]]
+    run = run_dir(out, seed_name(job["name"], seed))
     retrain, jobs = run + RETRAIN, []
     pending = not all(surface_complete(f) for f in folders)
     source = run
     if os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))):
         source = retrain
         again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
-        line, = training_jobs(job["script"], [*flags, *(["--overwrite"] if again else [])], out,
-                              job["name"] + RETRAIN, [0])
-        jobs.append(FollowingJob(line))
+        jobs.append(FollowingJob([job["script"], *flags, *(["--overwrite"] if again else []),
+                                  *(["--seed", str(seed)] if seed else []), "--out", retrain]))
     for folder, (_, surface_flags) in zip(folders, job["surfaces"]):
         jobs.append(FollowingJob(["task2/landscape.py", *p["data"], "--ckpt", os.path.join(source, "best.pt"),
                                   *shlex.split(surface_flags), "--out", folder]))
