@@ -2400,6 +2400,36 @@ def test_the_adam_pairs_hessians_read_seed_1s_checkpoint_and_a_lost_one_retrains
     assert "t2_vgg_a_bn_adam_s1 trained again" in "\n".join(report.retrain_lines(out, reproduce.FULL_SCALE_JOBS))
 
 
+def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tmp_path):
+    """README's sentence on the Adam pair (#33): top eigenvalue / trace (SE) of each network in both
+    coordinates and BN's ratio to VGG-A; nothing until all six Hessians are complete; the table stays in
+    tables.md."""
+    out = str(tmp_path)
+    values = {("vgg_a_adam", "eval"): (200.0, 800.0, 4.0), ("vgg_a_bn_adam", "eval"): (1000.0, 4000.0, 10.0),
+              ("vgg_a_bn_adam", "train"): (600.0, 2000.0, 8.0)}
+    for (name, mode), (top, trace, stderr) in values.items():
+        for coords, scale in (("raw", 1.0), ("filter", 0.01)):
+            folder = os.path.join(out, "landscapes", reproduce.adam_hessian_folder(name, mode, coords))
+            fake_surface(folder, f"{out}/runs/t2_{name}_s1/best.pt")
+            info = common.load_json(os.path.join(folder, "surface.json"))
+            info.update(points=1, points_done=1, seconds=90.0,
+                        hessian=dict(top_eigenvalue=top * scale / (2 if name == "vgg_a_adam" else 1), converged=True,
+                                     coords=coords, seconds=80.0),
+                        spectrum=dict(trace=dict(mean=trace * scale, std=0.0, stderr=[stderr * scale])))
+            info["settings"].update(bn_mode=mode, n_items=256)
+            common.write_json(os.path.join(folder, "surface.json"), info)
+            np.savez(os.path.join(folder, "surface.npz"), x=np.zeros(1), loss=np.full(1, 0.5))
+    text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
+    assert ("in the parameters (raw): VGG-A 100 / 800 (SE 4); VGG-A + BN, BN eval 1000 / 4000 (SE 10), ×10 / ×5; "
+            "VGG-A + BN, BN train 600 / 2000 (SE 8), ×6 / ×2.5. filter-normalized (D·H·D): VGG-A 1 / 8 (SE 0.04); "
+            "VGG-A + BN, BN eval 10 / 40 (SE 0.1), ×10 / ×5;") in text
+    brief = re.sub(rf"{re.escape(report.TABLES_ONLY[0])}.*?{re.escape(report.TABLES_ONLY[1])}\n+", "", text,
+                   flags=re.S)
+    assert "×10 / ×5" in brief and "| [vgg_a_adam_s1_hessian]" in text and "| [vgg_a_adam_s1_hessian]" not in brief
+    os.remove(os.path.join(out, "landscapes", "vgg_a_bn_adam_s1_bntrain_filter_hessian", "surface.json"))
+    assert report.adam_sharpness(out) == []
+
+
 def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_one_scale(tmp_path, monkeypatch):
     """The report's cpu-full landscape section: a row per planned folder (loss range over the finite points, the
     top eigenvalue and its coordinates, wall time), the report's maxima beside, a retrain set against the

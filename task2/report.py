@@ -27,7 +27,7 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, adam_hessian_folder, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
                        full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
 
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
@@ -545,16 +545,21 @@ def full_scale_landscapes(out, jobs):
     the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
     planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _ in job["surfaces"]]
     made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
-    md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", ""]
+    sharpness = adam_sharpness(out)
+    md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", "", *sharpness,
+          *([""] if sharpness else [])]
     if made:
-        md += [*table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min", "loss max",
-                           "top eigenvalue", "trace (SE)", "Hessian coordinates", "wall time"),
-               *(landscape_row(out, f) for f in made), ""]
+        md += [TABLES_ONLY[0], *table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min",
+                                           "loss max", "top eigenvalue", "trace (SE)", "Hessian coordinates",
+                                           "wall time"),
+               *(landscape_row(out, f) for f in made), TABLES_ONLY[1], ""]
     pending = [os.path.basename(f) for f in planned if f not in made]
     md += [(f"Not computed yet: {', '.join(pending)} (each right after the training job whose best.pt it reads). "
             if pending else "") + f"For comparison: {REPORT_SURFACE_MAX}. Ours: filter-normalized random "
            "directions, the loss on the first images of the training split, fp32 Hessian by Lanczos (raw: in the "
-           "parameters; filter: D·H·D, the surfaces' coordinates)."] + retrain_lines(out, jobs)
+           "parameters; filter: D·H·D, the surfaces' coordinates)" + ("; every folder's numbers: [tables.md]"
+                                                                          "(tables.md)." if made else ".")] \
+        + retrain_lines(out, jobs)
     surfaces = [load_surface(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
     if all(surfaces):
         tops = [surface_top(os.path.join(out, "landscapes", f)) for f, _ in SGD_LANDSCAPES]
@@ -563,6 +568,36 @@ def full_scale_landscapes(out, jobs):
                       "No BN vs BN: SGD checkpoints, full width, one log10 colour scale")
         md += ["", "![No BN vs BN, SGD checkpoints: log10 loss on one colour scale](figures/bn_landscapes_sgd.png)"]
     return md
+
+
+ADAM_SHARPNESS = [("VGG-A", "vgg_a_adam", "eval"), ("VGG-A + BN, BN eval", "vgg_a_bn_adam", "eval"),
+                  ("VGG-A + BN, BN train", "vgg_a_bn_adam", "train")]  # the Adam pair's Hessians, seed 1
+
+
+def adam_sharpness(out):
+    """README's paragraph on the Adam pair's sharpness (#33): each network's top eigenvalue and trace, raw and
+    filter-normalized, with BN's ratio to VGG-A in both coordinates; [] until every one of them is complete."""
+    found = {}
+    for label, name, mode in ADAM_SHARPNESS:
+        for coords in common.HESSIAN_COORDS:
+            path = os.path.join(out, "landscapes", adam_hessian_folder(name, mode, coords), "surface.json")
+            info = common.load_json(path) if os.path.exists(path) else {}
+            if info.get("status") != "complete":
+                return []
+            found[label, coords] = (info["hessian"], info["spectrum"]["trace"])
+    parts = []
+    for coords in common.HESSIAN_COORDS:
+        (plain, plain_trace), cells = found["VGG-A", coords], []
+        for label, *_ in ADAM_SHARPNESS:
+            h, trace = found[label, coords]
+            ratio = "" if label == "VGG-A" else (f", ×{h['top_eigenvalue'] / plain['top_eigenvalue']:.2g} / "
+                                                 f"×{trace['mean'] / plain_trace['mean']:.2g}")
+            cells.append(f"{label} {hessian_cell(h, 'top_eigenvalue')} / {trace['mean']:.4g} (SE "
+                         f"{trace['stderr'][0]:.2g}){ratio}")
+        parts.append(f"{'in the parameters (raw)' if coords == 'raw' else 'filter-normalized (D·H·D)'}: "
+                     + "; ".join(cells))
+    return [f"**Sharpness of the Adam pair, raw vs filter-normalized** (seed 1's checkpoints, `{ADAM_HESSIAN}`; "
+            "top eigenvalue / trace (its Hutchinson standard error), BN's ratio to VGG-A): " + ". ".join(parts) + "."]
 
 
 def surface_top(folder):

@@ -106,9 +106,14 @@ FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 
 ADAM_HESSIAN = "--x 0:0:1 --n-items 256 --hessian --hessian-iters 20 --hessian-trace --trace-probes 8"
 
 
+def adam_hessian_folder(name, bn_mode, coords):
+    """The landscapes/ folder of one of the Adam pair's Hessians (name: vgg_a_adam or vgg_a_bn_adam)."""
+    return f"{name}_s1{'_bntrain' if bn_mode == 'train' else ''}{'_filter' if coords == 'filter' else ''}_hessian"
+
+
 def adam_hessians(name, bn_modes):
     """(folder, flags) of the Adam pair's Hessian jobs: raw and filter coordinates in each BN mode."""
-    return [(f"{name}_s1{'_bntrain' if mode == 'train' else ''}{'_filter' if coords == 'filter' else ''}_hessian",
+    return [(adam_hessian_folder(name, mode, coords),
              f"{ADAM_HESSIAN}{' --bn-mode train' if mode == 'train' else ''} --hessian-coords {coords}")
             for mode in bn_modes for coords in common.HESSIAN_COORDS]
 
