@@ -783,13 +783,28 @@ WORDS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "tanh", "gelu": "GEL
          "nll": "NLL", "mse": "MSE", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "sgd_scratch": "SGD (by hand)"}
 
 
+DESCRIBED = ("model", "arch", "residual", "act", "loss", "opt", "lr", "recipe", "width", "subset", "seed", "tta")
+
+
+def _in_words(name, value):
+    """'label smoothing 0.2', 'zero init residual' (True), 'no classifier bn' (False)."""
+    words = name.replace("_", " ")
+    if isinstance(value, bool):
+        return words if value else f"no {words}"
+    return f"{words} {value:g}" if isinstance(value, float) else f"{words} {value}"
+
+
 def describe(cfg):
     """A run's configuration in words, for figure titles: 'ResVGG16-light, LeakyReLU, cross-entropy, SGD lr 0.1
-    (recipe fast, seed 0)'; width and image count only where they are not the full ones."""
+    (recipe fast, label smoothing 0.2, seed 0)'; width and image count only where they are not the full ones,
+    and every other setting in which the run departs from its recipe (a try of the recipe search says what it
+    tries); test-time augmentation, which no curve shows, left out."""
     model = MODEL_LABELS.get(cfg["model"], cfg["model"])
     if cfg["model"] in ("resvgg16", "vgg16"):
         model += f"-{cfg['arch']}" + ("" if cfg["residual"] or cfg["model"] == "vgg16" else ", no shortcuts")
-    extras = [f"recipe {cfg['recipe']}" if cfg.get("recipe") not in (None, "ours") else "",
+    recipe = complete_config({k: cfg[k] for k in DESCRIBED[:6] + ("recipe",) if k in cfg})
+    departs = [_in_words(k, cfg[k]) for k in config_differences(cfg, recipe) if k not in DESCRIBED and k in cfg]
+    extras = [f"recipe {cfg['recipe']}" if cfg.get("recipe") not in (None, "ours") else "", *departs,
               f"width {cfg['width']:g}" if cfg["width"] != 1 else "",
               f"{cfg['subset']:,} training images" if cfg["subset"] else "", f"seed {cfg['seed']}"]
     return (f"{model}, {WORDS.get(cfg['act'], cfg['act'])}, {WORDS.get(cfg['loss'], cfg['loss'])}, "

@@ -1059,6 +1059,13 @@ def test_figure_titles_say_the_run_in_words_and_curves_are_redrawn_in_percent(tm
     assert common.describe(cfg) == words
     assert common.describe(common.parse_config("task2/train.py", ["--model", "vgg_a_bn", "--opt", "adam"])) == \
         "VGG-A + BN, ReLU, cross-entropy, Adam lr 0.001 (seed 0)"
+    # a try says what it departs from its recipe in (a recipe setting at its own value says nothing)
+    try_cfg = common.parse_config("task1/train.py", ["--arch", "light", "--act", "leaky_relu", "--opt", "sgd",
+                                                     "--recipe", "fast", "--label-smoothing", "0.2",
+                                                     "--zero-init-residual", "--epochs", "6", "--tta", "flip",
+                                                     "--wd", "5e-4"])
+    assert common.describe(try_cfg) == ("ResVGG16-light, LeakyReLU, cross-entropy, SGD lr 0.1 (recipe fast, epochs 6, "
+                                        "label smoothing 0.2, zero init residual, seed 0)")
     run = tmp_path / "runs" / "light"
     run.mkdir(parents=True)
     assert landscape.run_words(str(run / "best.pt")) == "light"
