@@ -2407,6 +2407,17 @@ def test_the_adam_pairs_hessians_read_seed_1s_checkpoint_and_a_lost_one_retrains
     assert "t2_vgg_a_bn_adam_s1 trained again" in "\n".join(report.retrain_lines(out, reproduce.FULL_SCALE_JOBS))
 
 
+def test_an_eigenvalue_is_marked_unconverged_only_when_its_own_residual_missed_the_tolerance():
+    """Lanczos' flag covers both extremes: a top eigenvalue whose Ritz residual is 2e-11 was marked 'not
+    converged' because the most negative one (residual 1.3) was not; with several starts the flag stands."""
+    h = dict(top_eigenvalue=136.4, bottom_eigenvalue=-5.2, residual_top=2.1e-11, residual_bottom=1.3, tol=1e-3,
+             converged=False, repeats=1)
+    assert report.hessian_cell(h, "top_eigenvalue") == "136.4"
+    assert report.hessian_cell(h, "bottom_eigenvalue") == "-5.2 (not converged)"
+    assert report.hessian_cell(dict(h, repeats=2), "top_eigenvalue") == "136.4 (not converged)"
+    assert report.hessian_cell(dict(h, converged=None), "top_eigenvalue") == "136.4 (power iteration, unchecked)"
+
+
 def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tmp_path):
     """README's sentence on the Adam pair (#33): top eigenvalue / trace (SE) of each network in both
     coordinates and BN's ratio to VGG-A; nothing until all six Hessians are complete; the table stays in

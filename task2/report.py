@@ -283,11 +283,16 @@ def plot_spectra(infos, path):
 
 
 def hessian_cell(h, key):
-    """An eigenvalue, marked when Lanczos did not converge; surfaces made before Lanczos (power iteration,
-    no residual test, no bottom eigenvalue) are marked as such."""
+    """An eigenvalue, marked when Lanczos did not converge for it: the saved flag covers both extremes, so a
+    one-start top (or bottom) whose own Ritz residual met the tolerance is not marked for the other's;
+    surfaces made before Lanczos (power iteration, no residual test, no bottom eigenvalue) are marked as such."""
     if not h or key not in h:
         return "missing" if not h else "–"
-    note = {True: "", False: " (not converged)", None: " (power iteration, unchecked)"}[h.get("converged")]
+    converged = h.get("converged")
+    residual = h.get({"top_eigenvalue": "residual_top", "bottom_eigenvalue": "residual_bottom"}.get(key))
+    if converged is False and h.get("repeats") == 1 and residual is not None and "tol" in h:
+        converged = residual <= h["tol"] * max(abs(h["top_eigenvalue"]), abs(h.get("bottom_eigenvalue", 0.0)))
+    note = {True: "", False: " (not converged)", None: " (power iteration, unchecked)"}[converged]
     return f"{h[key]:.4g}{note}"
 
 
