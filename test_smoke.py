@@ -2438,12 +2438,12 @@ def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tm
             common.write_json(os.path.join(folder, "surface.json"), info)
             np.savez(os.path.join(folder, "surface.npz"), x=np.zeros(1), loss=np.full(1, 0.5))
     text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
-    assert ("in the parameters (raw): VGG-A 100 / 800 (SE 4); VGG-A + BN, BN eval 1000 / 4000 (SE 10), ×10 / ×5; "
-            "VGG-A + BN, BN train 600 / 2000 (SE 8), ×6 / ×2.5. filter-normalized (D·H·D): VGG-A 1 / 8 (SE 0.04); "
-            "VGG-A + BN, BN eval 10 / 40 (SE 0.1), ×10 / ×5;") in text
+    assert ("in the parameters (raw): VGG-A 100 / 800 (SE 4); VGG-A + BN, BN eval 1000 / 4000 (SE 10), ×10.00 / ×5.00; "
+            "VGG-A + BN, BN train 600 / 2000 (SE 8), ×6.00 / ×2.50. filter-normalized (D·H·D): VGG-A 1 / 8 (SE 0.04); "
+            "VGG-A + BN, BN eval 10 / 40 (SE 0.1), ×10.00 / ×5.00;") in text
     brief = re.sub(rf"{re.escape(report.TABLES_ONLY[0])}.*?{re.escape(report.TABLES_ONLY[1])}\n+", "", text,
                    flags=re.S)
-    assert "×10 / ×5" in brief and "| [vgg_a_adam_s1_hessian]" in text and "| [vgg_a_adam_s1_hessian]" not in brief
+    assert "×10.00 / ×5.00" in brief and "| [vgg_a_adam_s1_hessian]" in text and "| [vgg_a_adam_s1_hessian]" not in brief
     os.remove(os.path.join(out, "landscapes", "vgg_a_bn_adam_s1_bntrain_filter_hessian", "surface.json"))
     assert report.adam_sharpness(out) == []
 

@@ -595,8 +595,8 @@ def adam_sharpness(out):
         (plain, plain_trace), cells = found["VGG-A", coords], []
         for label, *_ in ADAM_SHARPNESS:
             h, trace = found[label, coords]
-            ratio = "" if label == "VGG-A" else (f", ×{h['top_eigenvalue'] / plain['top_eigenvalue']:.2g} / "
-                                                 f"×{trace['mean'] / plain_trace['mean']:.2g}")
+            ratio = "" if label == "VGG-A" else (f", ×{h['top_eigenvalue'] / plain['top_eigenvalue']:.2f} / "
+                                                 f"×{trace['mean'] / plain_trace['mean']:.2f}")
             cells.append(f"{label} {hessian_cell(h, 'top_eigenvalue')} / {trace['mean']:.4g} (SE "
                          f"{trace['stderr'][0]:.2g}){ratio}")
         parts.append(f"{'in the parameters (raw)' if coords == 'raw' else 'filter-normalized (D·H·D)'}: "
