@@ -9,6 +9,7 @@
 #   --shard K/N         with --phase 1-3: only every N-th job of the phase, starting at job K (0 <= K < N)
 #   --update-readme     put the generated tables into README.md
 #   --no-eta            skip the predicted wall time at the start (bench/throughput.py predict, ~10 s)
+#   PYTHON=...          the interpreter (default: the repository's .venv when it exists, else python3)
 # Rerunning skips finished runs and resumes interrupted ones. The jobs of each phase come from the one
 # experiment plan in task2/reproduce.py (`python task2/reproduce.py plan PHASE --profile P --out DIR`).
 set -uo pipefail
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --shard) need_value "$@"; shard=$2; shift 2 ;;
     --update-readme) update_readme=--update-readme; shift ;;
     --no-eta) no_eta=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) usage "unknown argument $1" ;;
   esac
 done
