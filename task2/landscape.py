@@ -17,7 +17,7 @@ Files in --out (default <checkpoint folder>/landscape_<NX> or landscape_<NX>x<NY
                  stderr}, density {nodes, weights per seed and probe}, blocks [{name, params, top, trace}];
                  `figures`: the files below, written before the status says complete
   directions.pt  {"x": {name: tensor}, "y": {...}}: reuse them with --dir-file to draw on the same plane
-  loss_1d.png (1D) or contour.png, heatmap.png, surface_3d.png (2D); spectrum.png, blocks.png
+  loss_1d.png (1D, more than one point) or contour.png, heatmap.png, surface_3d.png (2D); spectrum.png, blocks.png
 Ctrl-C saves after the current round of points; the same command plus --resume computes the rest.
 """
 import argparse
@@ -211,9 +211,12 @@ def figure_z(loss, log=False, zmax=None):
 def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", path=None):
     """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png), filled
     contours (heatmap.png) and a 3D surface (surface_3d.png), with a training path (`path`: x, y, loss per
-    snapshot, explained variance) drawn on the first and last. Returns the files written."""
+    snapshot, explained variance) drawn on the first and last. A single point (a Hessian job's --x 0:0:1) has no
+    curve to draw: nothing (its loss and accuracy are in surface.npz). Returns the files written."""
     plt = common.pyplot()
     x, y, acc = surface["x"], surface["y"], surface["acc"]
+    if len(y) == 0 and len(x) == 1:
+        return []
     to_z, zlabel, note = figure_z(surface["loss"], log, zmax)
     z, title = to_z(surface["loss"]), "\n".join(filter(None, [title, note.strip()]))  # the note on a line of its own
     if len(y) == 0:
@@ -222,8 +225,8 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
         ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
         ax.grid(alpha=0.3)
         twin = ax.twinx()
-        twin.plot(x, acc, color="tab:red", marker=".", label="accuracy")
-        twin.set_ylabel("accuracy", color="tab:red")
+        twin.plot(x, 100 * np.asarray(acc), color="tab:red", marker=".", label="accuracy (%)")
+        twin.set_ylabel("accuracy (%)", color="tab:red")
         ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="upper center", fontsize=8)
         common.save_figure(fig, os.path.join(out, "loss_1d.png"))
         return ["loss_1d.png"]
@@ -627,7 +630,7 @@ def draw_figures(folder, info, log, zmax):
 
 def replot(folder, log, zmax):
     """--replot: a complete surface's figures drawn again from its files (e.g. another clip), nothing else
-    changed but surface.json's list of figures. Exit code."""
+    changed but surface.json's list of figures; a figure it lists that is no longer drawn is removed. Exit code."""
     path = os.path.join(folder, "surface.json")
     if not os.path.exists(path):
         raise common.UsageError(f"--replot {folder}: no surface.json there, nothing to draw")
@@ -636,9 +639,11 @@ def replot(folder, log, zmax):
         if info.get("status") != "complete":
             raise common.UsageError(f"--replot {folder}: the surface is {info.get('status')}; finish it first "
                                     "(its command plus --resume)")
-        info["figures"] = draw_figures(folder, info, log, zmax)
+        stale, info["figures"] = set(info.get("figures", [])), draw_figures(folder, info, log, zmax)
         common.write_json(path, info)
-    print(f"drew {', '.join(info['figures'])} in {folder}", flush=True)
+        for name in sorted(stale - set(info["figures"])):
+            os.remove(os.path.join(folder, name))
+    print(f"drew {', '.join(info['figures']) or 'nothing (a single point)'} in {folder}", flush=True)
     return 0
 
 

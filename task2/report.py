@@ -311,13 +311,14 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 
 
 def draw_curves(out):
-    """Every finished run's curves into figures/curves/<run>.png, drawn afresh from its metrics.jsonl and
-    config.json (or its curves.png copied when it has no metrics); a run under way has neither result.json nor
-    curves.png and is left out. Returns the run names."""
-    names = sorted(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else []
+    """Every finished run's (and recipe try's) curves into figures/curves/<run>.png, drawn afresh from its
+    metrics.jsonl and config.json (or its curves.png copied when it has no metrics); a run under way has neither
+    result.json nor curves.png and is left out. Returns the run names."""
+    named = [(name, run_dir(out, name, under)) for under in ("runs", "tries")
+             if os.path.isdir(os.path.join(out, under)) for name in sorted(os.listdir(os.path.join(out, under)))]
     drawn = []
-    for name in names:
-        folder, path = run_dir(out, name), os.path.join(out, "figures", "curves", f"{name}.png")
+    for name, folder in named:
+        path = os.path.join(out, "figures", "curves", f"{name}.png")
         if all(os.path.exists(os.path.join(folder, f)) for f in ("metrics.jsonl", "config.json", "result.json")):
             common.plot_curves(common.read_metrics(folder), path,
                                common.describe(common.load_json(os.path.join(folder, "config.json"))))
@@ -330,7 +331,7 @@ def draw_curves(out):
 
 
 def curves_section(out):
-    return [f"Training curves of the {len(draw_curves(out))} runs: [figures/curves/](figures/curves/)."]
+    return [f"Training curves of the {len(draw_curves(out))} runs and tries: [figures/curves/](figures/curves/)."]
 
 
 def figures_section(out):

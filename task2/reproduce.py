@@ -299,13 +299,15 @@ def full_scale_surface_jobs(p, out, job, flags):
 
 
 def surface_complete(folder):
-    """Whether a landscape folder holds a complete surface with all of its figures."""
+    """Whether a landscape folder holds a complete surface with all of its figures (a single point, a Hessian
+    job, has none)."""
     info = os.path.join(folder, "surface.json")
     if not os.path.exists(info):
         return False
     saved = common.load_json(info)
     figures = [os.path.join(folder, f) for f in saved.get("figures", [])]
-    return saved["status"] == "complete" and bool(figures) and all(os.path.exists(f) for f in figures)
+    return saved["status"] == "complete" and (bool(figures) or saved.get("points") == 1) and \
+        all(os.path.exists(f) for f in figures)
 
 
 def training_jobs(script, flags, out, name, seeds, under="runs"):
