@@ -208,6 +208,20 @@ def figure_z(loss, log=False, zmax=None):
     return clip, "loss", note
 
 
+def plot_1d(x, z, acc, zlabel, title, xlabel, out):
+    """Loss and accuracy (%) against x on twin axes: loss_1d.png."""
+    fig, ax = common.pyplot().subplots(figsize=(6.5, 4.2))
+    ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
+    ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(x, 100 * np.asarray(acc), color="tab:red", marker=".", label="accuracy (%)")
+    twin.set_ylabel("accuracy (%)", color="tab:red")
+    ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="upper center", fontsize=8)
+    common.save_figure(fig, os.path.join(out, "loss_1d.png"))
+    return ["loss_1d.png"]
+
+
 def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", path=None):
     """1D: loss and accuracy against x on twin axes (loss_1d.png). 2D: contour lines (contour.png), filled
     contours (heatmap.png) and a 3D surface (surface_3d.png), with a training path (`path`: x, y, loss per
@@ -220,16 +234,7 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
     to_z, zlabel, note = figure_z(surface["loss"], log, zmax)
     z, title = to_z(surface["loss"]), "\n".join(filter(None, [title, note.strip()]))  # the note on a line of its own
     if len(y) == 0:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
-        ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
-        ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        twin.plot(x, 100 * np.asarray(acc), color="tab:red", marker=".", label="accuracy (%)")
-        twin.set_ylabel("accuracy (%)", color="tab:red")
-        ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="upper center", fontsize=8)
-        common.save_figure(fig, os.path.join(out, "loss_1d.png"))
-        return ["loss_1d.png"]
+        return plot_1d(x, z, acc, zlabel, title, xlabel, out)
     labels = ("x", "y") if path is None else tuple(f"PC{k + 1} ({100 * r:.1f} % of the path's variance)"
                                                    for k, r in enumerate(path["explained_variance"]))
     grid_x, grid_y = np.meshgrid(x, y, indexing="ij")  # loss[i, j] belongs to (x[i], y[j])
