@@ -27,8 +27,8 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, adam_hessian_folder, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
-                       full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
+                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       adam_hessian_folder, full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
 
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
 
@@ -449,7 +449,7 @@ def tries_summary(out, tries, proxy):
 
 
 def paired_proxy_gains(done, proxy_cfg):
-    """' Paired by seed: ...' for each proxy setting tried at two seeds or more: its validation accuracy minus
+    """' Paired by seed, ...': for each proxy setting tried at two seeds or more, its validation accuracy minus
     the recipe-as-it-is proxy's at the same seed (same seed = same batches), mean ± sample std and per seed."""
     by_setting = collections.defaultdict(dict)  # the settings a proxy differs in (its seed aside) -> seed -> acc
     for result in done.values():
