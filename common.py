@@ -445,15 +445,25 @@ def count_params(model):
 # -- losses and optimizers ---------------------------------------------------------------------
 
 def loss_fn(name, label_smoothing=0.0):
-    """logits, targets -> mean loss. 'nll' is log_softmax + NLLLoss, the same function as 'ce';
-    'mse' compares softmax probabilities with one-hot targets."""
+    """logits, targets -> mean loss. 'nll' is log_softmax + NLLLoss, the same function as 'ce' (smoothed as
+    cross_entropy smooths: (1 - ε) NLL + ε / classes · Σ -log p; the twins' losses and gradients agree bit
+    for bit); 'mse' compares softmax probabilities with one-hot targets."""
     if name == "ce":
         return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if name == "nll":
-        return lambda logits, y: F.nll_loss(F.log_softmax(logits, dim=1), y)
+        return lambda logits, y: smoothed_nll(F.log_softmax(logits, dim=1), y, label_smoothing)
     if name == "mse":
         return lambda logits, y: F.mse_loss(logits.softmax(dim=1), F.one_hot(y, logits.shape[1]).to(logits.dtype))
     raise ValueError(f"unknown loss {name!r}; known: {LOSSES}")
+
+
+def smoothed_nll(log_probs, y, label_smoothing=0.0):
+    """NLLLoss of log-probabilities against targets smoothed by `label_smoothing` (none at 0)."""
+    nll = F.nll_loss(log_probs, y)
+    if not label_smoothing:
+        return nll
+    uniform = (-log_probs.sum(dim=1)).mean()
+    return (1 - label_smoothing) * nll + (label_smoothing / log_probs.shape[1]) * uniform
 
 
 class ScratchSGD(torch.optim.Optimizer):
@@ -558,7 +568,7 @@ _OURS = dict(epochs=60, batch_size=128, lr=_per_opt(0.01, 1e-4), momentum=0.9, n
              init=Per("model", resvgg16="default", vgg16="kaiming", other="xavier"),
              leaky_slope=Per("model", vgg16=0.1, other=0.01))
 _FAST = dict(_OURS, epochs=18, batch_size=256, lr=_per_opt(0.1, 1e-4), nesterov=True, dropout=0.0,
-             label_smoothing=Per("loss", ce=0.1, other=0.0), schedule="onecycle", decay_bn_bias=False,
+             label_smoothing=Per("loss", ce=0.1, nll=0.1, other=0.0), schedule="onecycle", decay_bn_bias=False,
              init=Per("model", resvgg16="default", other="xavier"))
 _TASK2 = dict(lr=_per_opt(0.01, 1e-3), init="xavier")
 RECIPES = {
@@ -609,7 +619,7 @@ SETTINGS = {  # name: kind, default, --help text; flag=False: set by the recipe 
         num_classes=_setting("run", 10, flag=False)),
     "loss and optimizer": dict(
         loss=_setting("run", "ce", "nll = log_softmax + NLLLoss; mse: softmax vs one-hot", choices=LOSSES),
-        label_smoothing=_setting("run", RECIPE, "label smoothing for --loss ce", type=float),
+        label_smoothing=_setting("run", RECIPE, "label smoothing for --loss ce or nll", type=float),
         opt=_setting("run", TASK, "optimizer", choices=OPTIMIZERS),
         lr=_setting("run", RECIPE, "peak learning rate", type=float),
         momentum=_setting("run", RECIPE, "SGD momentum", type=float),
@@ -719,8 +729,8 @@ def make_config(task="task1", **given):
         if s["kind"] != "run" and cfg.get(name) is None:
             cfg[name] = s["default"]
     cfg.update(numerics_for(cfg["precision"], resolve_device(cfg["device"])).as_dict())
-    if cfg["label_smoothing"] and cfg["loss"] != "ce":
-        raise UsageError("--label-smoothing applies to --loss ce only")
+    if cfg["label_smoothing"] and cfg["loss"] == "mse":
+        raise UsageError("--label-smoothing applies to --loss ce and nll only")
     _check_numbers(cfg)
     cfg["out"] = cfg["out"] or os.path.join("runs", _run_name(cfg))
     return {name: cfg[name] for name in SETTING}  # one key order for every config.json
@@ -905,6 +915,15 @@ def file_digest(path):
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(model):
+    """SHA-256 of the model's state_dict (names and bytes, in order): equal digests, bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -1551,7 +1570,8 @@ def _finish_run(run, status, signal_name=None):
                   test_acc_at_best_val=None, test_loss_at_best_val=None, final_test_acc=None, final_test_loss=None,
                   final_val_acc=history[-1]["val_acc"] if history else None,
                   convergence_epoch=convergence_epoch(history), test_images=len(run.test_y),
-                  params=count_params(run.model), train_seconds=state.train_seconds,
+                  params=count_params(run.model), weights_sha256=weights_digest(run.model),
+                  train_seconds=state.train_seconds,
                   device=device_name(run.device), torch_version=torch.__version__, config=run.cfg)
     if status != "interrupted":
         result.update(_evaluate_test_set(run))

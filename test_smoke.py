@@ -217,16 +217,39 @@ def test_param_counts(arch, residual, expected):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_ce_and_nll_agree():
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ce_and_nll_agree_bit_for_bit(smoothing):
     torch.manual_seed(0)
-    logits = torch.randn(64, 10, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(64, 10, requires_grad=True)
     y = torch.randint(0, 10, (64,))
     grads = {}
     for name in ("ce", "nll"):
-        loss = common.loss_fn(name)(logits, y)
-        grads[name] = (loss.item(), torch.autograd.grad(loss, logits)[0])
-    assert abs(grads["ce"][0] - grads["nll"][0]) < 1e-6
-    assert (grads["ce"][1] - grads["nll"][1]).abs().max() < 1e-6
+        loss = common.loss_fn(name, smoothing)(logits, y)
+        grads[name] = (loss, torch.autograd.grad(loss, logits)[0])
+    assert torch.equal(grads["ce"][0], grads["nll"][0]) and torch.equal(grads["ce"][1], grads["nll"][1])
+    p = logits.detach().softmax(1)  # and smoothing is the textbook one: (1 - ε) NLL + ε · mean over classes
+    by_hand = ((1 - smoothing) * -p[range(64), y].log() + smoothing * -p.log().mean(1)).mean()
+    assert grads["nll"][0].item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_nll_twin_trains_bit_identical_weights(fake_data, tmp_path):
+    """The grid's NLL rows rest on this: a ce run and its nll twin end with the same weights_sha256."""
+    digests = {}
+    for loss in ("ce", "nll", "mse"):
+        result = common.train(parse([*TINY, "--recipe", "fast", "--loss", loss, "--epochs", "1", "--subset", "64",
+                                     "--data-dir", fake_data, "--out", str(tmp_path / loss)]))
+        digests[loss] = result["weights_sha256"]
+    assert digests["ce"] == digests["nll"] != digests["mse"] and len(digests["ce"]) == 64
+    model, _ = common.load_checkpoint(os.path.join(tmp_path, "nll", "last.pt"))
+    assert common.weights_digest(model) == digests["nll"]
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-3
+    assert common.weights_digest(model) != digests["nll"]
+
+
+def test_label_smoothing_is_refused_for_mse():
+    with pytest.raises(common.UsageError, match="--label-smoothing applies to --loss ce and nll only"):
+        parse(["--loss", "mse", "--label-smoothing", "0.1", "--device", "cpu"])
 
 
 def test_mse_loss_is_softmax_vs_one_hot():
@@ -318,7 +341,8 @@ def test_recipe_fast_resolves_to_its_published_settings(fake_data, tmp_path):
         epochs=18, batch_size=256, lr=0.1, momentum=0.9, nesterov=True, wd=5e-4, decay_bn_bias=False,
         label_smoothing=0.1, dropout=0.0, schedule="onecycle", augment=True)
     assert parse(["--recipe", "fast", "--lr", "0.05", "--loss", "nll", "--device", "cpu"])["lr"] == 0.05  # flags win
-    assert parse(["--recipe", "fast", "--loss", "nll", "--device", "cpu"])["label_smoothing"] == 0.0
+    assert parse(["--recipe", "fast", "--loss", "nll", "--device", "cpu"])["label_smoothing"] == 0.1  # ce's twin
+    assert parse(["--recipe", "fast", "--loss", "mse", "--device", "cpu"])["label_smoothing"] == 0.0
     lrs = schedule_lrs("onecycle", 24, 10)  # up over the first 5/24 of the steps (50 of 240), then down to 0
     assert lrs[49] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.1 / 50) and lrs[-1] < lrs[200] < lrs[60]
     run = common.Run(parse([*TINY, "--recipe", "fast", "--data-dir", fake_data, "--out", str(tmp_path)]),
