@@ -2321,7 +2321,8 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     outs = [job[-1] for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")
             if not isinstance(job, reproduce.FollowingJob) and os.path.dirname(job[-1]) == str(tmp_path / "runs")]
     names = [os.path.basename(o) for o in outs]
-    assert names[7:] == ["t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
+    assert names[7:] == ["t1_light_leaky_relu_sgd_fast_s1", "t2_vgg_a_adam_s1", "t2_vgg_a_bn_adam_s1",
+                         "t1_light_leaky_relu_sgd_fast_s2", "t2_vgg_a_adam_s2", "t2_vgg_a_bn_adam_s2"]
     assert "t2_vgg_a_res_bn_sgd" in names[:7] and len(set(names)) == len(names)
     runs, jobs = str(tmp_path / "runs"), {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
     for seed, (plain, bn) in enumerate([(0.80, 0.86), (0.78, 0.85), (0.79, 0.50)]):
@@ -2342,6 +2343,47 @@ def test_full_scale_profile_seeds_the_bn_pair_and_reports_its_paired_gain(tmp_pa
     assert "85.50 ± 0.71 (n=2)" in bn_row and "completed ×2, interrupted ×1" in bn_row
 
 
+def test_light_grid_stands_beside_the_report_with_its_three_comparisons(tmp_path):
+    """#31: five grid runs under grid/ (the sixth is the headline job), the NLL rows filled from the 1-epoch
+    ce/nll pair's weights_sha256, and the report's three comparisons, each flagged when it is smaller than the
+    headline configuration's seed spread."""
+    grid_jobs = [job for job in reproduce.plan("train", "cpu-full", str(tmp_path), "data")
+                 if os.path.dirname(job[-1]) == str(tmp_path / "grid")]
+    assert len(grid_jobs) == 7 and not any("--lr" in job for job in grid_jobs)
+    assert [job[-1] for job in grid_jobs if "--no-test" in job] == [
+        str(tmp_path / "grid" / reproduce.NLL_CHECK[loss]) for loss in ("ce", "nll")]
+    by_name = {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
+    accs = {("relu", "adam"): 0.90, ("relu", "sgd"): 0.982, ("leaky_relu", "adam"): 0.92, ("tanh", "adam"): 0.88,
+            ("tanh", "sgd"): 0.96}
+    for (act, opt), acc in accs.items():
+        job = by_name[reproduce.light_grid_name(act, opt)]
+        fake_result(str(tmp_path / "grid" / job["name"]), acc, **reproduce.full_scale_config(job, 0))
+    headline = by_name[reproduce.light_grid_name("leaky_relu", "sgd")]
+    for seed, acc in enumerate([0.99, 0.985, 0.995]):  # test 89.0, 88.5, 89.5: a spread of 1.00 pp
+        fake_result(str(tmp_path / "runs" / reproduce.seed_name(headline["name"], seed)), acc,
+                    **reproduce.full_scale_config(headline, seed))
+    for loss, digest in (("ce", "ab" * 32), ("nll", "ab" * 32)):
+        folder = str(tmp_path / "grid" / reproduce.NLL_CHECK[loss])
+        fake_result(folder, 0.5, **reproduce.full_scale_config(by_name[reproduce.NLL_CHECK[loss]], 0))
+        common.write_json(os.path.join(folder, "result.json"), dict(
+            common.load_json(os.path.join(folder, "result.json")), weights_sha256=digest))
+    text = "\n".join(report.light_grid_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    rows = {tuple(line.split(" | ")[1:4]): line for line in text.splitlines() if line[:3] in ("| 1", "| 2")}
+    assert len(rows) == 12 and "| 88.64 | 88.20 | -0.44 | 98.20 |" in rows["relu", "ce", "sgd"]
+    assert "| 89.08 | 89.00 | -0.08 | 99.00 |" in rows["leaky_relu", "ce", "sgd"]  # the headline job, seed 0
+    assert "weights bit-identical to t1_light_leaky_relu_ce_sgd_fast_1epoch" in rows["tanh", "nll", "adam"]
+    summary = report.light_grid_summary(str(tmp_path), reproduce.FULL_SCALE_JOBS)
+    assert "6 of 6 configurations finished" in summary and "seed spread of the headline configuration: 1.00 pp " \
+        "over 3 seeds" in summary
+    assert ("with sgd, the best activation is leaky_relu (+0.80 pp over relu (within the seed spread); the "
+            "report's: leaky_relu), tanh minus the others' mean -2.60 pp (the report's -3.10)") in summary
+    assert "with adam, the best activation is leaky_relu (+2.00 pp over relu; " in summary
+    assert "SGD − Adam with tanh +8.00 pp (the report's +4.32)" in summary
+    common.write_json(os.path.join(folder, "result.json"), dict(common.load_json(os.path.join(folder, "result.json")),
+                                                                weights_sha256="cd" * 32))
+    assert "end 1 epoch with different weights" in report.light_grid_summary(str(tmp_path), reproduce.FULL_SCALE_JOBS)
+
+
 def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_differs(tmp_path):
     """cpu-full: the recipe search's tries run before the headline job, under tries/, the proxies with
     --no-test; the tries table names each try's settings beside the proxy's (or the headline job's) and the
@@ -2353,7 +2395,8 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     assert proxies and all(("--no-test" in job) == (job in proxies) for job in tries)
     by_name = {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
     for name, acc, seed in (("proxy_base", 0.70, 0), ("proxy_zero_init", 0.72, 0), ("proxy_base_s1", 0.69, 1),
-                            ("proxy_ls0.2", 0.705, 0), ("proxy_ls0.2_s1", 0.71, 1)):
+                            ("proxy_ls0.2", 0.705, 0), ("proxy_ls0.2_s1", 0.71, 1), ("proxy_adam_lr1e-3", 0.75, 0),
+                            ("proxy_adam_lr1e-4", 0.60, 0)):
         fake_result(str(tmp_path / "tries" / name), acc, **reproduce.full_scale_config(by_name[name], seed))
     text = "\n".join(report.tries_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
@@ -2362,7 +2405,11 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     assert "| seed 1 | completed | 69.00 |" in rows["[proxy_base_s1](tries/proxy_base_s1)"]
     assert "| missing |" in rows["proxy_ema"] and "| missing |" in rows["t1_light_leaky_relu_sgd_fast"]
     assert "proxy_base 70.00 % (seed 0) vs proxy_base_s1 69.00 % (seed 1), 1.00 pp apart" in text
-    assert "Best proxy by validation accuracy: proxy_zero_init 72.00 %" in text
+    assert "Best proxy by validation accuracy: proxy_zero_init 72.00 %" in text  # Adam's proxies apart:
+    adam_lr = common.RECIPES["task1"]["fast"]["lr"].values["adam"]
+    verdict = {1e-3: "the best", 1e-4: "NOT the best (0.001 is)"}.get(adam_lr, "not tried")
+    assert ("Adam's peak lr for the light grid (proxies, one seed each): 0.0001 60.00 %, 0.001 75.00 %; the fast "
+            f"recipe gives Adam {adam_lr:g}: {verdict}.") in text
     # label smoothing at seeds 0 and 1, each against the recipe as it is at its own seed; zero-init has one seed
     assert ("Paired by seed, validation accuracy minus the recipe as it is: label_smoothing 0.2 +1.25 ± 1.06 pp "
             "(n=2: seed 0 +0.50, seed 1 +2.00).") in text
@@ -2370,7 +2417,7 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n")
     report.update_readme(str(readme), text + "\n", str(tmp_path))
     brief = readme.read_text()
-    assert f"5 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
+    assert f"7 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
 
 
 def fake_surface(folder, ckpt, status="complete"):

@@ -27,7 +27,8 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
+                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, GRID_ACTS, GRID_LOSSES, GRID_OPTS, NLL_CHECK, REPORT_LIGHT_GRID,
+                       light_grid_name, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
                        adam_hessian_folder, full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
 
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
@@ -311,10 +312,10 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 
 
 def draw_curves(out):
-    """Every finished run's (and recipe try's) curves into figures/curves/<run>.png, drawn afresh from its
+    """Every finished run's (and recipe try's and light grid run's) curves into figures/curves/<run>.png, drawn afresh from its
     metrics.jsonl and config.json (or its curves.png copied when it has no metrics); a run under way has neither
     result.json nor curves.png and is left out. Returns the run names."""
-    named = [(name, run_dir(out, name, under)) for under in ("runs", "tries")
+    named = [(name, run_dir(out, name, under)) for under in ("runs", "tries", "grid")
              if os.path.isdir(os.path.join(out, under)) for name in sorted(os.listdir(os.path.join(out, under)))]
     drawn = []
     for name, folder in named:
@@ -430,7 +431,9 @@ def tries_summary(out, tries, proxy):
     recipe as it is (`proxy`, the job), and the proxy's seed noise (the same proxy at seeds 0 and 1: a smaller gain
     is a tie)."""
     done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
-    proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done]
+    opt = proxy and full_scale_config(proxy, 0)["opt"]  # Adam's proxies (#31) are summed up apart
+    proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done
+               and done[job["name"]]["config"]["opt"] == opt]
     text = f"{len(done)} of {len(tries)} tries finished ([every try](tables.md))."
     base = proxy and proxy["name"]
     if base in done and len(proxies) > 1:
@@ -445,7 +448,22 @@ def tries_summary(out, tries, proxy):
                  "yardstick, so only a gain several times larger is more than a hint.")
     if base in done:
         text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
-    return text
+    return text + adam_lr_choice({name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
+
+
+def adam_lr_choice(done):
+    """' Adam's peak lr ...': each Adam proxy's validation accuracy by lr, and the lr the fast recipe gives
+    Adam, which should be the best of them (said when it is not)."""
+    if not done:
+        return ""
+    by_lr = sorted((r["config"]["lr"], r["best_val_acc"]) for r in done.values())
+    best = max(by_lr, key=lambda pair: pair[1])[0]
+    recipe = common.parse_config("task1/train.py", ["--arch", "light", "--opt", "adam", "--recipe", "fast"])["lr"]
+    chosen = ("the best" if recipe == best else f"NOT the best ({best:g} is)") \
+        if recipe in dict(by_lr) else "not tried"
+    return (" Adam's peak lr for the light grid (proxies, one seed each): "
+            + ", ".join(f"{lr:g} {100 * acc:.2f} %" for lr, acc in by_lr)
+            + f"; the fast recipe gives Adam {recipe:g}: {chosen}.")
 
 
 def paired_proxy_gains(done, proxy_cfg):
@@ -536,7 +554,102 @@ def full_scale_sections(out, jobs):
     md += [""] + paired_bn_difference(out, BN_PAIR)
     if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
         md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
-    return md + [""] + tries_table(out, jobs) + [""] + full_scale_landscapes(out, jobs) + ["", curves_section(out)[0]]
+    md += [""] + tries_table(out, jobs) + ["", light_grid_summary(out, jobs), ""] + light_grid_table(out, jobs)
+    return md + [""] + full_scale_landscapes(out, jobs) + ["", curves_section(out)[0]]
+
+
+# -- the light grid at full scale (#31) ------------------------------------------------------------
+
+def light_grid_results(out, jobs):
+    """(act, opt) -> the finished, on-plan result of that light-grid configuration (leaky ReLU + SGD: the
+    headline job's), or None."""
+    by_name, results = {job["name"]: job for job in jobs}, {}
+    for act, opt in REPORT_LIGHT_GRID:
+        job = by_name[light_grid_name(act, opt)]
+        result = read_result(run_dir(out, job["name"], job["under"]))
+        results[act, opt] = result if result and result["status"] in FINISHED and not off_plan(job, result) else None
+    return results
+
+
+def nll_check(out):
+    """True / False: whether the 1-epoch ce run and its nll twin ended with bit-identical weights; None before both
+    have run."""
+    a, b = (read_result(run_dir(out, NLL_CHECK[loss], "grid")) or {} for loss in GRID_LOSSES)
+    if not (a.get("weights_sha256") and b.get("weights_sha256")):
+        return None
+    return a["weights_sha256"] == b["weights_sha256"]
+
+
+def nll_rows_text(out):
+    same = nll_check(out)
+    if same is None:
+        return "= ce (the same function; the 1-epoch check has not run yet)"
+    if same:
+        return f"= ce (the same function: {NLL_CHECK['nll']} ends 1 epoch with weights bit-identical to {NLL_CHECK['ce']})"
+    return f"not shown equal: {NLL_CHECK['nll']} and {NLL_CHECK['ce']} end 1 epoch with different weights"
+
+
+def light_grid_table(out, jobs):
+    """The report's 12 light rows (runs 13-24) beside ours; the nll rows say what the ce/nll check found."""
+    results, twin = light_grid_results(out, jobs), nll_rows_text(out)
+    md = [TABLES_ONLY[0], "### The light grid at full scale beside the report's runs 13–24", "", *table_head(
+        "#", "act", "loss", "opt", "report %", "ours: test acc at best val", "difference (pp)", "best val acc",
+        "wall time", "status")]
+    for k, (act, loss, opt) in enumerate(itertools.product(GRID_ACTS, GRID_LOSSES, GRID_OPTS), 13):
+        result, report = results[act, opt], REPORT_LIGHT_GRID[act, opt]
+        cells = [k, act, loss, opt, f"{report:.2f}"]
+        if loss == "nll":
+            md.append(row(cells + [twin, "–", "–", "–", "–"]))
+        elif result is None:
+            md.append(row(cells + ["–", "–", "–", "–", "missing"]))
+        else:
+            ours = 100 * result["test_acc_at_best_val"]
+            md.append(row(cells + [f"{ours:.2f}", f"{ours - report:+.2f}", common.percent(result["best_val_acc"]),
+                                   common.format_seconds(result.get("wall_seconds", result["train_seconds"])),
+                                   result["status"]]))
+    return md + ["", "The report's numbers are its \"best validation accuracy\", which its code reads on the test set "
+                 "([what its code did](../what-the-reports-code-did.md)); ours: test accuracy at the best validation "
+                 "epoch, one seed, the JPEG-derived copy.",
+                 TABLES_ONLY[1]]
+
+
+def headline_spread(out, jobs):
+    """(max - min, n) of the headline configuration's test accuracy (pp) over its finished seeds."""
+    job = next(job for job in jobs if job["name"] == light_grid_name("leaky_relu", "sgd"))
+    accs = [100 * r["test_acc_at_best_val"] for r in seed_results(out, job["name"])
+            if r["status"] == "completed" and not off_plan(job, r)]
+    return (max(accs) - min(accs) if len(accs) > 1 else None), len(accs)
+
+
+def light_grid_summary(out, jobs):
+    """README's paragraph: the report's three comparisons, each ours beside the report's, each difference
+    flagged when it is smaller than the headline configuration's seed spread."""
+    acc = {k: 100 * r["test_acc_at_best_val"] for k, r in light_grid_results(out, jobs).items()
+           if r and r["status"] == "completed"}
+    spread, n = headline_spread(out, jobs)
+    noise = (lambda d: " (within the seed spread)" if abs(d) < spread else "") if spread else (lambda d: "")
+    parts = []
+    for opt in GRID_OPTS:
+        if all((act, opt) in acc for act in GRID_ACTS):
+            ours, report = ({act: table[act, opt] for act in GRID_ACTS} for table in (acc, REPORT_LIGHT_GRID))
+            first, second = sorted(ours, key=ours.get, reverse=True)[:2]
+            tanh = {name: t["tanh"] - statistics.mean(v for a, v in t.items() if a != "tanh")
+                    for name, t in (("ours", ours), ("report", report))}
+            parts.append(f"with {opt}, the best activation is {first} (+{ours[first] - ours[second]:.2f} pp over "
+                         f"{second}{noise(ours[first] - ours[second])}; the report's: {max(report, key=report.get)}), "
+                         f"tanh minus the others' mean {tanh['ours']:+.2f} pp{noise(tanh['ours'])} (the report's "
+                         f"{tanh['report']:+.2f})")
+    for act in GRID_ACTS:
+        if (act, "sgd") in acc and (act, "adam") in acc:
+            d = acc[act, "sgd"] - acc[act, "adam"]
+            parts.append(f"SGD − Adam with {act} {d:+.2f} pp{noise(d)} (the report's "
+                         f"{REPORT_LIGHT_GRID[act, 'sgd'] - REPORT_LIGHT_GRID[act, 'adam']:+.2f})")
+    yardstick = (f"seed spread of the headline configuration: {spread:.2f} pp over {n} seeds" if spread else
+                 "the headline configuration's seed spread is not measured yet (1 seed), so no difference here is "
+                 "told from noise")
+    return (f"**The light grid at full scale** (#31: ResVGG16-light, the fast recipe, one seed each): {len(acc)} of "
+            f"{len(REPORT_LIGHT_GRID)} configurations finished ([the table](tables.md)); " + "; ".join(parts)
+            + ("; " if parts else "") + f"{yardstick}. NLL rows: {nll_rows_text(out)}.")
 
 
 REPORT_SURFACE_MAX = "the report's No_BN_SGD surface reaches a loss of 2.0·10⁶ (colour bar; z axis to 4.0·10⁶), its " \

@@ -74,6 +74,9 @@ def full_scale_job(name, script, flags, report=None, report_acc=None, report_epo
                 surface_seed=surface_seed)
 
 
+GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
+    ["adam", "sgd"]
+
 # The fast recipe's search (#29): tries of the headline job, chosen on the validation split only. The proxies
 # train on 10,000 of the 45,000 training images for 6 epochs (234 steps of one-cycle) and never read the test set
 # (--no-test); every try reports flip TTA on validation beside its plain accuracy.
@@ -95,7 +98,29 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
      "gain paired by seed"),
     ("t1_light_leaky_relu_sgd_fast_ls0.2", "--label-smoothing 0.2 --tta flip", "full scale, the best proxy's setting "
      "(label smoothing 0.2), flip TTA beside; like the headline job it reads the test set once, at its end"),
+    *((f"proxy_adam_lr{lr}", f"{FAST_PROXY} --opt adam --lr {lr}", f"Adam's peak lr for the light grid (#31): {lr}")
+      for lr in ("1e-4", "3e-4", "1e-3", "3e-3")),
 ]
+
+# The light half of the report's grid (#31): ResVGG16-light at full scale with the fast recipe, ce, one seed each,
+# under grid/ (leaky ReLU + SGD is the headline job). A ce run and its nll twin are the same function, so the NLL
+# rows are not trained: one pair of the headline configuration trains 1 epoch, and equal weights_sha256 show it.
+REPORT_LIGHT_GRID = {("relu", "adam"): 83.34, ("relu", "sgd"): 88.64, ("leaky_relu", "adam"): 84.48,
+                     ("leaky_relu", "sgd"): 89.08, ("tanh", "adam"): 81.44, ("tanh", "sgd"): 85.76}  # 4.3, runs 13-24
+NLL_CHECK = {loss: f"t1_light_leaky_relu_{loss}_sgd_fast_1epoch" for loss in GRID_LOSSES}
+
+
+def light_grid_name(act, opt):
+    return f"t1_light_{act}_{opt}_fast"
+
+
+def light_grid_jobs():
+    """The five grid runs besides the headline job, then the 1-epoch ce/nll pair."""
+    runs = [full_scale_job(light_grid_name(act, opt), "task1/train.py", f"--arch light --act {act} --opt {opt} "
+                           "--recipe fast", f"VGG16_light {act} {opt}", REPORT_LIGHT_GRID[act, opt], under="grid")
+            for act, opt in REPORT_LIGHT_GRID if (act, opt) != ("leaky_relu", "sgd")]
+    return runs + [full_scale_job(NLL_CHECK[loss], "task1/train.py", f"{HEADLINE} --loss {loss} --epochs 1 --no-test",
+                                  under="grid") for loss in GRID_LOSSES]
 
 
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
@@ -121,8 +146,8 @@ def adam_hessians(name, bn_modes):
 FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
     *(full_scale_job(name, "task1/train.py", f"{HEADLINE} {flags}", under="tries", tries=what)
       for name, flags, what in FAST_TRIES),
-    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", HEADLINE,
-                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82),
+    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", HEADLINE,  # 3 seeds: the light grid's yardstick
+                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
                    20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seed=1),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
@@ -137,6 +162,7 @@ FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then 
                    "VGGA (BN + residual), Adam 1e-3", 86.0, 13),
     full_scale_job("t2_vgg_a_res_bn_sgd", "task2/train.py", "--model vgg_a_res_bn --opt sgd",
                    "VGGA (BN + residual), SGD 0.01", 84.64, 15),
+    *light_grid_jobs(),
 ]
 RETRAIN = "_retrain"  # <run>_retrain: the run trained again with its own command, for surfaces of a lost checkpoint
 
@@ -155,8 +181,6 @@ def off_plan(job, result):
 
 BN_PAIR = ("t2_vgg_a_adam", "t2_vgg_a_bn_adam")  # "BN helps": paired by seed (same seed, same batches)
 PROFILES["cpu-full"] = dict(jobs=FULL_SCALE_JOBS)  # full width, all 45,000 training images, --val 5000
-GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
-    ["adam", "sgd"]
 GRIDS = {  # recipe: (run-name prefix, flags, what it is)
     "ours": ("grid", [], "ResVGG16 (residual blocks with BN), our recipe: the network the report's text describes"),
     "report": ("grid_vgg16_report", ["--model", "vgg16", "--recipe", "report"],
