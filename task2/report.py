@@ -102,8 +102,8 @@ def grid_table(out, best, recipe):
     return md + ["", "Bold: the best mean validation accuracy over a configuration's seeds (n = 1 unless "
                  "stated; ± is the sample standard deviation over seeds; train time is the mean). `nll` is "
                  "log_softmax + NLLLoss, which is exactly how cross-entropy is computed, so every ce row and its "
-                 "nll twin are the same training run up to floating-point nondeterminism (a test checks loss and "
-                 "gradients agree to 1e-6). " + twin_differences(out)]
+                 "nll twin are the same training run up to floating-point nondeterminism (tests check that loss, "
+                 "gradients and a run's weights agree bit for bit). " + twin_differences(out)]
 
 
 def twin_differences(out):
