@@ -2464,6 +2464,62 @@ def test_full_scale_surfaces_follow_their_training_job_and_a_lost_checkpoint_is_
     assert "--overwrite" not in lines()[1] and all(reproduce.job_state(j[0], j[1:]) == "done" for j in lines())
 
 
+def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp_path):
+    """#29's Task 1 figures in cpu-full: the headline model's filters and surface right after it, the light Adam
+    run's surface and the SGD-to-Adam path right after that run; the path names the headline's checkpoint too
+    ({best:NAME}), so when that one is gone the headline is retrained first, and the path reads the retrain."""
+    out, by_name = str(tmp_path), {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
+    headline = reproduce.run_dir(out, reproduce.HEADLINE_NAME)
+    adam = reproduce.run_dir(out, reproduce.light_grid_name("leaky_relu", "adam"), "grid")
+
+    def after(run, n):
+        jobs = reproduce.plan("train", "cpu-full", out, "data")
+        at = next(i for i, j in enumerate(jobs) if j[-1] == run)
+        assert all(type(j) is reproduce.FollowingJob for j in jobs[at + 1:at + 1 + n])
+        return jobs[at + 1:at + 1 + n]
+    filters, surface, filter_hessian = after(headline, 3)
+    assert filters[0] == "task1/visualize.py" and reproduce.option(filters, "--ckpt") == f"{headline}/best.pt"
+    assert surface[0] == "task2/landscape.py" and reproduce.option(surface, "--y") == "-1:1:21"
+    assert reproduce.option(filter_hessian, "--hessian-coords") == "filter"
+    adam_surface, _, path = after(adam, 3)
+    assert reproduce.option(adam_surface, "--ckpt") == f"{adam}/best.pt" and path.count("--ckpt") == 1
+    assert (reproduce.option(path, "--ckpt"), reproduce.option(path, "--interp")) == (f"{headline}/best.pt",
+                                                                                     f"{adam}/best.pt")
+    fake_result(headline, 0.9, **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 0))  # best.pt gone
+    retrain, _, _, path = after(adam, 4)
+    assert retrain[-1] == headline + reproduce.RETRAIN and reproduce.option(path, "--ckpt") == \
+        f"{headline}{reproduce.RETRAIN}/best.pt"
+    folder = os.path.join(out, "landscapes", reproduce.T1_FILTERS)
+    os.makedirs(folder)
+    for name in ("filters.png", "feature_maps.png"):
+        assert not reproduce.follower_complete(folder, "task1/visualize.py")
+        open(os.path.join(folder, name), "wb").close()
+    assert reproduce.follower_complete(folder, "task1/visualize.py")
+
+
+def test_task1_figures_appear_once_their_files_exist_sgd_beside_adam_on_one_scale(tmp_path, monkeypatch):
+    out, drawn = str(tmp_path), []
+    monkeypatch.setattr(report, "plot_surfaces_side_by_side", lambda *a, **k: drawn.append((a, k)))
+    assert report.task1_figures(out) == []
+    for name, top in (("t1_light_sgd", 40.0), ("t1_light_sgd_filter_hessian", 4.0), ("t1_light_adam", 900.0),
+                      ("t1_light_adam_filter_hessian", 3.0)):
+        folder = os.path.join(out, "landscapes", name)
+        fake_surface(folder, "x/best.pt")
+        common.write_json(os.path.join(folder, "surface.json"), dict(
+            common.load_json(os.path.join(folder, "surface.json")), hessian=dict(top_eigenvalue=top, converged=True)))
+        np.savez(os.path.join(folder, "surface.npz"), x=np.zeros(3), y=np.zeros(3), loss=np.ones((3, 3)))
+    folder = os.path.join(out, "landscapes", reproduce.T1_INTERP)
+    fake_surface(folder, "x/best.pt")
+    np.savez(os.path.join(folder, "surface.npz"), x=np.array([-0.5, 0.0, 0.5, 1.0, 1.5]),
+             loss=np.array([3.0, 0.1, 2.5, 0.2, 4.0]))
+    text = "\n".join(report.task1_figures(out))
+    assert "top Hessian eigenvalue, raw / filter-normalized: SGD 40 / 4, Adam 900 / 3." in text
+    assert "loss 0.1 at α = 0, 0.2 at α = 1, highest between them 2.5." in text and "filters.png" not in text
+    (args, kwargs), = drawn
+    assert args[1] == ["ResVGG16-light, SGD: top eigenvalue 40", "ResVGG16-light, Adam: top eigenvalue 900"]
+    assert args[2].endswith(os.path.join("figures", "t1_sgd_vs_adam.png")) and kwargs["log"]
+
+
 def test_the_adam_pairs_hessians_read_seed_1s_checkpoint_and_a_lost_one_retrains_seed_1(tmp_path):
     """The Adam pair's raw and filter Hessians (#33) follow seed 1's run, read its best.pt, and when it is gone
     retrain seed 1 (--seed 1) into t2_vgg_a_bn_adam_s1_retrain, which the report then sets against it."""
@@ -2558,7 +2614,8 @@ def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_o
     assert len(drawn) == 1 and "top eigenvalue 60" in drawn[0][4][2]
     shutil.rmtree(os.path.join(out, "landscapes", "vgg_a_bn_sgd_bntrain"))
     text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
-    assert "[vgg_a_bn_sgd_bntrain]" not in text and "vgg_a_sgd_filter_hessian, vgg_a_bn_sgd_bntrain (each" in text
+    assert "[vgg_a_bn_sgd_bntrain]" not in text and "vgg_a_sgd_filter_hessian, vgg_a_bn_sgd_bntrain, " in text
+    assert reproduce.T1_FILTERS not in text  # visualize.py's folder is no surface
     assert len(drawn) == 1
 
 

@@ -26,10 +26,13 @@ import numpy as np  # noqa: E402
 import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
-from reproduce import (BN_DIR, BN_PAPER_DIR, BN_TRAIN_MODE, FINISHED, GRIDS, HP_RUNS, INTERP, LOSS_RUNS,  # noqa: E402
-                       ADAM_HESSIAN, BN_PAIR, FAST_PROXY, GRID_ACTS, GRID_LOSSES, GRID_OPTS, NLL_CHECK, REPORT_LIGHT_GRID,
-                       light_grid_name, PROFILES, RETRAIN, SHARPNESS_ROWS, SPECTRA, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, best_grid_run,
-                       adam_hessian_folder, full_scale_config, grid, grid_name, off_plan, read_result, run_dir, seed_name, seed_results, t2_name)
+from reproduce import (  # noqa: E402
+    ADAM_HESSIAN, BN_DIR, BN_PAIR, BN_PAPER_DIR, BN_TRAIN_MODE, FAST_PROXY, FINISHED,
+    FULL_SCALE_SURFACE, GRIDS, GRID_ACTS, GRID_LOSSES, GRID_OPTS, HP_RUNS, INTERP, LOSS_RUNS,
+    NLL_CHECK, PROFILES, REPORT_LIGHT_GRID, RETRAIN, SHARPNESS_ROWS, SPECTRA, T1_FILTERS, T1_INTERP,
+    T1_INTERP_FLAGS, T1_SURFACES, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, adam_hessian_folder,
+    best_grid_run, full_scale_config, grid, grid_name, light_grid_name, off_plan, read_result,
+    run_dir, seed_name, seed_results, surface_complete, t2_name)
 
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
 
@@ -662,11 +665,12 @@ SGD_LANDSCAPES = [("vgg_a_sgd", "VGG-A, SGD"), ("vgg_a_bn_sgd", "VGG-A + BN, SGD
 def full_scale_landscapes(out, jobs):
     """The surfaces and Hessians of the full-scale checkpoints (one row per landscape folder a job plans),
     the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
-    planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _ in job["surfaces"]]
+    planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _, script in job["surfaces"]
+               if script.endswith("landscape.py")]
     made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
     sharpness = adam_sharpness(out)
-    md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", "", *sharpness,
-          *([""] if sharpness else [])]
+    md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", "",
+          *task1_figures(out), *sharpness, *([""] if sharpness else [])]
     if made:
         md += [TABLES_ONLY[0], *table_head("folder", "checkpoint", "BN mode", "points", "images", "loss min",
                                            "loss max", "top eigenvalue", "trace (SE)", "Hessian coordinates",
@@ -686,6 +690,36 @@ def full_scale_landscapes(out, jobs):
         plot_bn_modes(*surfaces, os.path.join(out, "figures", "bn_landscapes_sgd.png"), titles,
                       "No BN vs BN: SGD checkpoints, full width, one log10 colour scale")
         md += ["", "![No BN vs BN, SGD checkpoints: log10 loss on one colour scale](figures/bn_landscapes_sgd.png)"]
+    return md
+
+
+def task1_figures(out):
+    """README's Task 1 figures at full scale (#29), each once its files exist: the headline model's filters and
+    feature maps, the SGD and Adam surfaces on one log10 scale (figures/t1_sgd_vs_adam.png) with their top
+    eigenvalues raw and filter-normalized, beside the report's claim, and the loss along the path between them."""
+    folder = lambda name: os.path.join(out, "landscapes", name)  # noqa: E731
+    md, filters = [], os.path.join(T1_FILTERS, "filters.png")
+    if all(os.path.exists(os.path.join(out, "landscapes", T1_FILTERS, f)) for f in ("filters.png", "feature_maps.png")):
+        md += [f"![the headline model's first-layer filters](landscapes/{filters}) "
+               f"![its feature maps](landscapes/{T1_FILTERS}/feature_maps.png)", ""]
+    names = [T1_SURFACES[opt] for opt in ("sgd", "adam")]
+    if all(surface_complete(folder(n)) and surface_complete(folder(f"{n}_filter_hessian")) for n in names):
+        tops = {n: (surface_top(folder(n)), surface_top(folder(f"{n}_filter_hessian"))) for n in names}
+        titles = [f"ResVGG16-light, {opt}: top eigenvalue {tops[n][0]}" for opt, n in zip(("SGD", "Adam"), names)]
+        plot_surfaces_side_by_side([load_surface(folder(n)) for n in names], titles,
+                                   os.path.join(out, "figures", "t1_sgd_vs_adam.png"), log=True,
+                                   suptitle="Task 1 at full scale: SGD vs Adam minima, one log10 colour scale")
+        md += [f"**SGD vs Adam minima** (the report: \"the Adam landscape's minimum is sharper\"; `{FULL_SCALE_SURFACE}`; "
+               "filter-normalized: `--hessian-coords filter`): top Hessian eigenvalue, raw / filter-normalized: SGD "
+               f"{' / '.join(tops[names[0]])}, Adam {' / '.join(tops[names[1]])}.", "",
+               "![SGD vs Adam: log10 loss surfaces on one scale](figures/t1_sgd_vs_adam.png)", ""]
+    path = load_surface(folder(T1_INTERP)) if surface_complete(folder(T1_INTERP)) else None
+    if path is not None:
+        x, loss = np.asarray(path["x"]), np.asarray(path["loss"])
+        between = loss[(x > 0) & (x < 1)]
+        md += [f"**The path from the SGD minimum (α = 0) to the Adam one (α = 1)** ([loss_1d.png](landscapes/"
+               f"{T1_INTERP}/loss_1d.png), `{T1_INTERP_FLAGS}`): loss {loss[np.argmin(abs(x))]:.4g} at α = 0, "
+               f"{loss[np.argmin(abs(x - 1))]:.4g} at α = 1, highest between them {np.nanmax(between):.4g}.", ""]
     return md
 
 
@@ -744,7 +778,7 @@ def retrain_lines(out, jobs):
     lines = []
     for job in (job for job in jobs if job["surfaces"]):
         name = seed_name(job["name"], job["surface_seed"])
-        first, again = read_result(run_dir(out, name)), read_result(run_dir(out, name + RETRAIN))
+        first, again = (read_result(run_dir(out, folder, job["under"])) for folder in (name, name + RETRAIN))
         if first and again and first["test_acc_at_best_val"] is not None and again["test_acc_at_best_val"] is not None:
             lines.append(f"- {name} trained again with its own command for its surfaces (its checkpoint was "
                          f"gone): test accuracy at the best-validation epoch {100 * again['test_acc_at_best_val']:.2f} "

@@ -67,10 +67,11 @@ def full_scale_job(name, script, flags, report=None, report_acc=None, report_epo
                    under="runs", tries="", surface_seed=0):
     """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
     convergence epoch), how many seeds it gets and the surfaces drawn from seed `surface_seed`'s best.pt right
-    after it trains ((folder under landscapes/, landscape flags) each), while its checkpoint exists. A try of the
-    recipe search lives under tries/ and says what it tries."""
+    after it trains ((folder under landscapes/, flags[, script if not task2/landscape.py]) each), while its
+    checkpoint exists. A try of the recipe search lives under tries/ and says what it tries."""
+    surfaces = [(s[0], s[1], s[2] if len(s) > 2 else "task2/landscape.py") for s in surfaces]
     return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
-                report_epoch=report_epoch, seeds=seeds, surfaces=list(surfaces), under=under, tries=tries,
+                report_epoch=report_epoch, seeds=seeds, surfaces=surfaces, under=under, tries=tries,
                 surface_seed=surface_seed)
 
 
@@ -80,7 +81,7 @@ GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", 
 # The fast recipe's search (#29): tries of the headline job, chosen on the validation split only. The proxies
 # train on 10,000 of the 45,000 training images for 6 epochs (234 steps of one-cycle) and never read the test set
 # (--no-test); every try reports flip TTA on validation beside its plain accuracy.
-HEADLINE = "--arch light --act leaky_relu --opt sgd --recipe fast"
+HEADLINE, HEADLINE_NAME = "--arch light --act leaky_relu --opt sgd --recipe fast", "t1_light_leaky_relu_sgd_fast"
 FAST_PROXY = "--subset 10000 --epochs 6 --no-test --tta flip"
 FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it tries and its source)
     ("t1_light_leaky_relu_sgd_fast_lr0.2", "--lr 0.2", "full scale, peak lr 0.2: He et al.'s 0.1 at batch 128, "
@@ -102,27 +103,6 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
       for lr in ("1e-4", "3e-4", "1e-3", "3e-3")),
 ]
 
-# The light half of the report's grid (#31): ResVGG16-light at full scale with the fast recipe, ce, one seed each,
-# under grid/ (leaky ReLU + SGD is the headline job). A ce run and its nll twin are the same function, so the NLL
-# rows are not trained: one pair of the headline configuration trains 1 epoch, and equal weights_sha256 show it.
-REPORT_LIGHT_GRID = {("relu", "adam"): 83.34, ("relu", "sgd"): 88.64, ("leaky_relu", "adam"): 84.48,
-                     ("leaky_relu", "sgd"): 89.08, ("tanh", "adam"): 81.44, ("tanh", "sgd"): 85.76}  # 4.3, runs 13-24
-NLL_CHECK = {loss: f"t1_light_leaky_relu_{loss}_sgd_fast_1epoch" for loss in GRID_LOSSES}
-
-
-def light_grid_name(act, opt):
-    return f"t1_light_{act}_{opt}_fast"
-
-
-def light_grid_jobs():
-    """The five grid runs besides the headline job, then the 1-epoch ce/nll pair."""
-    runs = [full_scale_job(light_grid_name(act, opt), "task1/train.py", f"--arch light --act {act} --opt {opt} "
-                           "--recipe fast", f"VGG16_light {act} {opt}", REPORT_LIGHT_GRID[act, opt], under="grid")
-            for act, opt in REPORT_LIGHT_GRID if (act, opt) != ("leaky_relu", "sgd")]
-    return runs + [full_scale_job(NLL_CHECK[loss], "task1/train.py", f"{HEADLINE} --loss {loss} --epochs 1 --no-test",
-                                  under="grid") for loss in GRID_LOSSES]
-
-
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
 FULL_SCALE_SURFACE = "--x -1:1:21 --y -1:1:21 --n-items 2000 --hessian --hessian-iters 20 --log"
 FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 20 --hessian-coords filter"
@@ -143,11 +123,47 @@ def adam_hessians(name, bn_modes):
             for mode in bn_modes for coords in common.HESSIAN_COORDS]
 
 
+# Task 1's figures at full scale (#29): the headline model's filters and surface, the light Adam run's surface on the
+# same grid, and the path from the SGD minimum to the Adam one, each right after the run whose best.pt it reads
+T1_FILTERS, T1_SURFACES, T1_INTERP = "t1_light_filters", {"sgd": "t1_light_sgd", "adam": "t1_light_adam"}, \
+    "t1_light_interp_sgd_adam"
+T1_INTERP_FLAGS = "--x -0.5:1.5:41 --n-items 2000"
+
+
+# The light half of the report's grid (#31): ResVGG16-light at full scale with the fast recipe, ce, one seed each,
+# under grid/ (leaky ReLU + SGD is the headline job). A ce run and its nll twin are the same function, so the NLL
+# rows are not trained: one pair of the headline configuration trains 1 epoch, and equal weights_sha256 show it.
+REPORT_LIGHT_GRID = {("relu", "adam"): 83.34, ("relu", "sgd"): 88.64, ("leaky_relu", "adam"): 84.48,
+                     ("leaky_relu", "sgd"): 89.08, ("tanh", "adam"): 81.44, ("tanh", "sgd"): 85.76}  # 4.3, runs 13-24
+NLL_CHECK = {loss: f"t1_light_leaky_relu_{loss}_sgd_fast_1epoch" for loss in GRID_LOSSES}
+
+
+def light_grid_name(act, opt):
+    return f"t1_light_{act}_{opt}_fast"
+
+
+def light_grid_jobs():
+    """The five grid runs besides the headline job, leaky ReLU + Adam first (Task 1's Adam surface and the path
+    to it), then the 1-epoch ce/nll pair."""
+    adam_figures = [(T1_SURFACES["adam"], FULL_SCALE_SURFACE),
+                    (f"{T1_SURFACES['adam']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN),
+                    (T1_INTERP, f"--ckpt {{best:{HEADLINE_NAME}}} --interp {{best:self}} {T1_INTERP_FLAGS}")]
+    order = sorted(REPORT_LIGHT_GRID, key=lambda config: config != ("leaky_relu", "adam"))
+    runs = [full_scale_job(light_grid_name(act, opt), "task1/train.py", f"--arch light --act {act} --opt {opt} "
+                           "--recipe fast", f"VGG16_light {act} {opt}", REPORT_LIGHT_GRID[act, opt], under="grid",
+                           surfaces=adam_figures if (act, opt) == ("leaky_relu", "adam") else ())
+            for act, opt in order if (act, opt) != ("leaky_relu", "sgd")]
+    return runs + [full_scale_job(NLL_CHECK[loss], "task1/train.py", f"{HEADLINE} --loss {loss} --epochs 1 --no-test",
+                                  under="grid") for loss in GRID_LOSSES]
+
+
 FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then the further seeds, pair by pair
     *(full_scale_job(name, "task1/train.py", f"{HEADLINE} {flags}", under="tries", tries=what)
       for name, flags, what in FAST_TRIES),
-    full_scale_job("t1_light_leaky_relu_sgd_fast", "task1/train.py", HEADLINE,  # 3 seeds: the light grid's yardstick
-                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3),
+    full_scale_job(HEADLINE_NAME, "task1/train.py", HEADLINE,  # 3 seeds: the light grid's yardstick
+                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3,
+                   surfaces=[(T1_FILTERS, "--n 16", "task1/visualize.py"), (T1_SURFACES["sgd"], FULL_SCALE_SURFACE),
+                             (f"{T1_SURFACES['sgd']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
                    20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seed=1),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
@@ -292,7 +308,7 @@ def full_scale_jobs(p, out, seeds=1):
             flags = [*p["data"], *shlex.split(job["flags"])]
             jobs += training_jobs(job["script"], flags, out, job["name"], [k], job["under"])
             if k == job["surface_seed"] and job["surfaces"]:
-                jobs += full_scale_surface_jobs(p, out, job, flags)
+                jobs += full_scale_surface_jobs(p, out, job)
     return jobs
 
 
@@ -301,25 +317,47 @@ class FollowingJob(list):
     job writes); `plan` prints it indented, and run_all.sh deals it out with the line before it."""
 
 
-def full_scale_surface_jobs(p, out, job, flags):
-    """The surfaces of the job's surface seed's best.pt, each computed while that checkpoint exists. Checkpoints
-    are not committed: when the run is finished, its best.pt gone and a surface unfinished, the run is trained
-    again with the same command into <run>_retrain (trained afresh when that one's best.pt is gone too), and
-    every surface of the job reads the retrain's checkpoint from then on."""
-    seed, folders = job["surface_seed"], [os.path.join(out, "landscapes", f) for f, _ in job["surfaces"]]
-    run = run_dir(out, seed_name(job["name"], seed))
-    retrain, jobs = run + RETRAIN, []
-    pending = not all(surface_complete(f) for f in folders)
-    source = run
-    if os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))):
-        source = retrain
-        again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
-        jobs.append(FollowingJob([job["script"], *flags, *(["--overwrite"] if again else []),
-                                  *(["--seed", str(seed)] if seed else []), "--out", retrain]))
-    for folder, (_, surface_flags) in zip(folders, job["surfaces"]):
-        jobs.append(FollowingJob(["task2/landscape.py", *p["data"], "--ckpt", os.path.join(source, "best.pt"),
-                                  *shlex.split(surface_flags), "--out", folder]))
+def full_scale_surface_jobs(p, out, job):
+    """The surfaces of the job's surface seed's best.pt, each computed while that checkpoint exists; `{best:NAME}`
+    in a surface's flags is job NAME's checkpoint (`self`: this job's), and a surface that names `--ckpt` reads no
+    other. Checkpoints are not committed: when a run is finished, its best.pt gone and a surface that reads it
+    unfinished, the run is trained again with its own command into <run>_retrain (afresh when that one's best.pt is
+    gone too), and every surface reads the retrain's checkpoint from then on."""
+    folders = [os.path.join(out, "landscapes", folder) for folder, *_ in job["surfaces"]]
+    pending = not all(follower_complete(f, script) for f, (_, _, script) in zip(folders, job["surfaces"]))
+    named = {m for _, flags, _ in job["surfaces"] for m in re.findall(r"\{best:([^}]+)\}", flags)} - {"self"}
+    by_name, sources, jobs = {j["name"]: j for j in p["jobs"]}, {}, []
+    for name, planned in [("self", job), *((name, by_name[name]) for name in sorted(named))]:
+        sources[name], retrain = checkpoint_source(p, out, planned, pending)
+        jobs += [retrain] if retrain else []
+    for folder, (_, surface_flags, script) in zip(folders, job["surfaces"]):
+        args = shlex.split(re.sub(r"\{best:([^}]+)\}", lambda m: os.path.join(sources[m.group(1)], "best.pt"),
+                                  surface_flags))
+        own = [] if "--ckpt" in args else ["--ckpt", os.path.join(sources["self"], "best.pt")]
+        jobs.append(FollowingJob([script, *p["data"], *own, *args, "--out", folder]))
     return jobs
+
+
+def checkpoint_source(p, out, job, pending):
+    """(the run folder whose best.pt a job's surfaces read, the FollowingJob that retrains it, or None): the
+    surface seed's run, or its <run>_retrain once that exists or when surfaces are `pending` and the finished
+    run's best.pt is gone."""
+    seed = job["surface_seed"]
+    run = run_dir(out, seed_name(job["name"], seed), job["under"])
+    retrain = run + RETRAIN
+    if not (os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt")))):
+        return run, None
+    again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
+    return retrain, FollowingJob([job["script"], *p["data"], *shlex.split(job["flags"]),
+                                  *(["--overwrite"] if again else []), *(["--seed", str(seed)] if seed else []),
+                                  "--out", retrain])
+
+
+def follower_complete(folder, script):
+    """Whether a surface's folder is complete: its surface.json and figures, or visualize.py's two figures."""
+    if script.endswith("visualize.py"):
+        return all(os.path.exists(os.path.join(folder, f)) for f in ("filters.png", "feature_maps.png"))
+    return surface_complete(folder)
 
 
 def surface_complete(folder):
