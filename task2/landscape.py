@@ -162,8 +162,11 @@ def parse_args(argv=None):
         if token in ("--x", "--y") and argv[i + 1].startswith("-"):
             argv[i:i + 2] = [f"{token}={argv[i + 1]}", ""]
     args = check_numbers(p, p.parse_args([a for a in argv if a != ""]))
-    if args.replot:
-        return args
+    return args if args.replot else check_combination(p, args)
+
+
+def check_combination(p, args):
+    """The flags that exclude or need each other (p.error: one line, exit 2); the default --out."""
     if not (args.ckpt or args.trajectory):
         p.error("--ckpt (or --trajectory RUN) is required")
     if args.trajectory and (args.interp or args.dir_file):
