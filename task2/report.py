@@ -315,7 +315,7 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 
 
 def draw_curves(out):
-    """Every finished run's (and recipe try's and light grid run's) curves into figures/curves/<run>.png, drawn afresh from its
+    """Every finished run's (recipe try's, light grid run's) curves into figures/curves/<run>.png, drawn afresh from its
     metrics.jsonl and config.json (or its curves.png copied when it has no metrics); a run under way has neither
     result.json nor curves.png and is left out. Returns the run names."""
     named = [(name, run_dir(out, name, under)) for under in ("runs", "tries", "grid")
@@ -588,7 +588,8 @@ def nll_rows_text(out):
     if same is None:
         return "= ce (the same function; the 1-epoch check has not run yet)"
     if same:
-        return f"= ce (the same function: {NLL_CHECK['nll']} ends 1 epoch with weights bit-identical to {NLL_CHECK['ce']})"
+        return (f"= ce (the same function: {NLL_CHECK['nll']} ends 1 epoch with weights bit-identical to "
+                f"{NLL_CHECK['ce']})")
     return f"not shown equal: {NLL_CHECK['nll']} and {NLL_CHECK['ce']} end 1 epoch with different weights"
 
 
@@ -709,9 +710,9 @@ def task1_figures(out):
         plot_surfaces_side_by_side([load_surface(folder(n)) for n in names], titles,
                                    os.path.join(out, "figures", "t1_sgd_vs_adam.png"), log=True,
                                    suptitle="Task 1 at full scale: SGD vs Adam minima, one log10 colour scale")
-        md += [f"**SGD vs Adam minima** (the report: \"the Adam landscape's minimum is sharper\"; `{FULL_SCALE_SURFACE}`; "
-               "filter-normalized: `--hessian-coords filter`): top Hessian eigenvalue, raw / filter-normalized: SGD "
-               f"{' / '.join(tops[names[0]])}, Adam {' / '.join(tops[names[1]])}.", "",
+        md += ["**SGD vs Adam minima** (the report: \"the Adam landscape's minimum is sharper\"; "
+               f"`{FULL_SCALE_SURFACE}`; filter-normalized: `--hessian-coords filter`): top Hessian eigenvalue, "
+               f"raw / filter-normalized: SGD {' / '.join(tops[names[0]])}, Adam {' / '.join(tops[names[1]])}.", "",
                "![SGD vs Adam: log10 loss surfaces on one scale](figures/t1_sgd_vs_adam.png)", ""]
     path = load_surface(folder(T1_INTERP)) if surface_complete(folder(T1_INTERP)) else None
     if path is not None:

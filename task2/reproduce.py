@@ -345,7 +345,8 @@ def checkpoint_source(p, out, job, pending):
     seed = job["surface_seed"]
     run = run_dir(out, seed_name(job["name"], seed), job["under"])
     retrain = run + RETRAIN
-    if not (os.path.isdir(retrain) or (pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt")))):
+    lost = pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))
+    if not (os.path.isdir(retrain) or lost):
         return run, None
     again = pending and read_result(retrain) and not os.path.exists(os.path.join(retrain, "best.pt"))
     return retrain, FollowingJob([job["script"], *p["data"], *shlex.split(job["flags"]),
