@@ -2465,11 +2465,12 @@ def test_full_scale_surfaces_follow_their_training_job_and_a_lost_checkpoint_is_
 
 
 def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp_path):
-    """#29's Task 1 figures in cpu-full: the headline model's filters and surface right after it, the light Adam
-    run's surface and the SGD-to-Adam path right after that run; the path names the headline's checkpoint too
-    ({best:NAME}), so when that one is gone the headline is retrained first, and the path reads the retrain."""
+    """#29's Task 1 figures in cpu-full: the headline model's filters and surface right after its seed 1 (trained in
+    the sitting that draws them), the light Adam run's surface and the SGD-to-Adam path right after that run; the
+    path names the headline's checkpoint too ({best:NAME}), so when that one is gone the headline is retrained
+    first, and the path reads the retrain."""
     out, by_name = str(tmp_path), {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
-    headline = reproduce.run_dir(out, reproduce.HEADLINE_NAME)
+    headline = reproduce.run_dir(out, reproduce.seed_name(reproduce.HEADLINE_NAME, 1))  # seed 1: trained beside them
     adam = reproduce.run_dir(out, reproduce.light_grid_name("leaky_relu", "adam"), "grid")
 
     def after(run, n):
@@ -2485,7 +2486,7 @@ def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp
     assert reproduce.option(adam_surface, "--ckpt") == f"{adam}/best.pt" and path.count("--ckpt") == 1
     assert (reproduce.option(path, "--ckpt"), reproduce.option(path, "--interp")) == (f"{headline}/best.pt",
                                                                                      f"{adam}/best.pt")
-    fake_result(headline, 0.9, **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 0))  # best.pt gone
+    fake_result(headline, 0.9, **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 1))  # best.pt gone
     retrain, _, _, path = after(adam, 4)
     assert retrain[-1] == headline + reproduce.RETRAIN and reproduce.option(path, "--ckpt") == \
         f"{headline}{reproduce.RETRAIN}/best.pt"
