@@ -2405,6 +2405,15 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     assert "| seed 1 | completed | 69.00 |" in rows["[proxy_base_s1](tries/proxy_base_s1)"]
     assert "| missing |" in rows["proxy_ema"] and "| missing |" in rows["t1_light_leaky_relu_sgd_fast"]
     assert "proxy_base 70.00 % (seed 0) vs proxy_base_s1 69.00 % (seed 1), 1.00 pp apart" in text
+    assert "At full scale" not in text  # no headline run yet
+    fake_result(str(tmp_path / "runs" / reproduce.HEADLINE_NAME), 0.88,
+                **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 0))
+    fake_result(str(tmp_path / "tries" / "t1_light_leaky_relu_sgd_fast_lr0.2"), 0.1, status="diverged",
+                **reproduce.full_scale_config(by_name["t1_light_leaky_relu_sgd_fast_lr0.2"], 0))
+    text = "\n".join(report.tries_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    assert ("At full scale (one seed each), validation accuracy beside the headline run's 88.00 %: "
+            "t1_light_leaky_relu_sgd_fast_lr0.2 10.00 % (-78.00 pp, diverged).") in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert "Best proxy by validation accuracy: proxy_zero_init 72.00 %" in text  # Adam's proxies apart:
     adam_lr = common.RECIPES["task1"]["fast"]["lr"].values["adam"]
     verdict = {1e-3: "the best", 1e-4: "NOT the best (0.001 is)"}.get(adam_lr, "not tried")
@@ -2417,7 +2426,7 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n")
     report.update_readme(str(readme), text + "\n", str(tmp_path))
     brief = readme.read_text()
-    assert f"7 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
+    assert f"8 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
 
 
 def fake_surface(folder, ckpt, status="complete"):

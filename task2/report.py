@@ -28,7 +28,7 @@ import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (  # noqa: E402
     ADAM_HESSIAN, BN_DIR, BN_PAIR, BN_PAPER_DIR, BN_TRAIN_MODE, FAST_PROXY, FINISHED,
-    FULL_SCALE_SURFACE, GRIDS, GRID_ACTS, GRID_LOSSES, GRID_OPTS, HP_RUNS, INTERP, LOSS_RUNS,
+    FULL_SCALE_SURFACE, GRIDS, HEADLINE_NAME, GRID_ACTS, GRID_LOSSES, GRID_OPTS, HP_RUNS, INTERP, LOSS_RUNS,
     NLL_CHECK, PROFILES, REPORT_LIGHT_GRID, RETRAIN, SHARPNESS_ROWS, SPECTRA, T1_FILTERS, T1_INTERP,
     T1_INTERP_FLAGS, T1_SURFACES, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, adam_hessian_folder,
     best_grid_run, full_scale_config, grid, grid_name, light_grid_name, off_plan, read_result,
@@ -451,7 +451,21 @@ def tries_summary(out, tries, proxy):
                  "yardstick, so only a gain several times larger is more than a hint.")
     if base in done:
         text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
-    return text + adam_lr_choice({name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
+    return text + full_scale_tries(out, tries, done) + adam_lr_choice(
+        {name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
+
+
+def full_scale_tries(out, tries, done):
+    """' At full scale, ...': each finished full-scale try's validation accuracy beside the headline run's."""
+    headline = read_result(run_dir(out, HEADLINE_NAME))
+    full = [job["name"] for job in tries if FAST_PROXY not in job["flags"] and job["name"] in done]
+    if not (headline and full):
+        return ""
+    base = 100 * headline["best_val_acc"]
+    cells = [f"{name} {100 * done[name]['best_val_acc']:.2f} % ({100 * done[name]['best_val_acc'] - base:+.2f} pp, "
+             f"{done[name]['status']})" for name in full]
+    return (f" At full scale (one seed each), validation accuracy beside the headline run's {base:.2f} %: "
+            f"{'; '.join(cells)}.")
 
 
 def adam_lr_choice(done):
