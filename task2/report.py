@@ -633,7 +633,7 @@ def light_grid_table(out, jobs):
 
 def headline_spread(out, jobs):
     """(max - min, n) of the headline configuration's test accuracy (pp) over its finished seeds."""
-    job = next(job for job in jobs if job["name"] == light_grid_name("leaky_relu", "sgd"))
+    job = next(job for job in jobs if job["name"] == HEADLINE_NAME)
     accs = [100 * r["test_acc_at_best_val"] for r in seed_results(out, job["name"])
             if r["status"] == "completed" and not off_plan(job, r)]
     return (max(accs) - min(accs) if len(accs) > 1 else None), len(accs)
