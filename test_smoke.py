@@ -2475,9 +2475,9 @@ def test_full_scale_surfaces_follow_their_training_job_and_a_lost_checkpoint_is_
 
 def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp_path):
     """#29's Task 1 figures in cpu-full: the headline model's filters and surface right after its seed 1 (trained in
-    the sitting that draws them), the light Adam run's surface and the SGD-to-Adam path right after that run; the
-    path names the headline's checkpoint too ({best:NAME}), so when that one is gone the headline is retrained
-    first, and the path reads the retrain."""
+    the sitting that draws them), the light Adam run's surface right after that run, and the SGD-to-Adam path after
+    the later of the two (never before either checkpoint's run); the path names the Adam run's checkpoint too
+    ({best:NAME}), so when that one is gone the Adam run is retrained first, and the path reads the retrain."""
     out, by_name = str(tmp_path), {job["name"]: job for job in reproduce.FULL_SCALE_JOBS}
     headline = reproduce.run_dir(out, reproduce.seed_name(reproduce.HEADLINE_NAME, 1))  # seed 1: trained beside them
     adam = reproduce.run_dir(out, reproduce.light_grid_name("leaky_relu", "adam"), "grid")
@@ -2487,18 +2487,20 @@ def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp
         at = next(i for i, j in enumerate(jobs) if j[-1] == run)
         assert all(type(j) is reproduce.FollowingJob for j in jobs[at + 1:at + 1 + n])
         return jobs[at + 1:at + 1 + n]
-    filters, surface, filter_hessian = after(headline, 3)
+    filters, surface, filter_hessian, path = after(headline, 4)
     assert filters[0] == "task1/visualize.py" and reproduce.option(filters, "--ckpt") == f"{headline}/best.pt"
     assert surface[0] == "task2/landscape.py" and reproduce.option(surface, "--y") == "-1:1:21"
     assert reproduce.option(filter_hessian, "--hessian-coords") == "filter"
-    adam_surface, _, path = after(adam, 3)
-    assert reproduce.option(adam_surface, "--ckpt") == f"{adam}/best.pt" and path.count("--ckpt") == 1
-    assert (reproduce.option(path, "--ckpt"), reproduce.option(path, "--interp")) == (f"{headline}/best.pt",
-                                                                                     f"{adam}/best.pt")
-    fake_result(headline, 0.9, **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 1))  # best.pt gone
-    retrain, _, _, path = after(adam, 4)
-    assert retrain[-1] == headline + reproduce.RETRAIN and reproduce.option(path, "--ckpt") == \
-        f"{headline}{reproduce.RETRAIN}/best.pt"
+    assert path.count("--ckpt") == 1 and (reproduce.option(path, "--ckpt"), reproduce.option(path, "--interp")) == \
+        (f"{headline}/best.pt", f"{adam}/best.pt")
+    outs = [j[-1] for j in reproduce.plan("train", "cpu-full", out, "data")]
+    assert outs.index(adam) < outs.index(headline) < outs.index(path[-1])
+    adam_surface, _ = after(adam, 2)
+    assert reproduce.option(adam_surface, "--ckpt") == f"{adam}/best.pt"
+    fake_result(adam, 0.8, **reproduce.full_scale_config(by_name[reproduce.T1_ADAM_RUN], 0))  # its best.pt gone
+    *_, retrain, path = after(headline, 5)
+    assert retrain[-1] == adam + reproduce.RETRAIN and reproduce.option(path, "--interp") == \
+        f"{adam}{reproduce.RETRAIN}/best.pt" and reproduce.option(path, "--ckpt") == f"{headline}/best.pt"
     folder = os.path.join(out, "landscapes", reproduce.T1_FILTERS)
     os.makedirs(folder)
     for name in ("filters.png", "feature_maps.png"):

@@ -471,11 +471,9 @@ def hessian_passes(flags):
 
 def landscape_seconds(flags, device, cache, min_seconds=1.0):
     """A surface, path plane or interpolation: every point one evaluation of --n-items images; the Hessian's
-    products; the model from its run's saved config (--ckpt, or the --trajectory run's last.pt; for a path whose
-    start is trained later in the plan, its end's)."""
+    products; the model from its run's saved config (--ckpt, or the --trajectory run's last.pt)."""
     ckpt = reproduce.option(flags, "--ckpt") or os.path.join(reproduce.option(flags, "--trajectory"), "last.pt")
-    configs = [os.path.join(os.path.dirname(c), "config.json") for c in (ckpt, reproduce.option(flags, "--interp")) if c]
-    cfg = common.load_json(next((c for c in configs if os.path.exists(c)), configs[0]))  # a path's end may come later
+    cfg = common.load_json(os.path.join(os.path.dirname(ckpt), "config.json"))
     x = int((reproduce.option(flags, "--x") or "-1:1:51").split(":")[2])
     y = x if "--trajectory" in flags else int((reproduce.option(flags, "--y") or "0:0:1").split(":")[2])
     items = int(reproduce.option(flags, "--n-items") or "10000")

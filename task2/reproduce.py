@@ -124,7 +124,8 @@ def adam_hessians(name, bn_modes):
 
 
 # Task 1's figures at full scale (#29): the headline model's filters and surface, the light Adam run's surface on the
-# same grid, and the path from the SGD minimum to the Adam one, each right after the run whose best.pt it reads
+# same grid, each right after the run whose best.pt it reads, and the path from the SGD minimum to the Adam one after
+# the later of the two (the headline's seed 1: the plan trains every job's seed 0 first)
 T1_FILTERS, T1_SURFACES, T1_INTERP = "t1_light_filters", {"sgd": "t1_light_sgd", "adam": "t1_light_adam"}, \
     "t1_light_interp_sgd_adam"
 T1_INTERP_FLAGS = "--x -0.5:1.5:41 --n-items 2000"
@@ -142,12 +143,14 @@ def light_grid_name(act, opt):
     return f"t1_light_{act}_{opt}_fast"
 
 
+T1_ADAM_RUN = light_grid_name("leaky_relu", "adam")  # the Adam end of Task 1's path
+
+
 def light_grid_jobs():
-    """The five grid runs besides the headline job, leaky ReLU + Adam first (Task 1's Adam surface and the path
-    to it), then the 1-epoch ce/nll pair."""
+    """The five grid runs besides the headline job, leaky ReLU + Adam first (Task 1's Adam surface), then the
+    1-epoch ce/nll pair."""
     adam_figures = [(T1_SURFACES["adam"], FULL_SCALE_SURFACE),
-                    (f"{T1_SURFACES['adam']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN),
-                    (T1_INTERP, f"--ckpt {{best:{HEADLINE_NAME}}} --interp {{best:self}} {T1_INTERP_FLAGS}")]
+                    (f"{T1_SURFACES['adam']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]
     order = sorted(REPORT_LIGHT_GRID, key=lambda config: config != ("leaky_relu", "adam"))
     runs = [full_scale_job(light_grid_name(act, opt), "task1/train.py", f"--arch light --act {act} --opt {opt} "
                            "--recipe fast", f"VGG16_light {act} {opt}", REPORT_LIGHT_GRID[act, opt], under="grid",
@@ -163,7 +166,8 @@ FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then 
     full_scale_job(HEADLINE_NAME, "task1/train.py", HEADLINE,  # 3 seeds: the light grid's yardstick; the figures
                    "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3, surface_seed=1,
                    surfaces=[(T1_FILTERS, "--n 16", "task1/visualize.py"), (T1_SURFACES["sgd"], FULL_SCALE_SURFACE),
-                             (f"{T1_SURFACES['sgd']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
+                             (f"{T1_SURFACES['sgd']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN),
+                             (T1_INTERP, f"--ckpt {{best:self}} --interp {{best:{T1_ADAM_RUN}}} {T1_INTERP_FLAGS}")]),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
                    20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seed=1),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
@@ -317,22 +321,26 @@ class FollowingJob(list):
     job writes); `plan` prints it indented, and run_all.sh deals it out with the line before it."""
 
 
+def checkpoints_read(flags):
+    """The jobs whose best.pt a surface's flags read: each `{best:NAME}` (`self`: the job it follows), and `self`
+    unless the flags name --ckpt."""
+    return [*re.findall(r"\{best:([^}]+)\}", flags), *([] if "--ckpt" in shlex.split(flags) else ["self"])]
+
+
 def full_scale_surface_jobs(p, out, job):
-    """The surfaces of the job's surface seed's best.pt, each computed while that checkpoint exists; `{best:NAME}`
-    in a surface's flags is job NAME's checkpoint (`self`: this job's), and a surface that names `--ckpt` reads no
-    other. Checkpoints are not committed: when a run is finished, its best.pt gone and a surface that reads it
+    """The surfaces of the job's surface seed's best.pt, each computed while the checkpoints it reads exist.
+    Checkpoints are not committed: when a run is finished, its best.pt gone and a surface that reads it
     unfinished, the run is trained again with its own command into <run>_retrain (afresh when that one's best.pt is
-    gone too), and every surface reads the retrain's checkpoint from then on."""
-    folders = [os.path.join(out, "landscapes", folder) for folder, *_ in job["surfaces"]]
-    pending = not all(follower_complete(f, script) for f, (_, _, script) in zip(folders, job["surfaces"]))
-    named = {m for _, flags, _ in job["surfaces"] for m in re.findall(r"\{best:([^}]+)\}", flags)} - {"self"}
-    by_name, sources, jobs = {j["name"]: j for j in p["jobs"]}, {}, []
-    for name, planned in [("self", job), *((name, by_name[name]) for name in sorted(named))]:
-        sources[name], retrain = checkpoint_source(p, out, planned, pending)
-        jobs += [retrain] if retrain else []
-    for folder, (_, surface_flags, script) in zip(folders, job["surfaces"]):
-        args = shlex.split(re.sub(r"\{best:([^}]+)\}", lambda m: os.path.join(sources[m.group(1)], "best.pt"),
-                                  surface_flags))
+    gone too), right before the first surface that reads it, and every surface reads the retrain's checkpoint from
+    then on."""
+    surfaces = [(os.path.join(out, "landscapes", folder), flags, script) for folder, flags, script in job["surfaces"]]
+    by_name, sources, jobs = {"self": job, **{j["name"]: j for j in p["jobs"]}}, {}, []
+    for folder, flags, script in surfaces:
+        for name in (name for name in checkpoints_read(flags) if name not in sources):
+            pending = any(name in checkpoints_read(f) and not follower_complete(d, s) for d, f, s in surfaces)
+            sources[name], retrain = checkpoint_source(p, out, by_name[name], pending)
+            jobs += [retrain] if retrain else []
+        args = shlex.split(re.sub(r"\{best:([^}]+)\}", lambda m: os.path.join(sources[m.group(1)], "best.pt"), flags))
         own = [] if "--ckpt" in args else ["--ckpt", os.path.join(sources["self"], "best.pt")]
         jobs.append(FollowingJob([script, *p["data"], *own, *args, "--out", folder]))
     return jobs
