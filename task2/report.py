@@ -474,9 +474,11 @@ def adam_lr_choice(done):
     if not done:
         return ""
     by_lr = sorted((r["config"]["lr"], r["best_val_acc"]) for r in done.values())
-    best = max(by_lr, key=lambda pair: pair[1])[0]
+    ranked = sorted(by_lr, key=lambda pair: -pair[1])
+    best = ranked[0][0]
+    margin = f" by {100 * (ranked[0][1] - ranked[1][1]):.2f} pp over {ranked[1][0]:g}" if len(ranked) > 1 else ""
     recipe = common.parse_config("task1/train.py", ["--arch", "light", "--opt", "adam", "--recipe", "fast"])["lr"]
-    chosen = ("the best" if recipe == best else f"NOT the best ({best:g} is)") \
+    chosen = (f"the best{margin}" if recipe == best else f"NOT the best ({best:g} is{margin})") \
         if recipe in dict(by_lr) else "not tried"
     return (" Adam's peak lr for the light grid (proxies, one seed each): "
             + ", ".join(f"{lr:g} {100 * acc:.2f} %" for lr, acc in by_lr)
