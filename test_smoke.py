@@ -2510,6 +2510,21 @@ def test_task1_figures_follow_their_runs_and_the_path_reads_both_checkpoints(tmp
     assert reproduce.follower_complete(folder, "task1/visualize.py")
 
 
+def test_the_data_copys_cost_comes_from_the_airbench_record_beside_the_headline_run(tmp_path):
+    """#29: README states airbench94's accuracy on our copy (bench/airbench_calibration.py's record) beside its
+    published 94.01 % and the headline run; without the record it gives the command that measures it."""
+    out = str(tmp_path)
+    assert "not measured yet: `python bench/airbench_calibration.py --out " in report.data_copy_cost(out, None)
+    common.write_json(os.path.join(out, report.AIRBENCH_FILE), dict(
+        airbench="0.1.8", train_images=50000, test_acc=0.8981, test_acc_tta=0.9065, wall_seconds=5820.0,
+        device="AMD EPYC, 2 cores", precision="bf16"))
+    fake_result(os.path.join(out, "runs", reproduce.HEADLINE_NAME), 0.9725)  # test at best val: 87.25 %
+    text = report.data_copy_cost(out, reproduce.read_result(reproduce.run_dir(out, reproduce.HEADLINE_NAME)))
+    assert "50,000 training images" in text and "AMD EPYC, 2 cores; bf16, 1:37:00" in text
+    assert ("89.81 % test without TTA, 90.65 % with its flip + translate TTA, -4.20 pp from its published 94.01 % on "
+            "the original CIFAR-10; the headline run's 87.25 % is -2.56 pp from it.") in text
+
+
 def test_task1_figures_appear_once_their_files_exist_sgd_beside_adam_on_one_scale(tmp_path, monkeypatch):
     out, drawn = str(tmp_path), []
     monkeypatch.setattr(report, "plot_surfaces_side_by_side", lambda *a, **k: drawn.append((a, k)))

@@ -2,7 +2,7 @@
 the original CIFAR-10, mean of 1,000 runs) trained on a CIFAR-10 folder with its hyper-parameters unchanged.
 
     pip install airbench==0.1.8        # optional: only this script uses it, never the repository
-    python bench/airbench_calibration.py --data-dir data --out results/cpu-bench/airbench94.json
+    python bench/airbench_calibration.py --data-dir data --out results/cpu-full/airbench94.json
 
 airbench is written for CUDA and fp16 (`.half().cuda()`, CUDA events, its own `cifar10/train.pt`, which it
 makes through torchvision, whose MD5 check our JPEG-derived copy fails). Here its train.pt / test.pt are

@@ -568,8 +568,31 @@ BN_CURVES = [("t2_vgg_a_adam", "VGG-A, Adam 1e-3", "tab:orange", "-"),
              ("t2_vgg_a_bn_sgd", "VGG-A + BN, SGD 0.01", "tab:blue", "--")]
 
 
+AIRBENCH_FILE, AIRBENCH_PUBLISHED = "airbench94.json", 94.01  # airbench94's mean of 1,000 runs, original CIFAR-10
+
+
+def data_copy_cost(out, headline):
+    """' **The data copy's cost** ...': airbench94 trained on our JPEG-derived copy by bench/airbench_calibration.py
+    (its record in <out>/airbench94.json) beside its published accuracy and our `headline` run (a result or
+    None); the command to measure it when the record is missing."""
+    path = os.path.join(out, AIRBENCH_FILE)
+    if not os.path.exists(path):
+        return ("**The data copy's cost** is not measured yet: `python bench/airbench_calibration.py --out "
+                f"{path}` trains airbench94 on it (`pip install airbench==0.1.8`, optional).")
+    cal = common.load_json(path)
+    plain, tta = 100 * cal["test_acc"], 100 * cal["test_acc_tta"]
+    ours = "" if not headline else (f"; the headline run's {100 * headline['test_acc_at_best_val']:.2f} % is "
+                                    f"{100 * headline['test_acc_at_best_val'] - plain:+.2f} pp from it")
+    return (f"**The data copy's cost** (airbench94 {cal['airbench']}, hyper-parameters unchanged, "
+            f"{cal['train_images']:,} training images, `bench/airbench_calibration.py`, {cal['device']}; "
+            f"{cal['precision']}, {common.format_seconds(cal['wall_seconds'])}): {plain:.2f} % test without TTA, "
+            f"{tta:.2f} % with its flip + translate TTA, {plain - AIRBENCH_PUBLISHED:+.2f} pp from its published "
+            f"{AIRBENCH_PUBLISHED} % on the original CIFAR-10{ours}.")
+
+
 def full_scale_sections(out, jobs):
     md = full_scale_table(out, jobs)
+    md += ["", data_copy_cost(out, read_result(run_dir(out, HEADLINE_NAME)))]
     md += [""] + paired_bn_difference(out, BN_PAIR)
     if plot_bn_curves(out, BN_CURVES, os.path.join(out, "figures", "bn_curves.png")):
         md += ["", "![VGG-A vs VGG-A + BN: training loss and validation accuracy per epoch](figures/bn_curves.png)"]
