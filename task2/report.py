@@ -581,8 +581,8 @@ def data_copy_cost(out, headline):
                 f"{path}` trains airbench94 on it (`pip install airbench==0.1.8`, optional).")
     cal = common.load_json(path)
     plain, tta = 100 * cal["test_acc"], 100 * cal["test_acc_tta"]
-    ours = "" if not headline else (f"; the headline run's {100 * headline['test_acc_at_best_val']:.2f} % is "
-                                    f"{100 * headline['test_acc_at_best_val'] - plain:+.2f} pp from it")
+    acc = 100 * headline["test_acc_at_best_val"] if headline and headline["status"] in FINISHED else None
+    ours = "" if acc is None else f"; the headline run's {acc:.2f} % is {acc - plain:+.2f} pp from it"
     return (f"**The data copy's cost** (airbench94 {cal['airbench']}, hyper-parameters unchanged, "
             f"{cal['train_images']:,} training images, `bench/airbench_calibration.py`, {cal['device']}; "
             f"{cal['precision']}, {common.format_seconds(cal['wall_seconds'])}): {plain:.2f} % test without TTA, "

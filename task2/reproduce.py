@@ -321,10 +321,13 @@ class FollowingJob(list):
     job writes); `plan` prints it indented, and run_all.sh deals it out with the line before it."""
 
 
+BEST_CHECKPOINT = re.compile(r"\{best:([^}]+)\}")  # in a surface's flags: job NAME's best.pt
+
+
 def checkpoints_read(flags):
     """The jobs whose best.pt a surface's flags read: each `{best:NAME}` (`self`: the job it follows), and `self`
     unless the flags name --ckpt."""
-    return [*re.findall(r"\{best:([^}]+)\}", flags), *([] if "--ckpt" in shlex.split(flags) else ["self"])]
+    return [*BEST_CHECKPOINT.findall(flags), *([] if "--ckpt" in shlex.split(flags) else ["self"])]
 
 
 def full_scale_surface_jobs(p, out, job):
@@ -340,7 +343,7 @@ def full_scale_surface_jobs(p, out, job):
             pending = any(name in checkpoints_read(f) and not follower_complete(d, s) for d, f, s in surfaces)
             sources[name], retrain = checkpoint_source(p, out, by_name[name], pending)
             jobs += [retrain] if retrain else []
-        args = shlex.split(re.sub(r"\{best:([^}]+)\}", lambda m: os.path.join(sources[m.group(1)], "best.pt"), flags))
+        args = shlex.split(BEST_CHECKPOINT.sub(lambda m: os.path.join(sources[m.group(1)], "best.pt"), flags))
         own = [] if "--ckpt" in args else ["--ckpt", os.path.join(sources["self"], "best.pt")]
         jobs.append(FollowingJob([script, *p["data"], *own, *args, "--out", folder]))
     return jobs
