@@ -337,10 +337,12 @@ def full_scale_surface_jobs(p, out, job):
     gone too), right before the first surface that reads it, and every surface reads the retrain's checkpoint from
     then on."""
     surfaces = [(os.path.join(out, "landscapes", folder), flags, script) for folder, flags, script in job["surfaces"]]
+    unfinished = [checkpoints_read(flags) for folder, flags, script in surfaces
+                  if not follower_complete(folder, script)]  # what each unfinished surface reads
     by_name, sources, jobs = {"self": job, **{j["name"]: j for j in p["jobs"]}}, {}, []
     for folder, flags, script in surfaces:
         for name in (name for name in checkpoints_read(flags) if name not in sources):
-            pending = any(name in checkpoints_read(f) and not follower_complete(d, s) for d, f, s in surfaces)
+            pending = any(name in read for read in unfinished)
             sources[name], retrain = checkpoint_source(p, out, by_name[name], pending)
             jobs += [retrain] if retrain else []
         args = shlex.split(BEST_CHECKPOINT.sub(lambda m: os.path.join(sources[m.group(1)], "best.pt"), flags))
