@@ -2633,7 +2633,8 @@ def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_o
         loss[0, 0], loss[1, 1] = np.inf, 0.5
         np.savez(os.path.join(folder, "surface.npz"), x=x, y=x, loss=loss)
     for name, acc in (("t2_vgg_a_sgd", 0.82), ("t2_vgg_a_sgd_retrain", 0.815)):
-        fake_result(reproduce.run_dir(out, name), acc, **reproduce.full_scale_config(jobs["t2_vgg_a_sgd"], 0))
+        fake_result(reproduce.run_dir(out, name), acc,  # fp32 pinned: "auto" resolves to bf16 on a bf16 CPU
+                    **{**reproduce.full_scale_config(jobs["t2_vgg_a_sgd"], 0), "precision": "fp32"})
     text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
     sgd_row = next(line for line in text.splitlines() if line.startswith("| [vgg_a_sgd]"))
     assert "| eval | 9/9 | 2000 | 0.5 | 250 | 250 | – | raw | 2:00 + Hessian 1:00 |" in sgd_row
