@@ -463,12 +463,12 @@ def full_scale_tries(out, tries, done):
         return ""
     base = 100 * headline["best_val_acc"]
     cells = [f"{name} {100 * done[name]['best_val_acc']:.2f} % ({100 * done[name]['best_val_acc'] - base:+.2f} pp, "
-             f"{done[name]['status']}{test_and_wall(done[name])})" for name in full]
+             f"{done[name]['status']}{accuracy_and_wall(done[name])})" for name in full]
     return (f" At full scale (one seed each), validation accuracy beside the headline run's {base:.2f} % "
-            f"({test_and_wall(headline)[2:]}): {'; '.join(cells)}.")
+            f"({accuracy_and_wall(headline)[2:]}): {'; '.join(cells)}.")
 
 
-def test_and_wall(result):
+def accuracy_and_wall(result):
     """'; test 88.77 % (flip TTA 89.44 %) in 49:31': a finished run's test accuracy at its best-validation epoch
     (read once, at its end; nothing is chosen on it) and its wall time, for #29's hour; '' before it has one."""
     test = result.get("test_acc_at_best_val")
