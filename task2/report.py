@@ -390,7 +390,7 @@ def full_scale_table(out, jobs):
             continue
         ours = [100 * r["test_acc_at_best_val"] for r in rs if r["test_acc_at_best_val"] is not None]
         diff = f"{statistics.mean(ours) - report_acc:+.2f}" if ours and report_acc else "–"
-        wall = statistics.mean(r.get("wall_seconds", r["train_seconds"]) for r in rs)
+        wall = statistics.mean(wall_seconds(r) for r in rs)
         md.append(row([link(out, run_dir(out, name)), job["report"], report, stat(rs, "test_acc_at_best_val"), diff,
                        f"{epoch} / {stat(rs, 'convergence_epoch', 1, 0 if len(rs) == 1 else 1)}",
                        f"{rs[0]['epochs_run']}/{rs[0]['epochs']}", common.format_seconds(wall),
@@ -424,8 +424,7 @@ def tries_table(out, jobs):
         tta = result.get("tta", {}).get("val_acc_at_best_val")
         md.append(row([link(out, folder), job["tries"] or "the headline job", differ, result["status"],
                        common.percent(result["best_val_acc"]), "–" if tta is None else common.percent(tta),
-                       result.get("best_epoch") or "–", common.format_seconds(result.get("wall_seconds",
-                                                                                     result["train_seconds"]))]))
+                       result.get("best_epoch") or "–", common.format_seconds(wall_seconds(result))]))
     return md + ["", TABLES_ONLY[1]]
 
 
@@ -468,6 +467,11 @@ def full_scale_tries(out, tries, done):
             f"({accuracy_and_wall(headline)[2:]}): {'; '.join(cells)}.")
 
 
+def wall_seconds(result):
+    """A run's wall time; its training time for a run from before result.json recorded the wall time."""
+    return result.get("wall_seconds", result["train_seconds"])
+
+
 def accuracy_and_wall(result):
     """'; test 88.77 % (flip TTA 89.44 %) in 49:31': a finished run's test accuracy at its best-validation epoch
     (read once, at its end; nothing is chosen on it) and its wall time, for #29's hour; '' before it has one."""
@@ -476,7 +480,7 @@ def accuracy_and_wall(result):
         return ""
     tta = result.get("tta", {}).get("test_acc_at_best_val")
     return (f"; test {100 * test:.2f} %{'' if tta is None else f' (flip TTA {100 * tta:.2f} %)'} in "
-            f"{common.format_seconds(result.get('wall_seconds', result['train_seconds']))}")
+            f"{common.format_seconds(wall_seconds(result))}")
 
 
 def adam_lr_choice(done):
@@ -659,7 +663,7 @@ def light_grid_table(out, jobs):
         else:
             ours = 100 * result["test_acc_at_best_val"]
             md.append(row(cells + [f"{ours:.2f}", f"{ours - report:+.2f}", common.percent(result["best_val_acc"]),
-                                   common.format_seconds(result.get("wall_seconds", result["train_seconds"])),
+                                   common.format_seconds(wall_seconds(result)),
                                    result["status"]]))
     return md + ["", "The report's numbers are its \"best validation accuracy\", which its code reads on the test set "
                  "([what its code did](../what-the-reports-code-did.md)); ours: test accuracy at the best validation "
