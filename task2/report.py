@@ -724,6 +724,7 @@ def light_grid_summary(out, jobs):
 REPORT_SURFACE_MAX = "the report's No_BN_SGD surface reaches a loss of 2.0·10⁶ (colour bar; z axis to 4.0·10⁶), its " \
     "BN_SGD surface 20 (z axis to 25); it does not say how its surfaces were made (directions, their normalization, " \
     "range, resolution, images, BN mode)"
+REPORT_NO_BN_MAX, REPORT_BN_MAX = 2.0e6, 20.0  # the colour bars' tops of its No_BN_SGD and BN_SGD figures
 SGD_LANDSCAPES = [("vgg_a_sgd", "VGG-A, SGD"), ("vgg_a_bn_sgd", "VGG-A + BN, SGD, BN eval"),
                   ("vgg_a_bn_sgd_bntrain", "VGG-A + BN, SGD, BN train")]  # figures/bn_landscapes_sgd.png
 
@@ -755,8 +756,27 @@ def full_scale_landscapes(out, jobs):
         titles = [f"{label}\ntop eigenvalue {top}" for (_, label), top in zip(SGD_LANDSCAPES, tops)]
         plot_bn_modes(*surfaces, os.path.join(out, "figures", "bn_landscapes_sgd.png"), titles,
                       "No BN vs BN: SGD checkpoints, full width, one log10 colour scale")
-        md += ["", "![No BN vs BN, SGD checkpoints: log10 loss on one colour scale](figures/bn_landscapes_sgd.png)"]
+        md += ["", sgd_landscapes_summary(out, surfaces), "",
+               "![No BN vs BN, SGD checkpoints: log10 loss on one colour scale](figures/bn_landscapes_sgd.png)"]
     return md
+
+
+def sgd_landscapes_summary(out, surfaces):
+    """'**No BN vs BN, SGD checkpoints** ...': each SGD surface's loss range, top eigenvalue (filter-normalized
+    beside where that job ran) and wall time, and the ratio of the highest losses beside the report's."""
+    cells, highest = [], []
+    for (folder, label), surface in zip(SGD_LANDSCAPES, surfaces):
+        path, finite = os.path.join(out, "landscapes", folder), surface["loss"][np.isfinite(surface["loss"])]
+        info, filtered = common.load_json(os.path.join(path, "surface.json")), f"{path}_filter_hessian"
+        top = surface_top(path) + (f" (filter-normalized {surface_top(filtered)})" if surface_complete(filtered) else "")
+        hessian = (info.get("hessian") or {}).get("seconds")
+        wall = common.format_seconds(info["seconds"]) + (f" + Hessian {common.format_seconds(hessian)}" if hessian else "")
+        cells.append(f"{label} {finite.min():.3g} to {finite.max():.3g}, top eigenvalue {top}, {wall}")
+        highest.append(finite.max())
+    return (f"**No BN vs BN, SGD checkpoints** (`{FULL_SCALE_SURFACE}`): the loss over the grid, the top Hessian "
+            f"eigenvalue at its centre and the wall time: {'; '.join(cells)}. The highest loss without BN is "
+            f"×{highest[0] / highest[1]:.3g} that with BN (eval), ×{highest[0] / highest[2]:.3g} (train); the "
+            f"report's is ×{REPORT_NO_BN_MAX / REPORT_BN_MAX:,.0f} ({REPORT_NO_BN_MAX:,.0f} vs {REPORT_BN_MAX:g}).")
 
 
 def task1_figures(out):
