@@ -864,15 +864,29 @@ def retrain_lines(out, jobs):
     lines = []
     for job in (job for job in jobs if job["surfaces"]):
         name = seed_name(job["name"], job["surface_seed"])
-        first, again = (read_result(run_dir(out, folder, job["under"])) for folder in (name, name + RETRAIN))
+        folders = [run_dir(out, folder, job["under"]) for folder in (name, name + RETRAIN)]
+        first, again = (read_result(folder) for folder in folders)
         if first and again and first["test_acc_at_best_val"] is not None and again["test_acc_at_best_val"] is not None:
             lines.append(f"- {name} trained again with its own command for its surfaces (its checkpoint was "
                          f"gone): test accuracy at the best-validation epoch {100 * again['test_acc_at_best_val']:.2f} "
                          f"% ({again['status']}, {again['config'].get('precision', 'fp32')}) vs "
                          f"{100 * first['test_acc_at_best_val']:.2f} % committed "
                          f"({first['config'].get('precision', 'fp32')}): "
-                         f"{100 * (again['test_acc_at_best_val'] - first['test_acc_at_best_val']):+.2f} pp.")
+                         f"{100 * (again['test_acc_at_best_val'] - first['test_acc_at_best_val']):+.2f} pp"
+                         f"{same_curves(*folders)}.")
     return [""] + lines if lines else []
+
+
+def same_curves(first, again):
+    """'; every epoch's ... the same': said when a retrain's per-epoch losses and accuracies equal the first run's
+    exactly (the same seed and numerics can reproduce a run bit for bit); '' otherwise."""
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    if not all(os.path.exists(os.path.join(f, "metrics.jsonl")) for f in (first, again)):
+        return ""
+    curves = [[tuple(epoch.get(k) for k in keys) for epoch in common.read_metrics(f)] for f in (first, again)]
+    if not curves[0] or curves[0] != curves[1]:
+        return ""
+    return f"; all {len(curves[0])} epochs' training and validation loss and accuracy are the same numbers, bit for bit"
 
 
 def write_report(out, profile=""):
