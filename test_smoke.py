@@ -2563,25 +2563,30 @@ def test_task1_figures_appear_once_their_files_exist_sgd_beside_adam_on_one_scal
     assert args[2].endswith(os.path.join("figures", "t1_sgd_vs_adam.png")) and kwargs["log"]
 
 
-def test_the_adam_pairs_hessians_read_seed_1s_checkpoint_and_a_lost_one_retrains_seed_1(tmp_path):
-    """The Adam pair's raw and filter Hessians (#33) follow seed 1's run, read its best.pt, and when it is gone
-    retrain seed 1 (--seed 1) into t2_vgg_a_bn_adam_s1_retrain, which the report then sets against it."""
+@pytest.mark.parametrize("seed", reproduce.ADAM_HESSIAN_SEEDS)
+def test_the_adam_pairs_hessians_follow_each_hessian_seed_and_a_lost_checkpoint_retrains_that_seed(tmp_path, seed):
+    """The Adam pair's raw and filter Hessians (#33) follow seeds 1 and 2 (a spread over seeds), each read its
+    seed's best.pt into its seed's folders, and when that is gone retrain the seed (--seed k) into
+    t2_vgg_a_bn_adam_s<k>_retrain, which the report then sets against it."""
     out, job = str(tmp_path), next(j for j in reproduce.FULL_SCALE_JOBS if j["name"] == "t2_vgg_a_bn_adam")
-    run = reproduce.run_dir(out, "t2_vgg_a_bn_adam_s1")
+    run = reproduce.run_dir(out, f"t2_vgg_a_bn_adam_s{seed}")
     jobs = reproduce.plan("train", "cpu-full", out, "data")
     at = next(i for i, j in enumerate(jobs) if j[-1] == run)
     hessians = jobs[at + 1:at + 5]
     assert all(type(j) is reproduce.FollowingJob and reproduce.option(j, "--ckpt") == f"{run}/best.pt"
-               for j in hessians) and type(jobs[at + 5]) is not reproduce.FollowingJob
+               for j in hessians) and not any(type(j) is reproduce.FollowingJob for j in jobs[at + 5:at + 6])
     assert [(reproduce.option(j, "--bn-mode"), reproduce.option(j, "--hessian-coords")) for j in hessians] == \
         [(None, "raw"), (None, "filter"), ("train", "raw"), ("train", "filter")]
+    assert [os.path.basename(j[-1]) for j in hessians] == [f"vgg_a_bn_adam_s{seed}_hessian", f"vgg_a_bn_adam_s{seed}"
+                                                           f"_filter_hessian", f"vgg_a_bn_adam_s{seed}_bntrain_hessian",
+                                                           f"vgg_a_bn_adam_s{seed}_bntrain_filter_hessian"]
     assert not any(reproduce.option(j, "--ckpt") == f"{reproduce.run_dir(out, job['name'])}/best.pt" for j in jobs)
-    fake_result(run, 0.85, **reproduce.full_scale_config(job, 1))  # finished, its best.pt gone
+    fake_result(run, 0.85, **reproduce.full_scale_config(job, seed))  # finished, its best.pt gone
     jobs = reproduce.plan("train", "cpu-full", out, "data")
     retrain = jobs[next(i for i, j in enumerate(jobs) if j[-1] == run) + 1]
-    assert retrain[-4:] == ["--seed", "1", "--out", run + "_retrain"]
-    fake_result(run + "_retrain", 0.84, **reproduce.full_scale_config(job, 1))
-    assert "t2_vgg_a_bn_adam_s1 trained again" in "\n".join(report.retrain_lines(out, reproduce.FULL_SCALE_JOBS))
+    assert retrain[-4:] == ["--seed", str(seed), "--out", run + "_retrain"]
+    fake_result(run + "_retrain", 0.84, **reproduce.full_scale_config(job, seed))
+    assert f"t2_vgg_a_bn_adam_s{seed} trained again" in "\n".join(report.retrain_lines(out, reproduce.FULL_SCALE_JOBS))
 
 
 def test_an_eigenvalue_is_marked_unconverged_only_when_its_own_residual_missed_the_tolerance():
@@ -2595,17 +2600,13 @@ def test_an_eigenvalue_is_marked_unconverged_only_when_its_own_residual_missed_t
     assert report.hessian_cell(dict(h, converged=None), "top_eigenvalue") == "136.4 (power iteration, unchecked)"
 
 
-def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tmp_path):
-    """README's sentence on the Adam pair (#33): top eigenvalue / trace (SE) of each network in both
-    coordinates and BN's ratio to VGG-A; nothing until all six Hessians are complete; the table stays in
-    tables.md."""
-    out = str(tmp_path)
-    values = {("vgg_a_adam", "eval"): (200.0, 800.0, 4.0), ("vgg_a_bn_adam", "eval"): (1000.0, 4000.0, 10.0),
-              ("vgg_a_bn_adam", "train"): (600.0, 2000.0, 8.0)}
+def fake_adam_hessians(out, seed, values):
+    """One seed's six Adam-pair Hessian folders: values[(model, BN mode)] = (top, trace, stderr) in raw
+    coordinates (VGG-A's top halved), a hundredth of them in filter coordinates."""
     for (name, mode), (top, trace, stderr) in values.items():
         for coords, scale in (("raw", 1.0), ("filter", 0.01)):
-            folder = os.path.join(out, "landscapes", reproduce.adam_hessian_folder(name, mode, coords))
-            fake_surface(folder, f"{out}/runs/t2_{name}_s1/best.pt")
+            folder = os.path.join(out, "landscapes", reproduce.adam_hessian_folder(name, mode, coords, seed))
+            fake_surface(folder, f"{out}/runs/t2_{name}_s{seed}/best.pt")
             info = common.load_json(os.path.join(folder, "surface.json"))
             info.update(points=1, points_done=1, seconds=90.0,
                         hessian=dict(top_eigenvalue=top * scale / (2 if name == "vgg_a_adam" else 1), converged=True,
@@ -2614,14 +2615,35 @@ def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tm
             info["settings"].update(bn_mode=mode, n_items=256)
             common.write_json(os.path.join(folder, "surface.json"), info)
             np.savez(os.path.join(folder, "surface.npz"), x=np.zeros(1), loss=np.full(1, 0.5))
+
+
+def test_the_adam_pairs_sharpness_sentence_sets_raw_beside_filter_coordinates(tmp_path):
+    """README's sentence on the Adam pair (#33): top eigenvalue / trace (SE) of each network in both
+    coordinates and BN's ratio to VGG-A; nothing until one seed's six Hessians are complete; the table stays in
+    tables.md. Over two seeds: mean ± std, the mean of the per-seed ratios and which way every seed points."""
+    out = str(tmp_path)
+    fake_adam_hessians(out, 1, {("vgg_a_adam", "eval"): (200.0, 800.0, 4.0),
+                                ("vgg_a_bn_adam", "eval"): (1000.0, 4000.0, 10.0),
+                                ("vgg_a_bn_adam", "train"): (600.0, 2000.0, 8.0)})
     text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
     assert ("in the parameters (raw): VGG-A 100 / 800 (SE 4); VGG-A + BN, BN eval 1000 / 4000 (SE 10), ×10.00 / ×5.00; "
             "VGG-A + BN, BN train 600 / 2000 (SE 8), ×6.00 / ×2.50. filter-normalized (D·H·D): VGG-A 1 / 8 (SE 0.04); "
-            "VGG-A + BN, BN eval 10 / 40 (SE 0.1), ×10.00 / ×5.00;") in text
+            "VGG-A + BN, BN eval 10 / 40 (SE 0.1), ×10.00 / ×5.00;") in text and "(seed 1's checkpoints" in text
     brief = re.sub(rf"{re.escape(report.TABLES_ONLY[0])}.*?{re.escape(report.TABLES_ONLY[1])}\n+", "", text,
                    flags=re.S)
     assert "×10.00 / ×5.00" in brief and "| [vgg_a_adam_s1_hessian]" in text and "| [vgg_a_adam_s1_hessian]" not in brief
-    os.remove(os.path.join(out, "landscapes", "vgg_a_bn_adam_s1_bntrain_filter_hessian", "surface.json"))
+    fake_adam_hessians(out, 2, {("vgg_a_adam", "eval"): (300.0, 1200.0, 6.0),  # BN train's top: below VGG-A's here
+                                ("vgg_a_bn_adam", "eval"): (1000.0, 4000.0, 10.0),
+                                ("vgg_a_bn_adam", "train"): (100.0, 2000.0, 8.0)})
+    text = "\n".join(report.adam_sharpness(out))
+    assert ("(seeds 1, 2's checkpoints" in text and "in the parameters (raw): VGG-A 125 ± 35.36 (n=2) / 1000 ± 282.8 "
+            "(n=2); VGG-A + BN, BN eval 1000 ± 0 (n=2) / 4000 ± 0 (n=2), ×8.33 / ×4.17 (top eigenvalue / trace: sharper "
+            "at every seed / sharper at every seed); VGG-A + BN, BN train 350 ± 353.6 (n=2) / 2000 ± 0 (n=2), ×3.33 / "
+            "×2.08 (top eigenvalue / trace: the seeds disagree / sharper at every seed). filter-normalized (D·H·D): "
+            "VGG-A 1.25 ± 0.3536 (n=2)") in text
+    for seed in reproduce.ADAM_HESSIAN_SEEDS:  # a seed with one Hessian unfinished counts nowhere
+        os.remove(os.path.join(out, "landscapes", f"vgg_a_bn_adam_s{seed}_bntrain_filter_hessian", "surface.json"))
+        assert "(seeds 1, 2's" not in "\n".join(report.adam_sharpness(out))
     assert report.adam_sharpness(out) == []
 
 

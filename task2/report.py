@@ -27,12 +27,12 @@ import bn_analysis  # noqa: E402
 import common  # noqa: E402
 import landscape  # noqa: E402
 from reproduce import (  # noqa: E402
-    ADAM_HESSIAN, BN_DIR, BN_PAIR, BN_PAPER_DIR, BN_TRAIN_MODE, FAST_PROXY, FINISHED,
+    ADAM_HESSIAN, ADAM_HESSIAN_SEEDS, BN_DIR, BN_PAIR, BN_PAPER_DIR, BN_TRAIN_MODE, FAST_PROXY, FINISHED,
     FULL_SCALE_SURFACE, GRIDS, HEADLINE_NAME, GRID_ACTS, GRID_LOSSES, GRID_OPTS, HP_RUNS, INTERP, LOSS_RUNS,
     NLL_CHECK, PROFILES, REPORT_LIGHT_GRID, RETRAIN, SHARPNESS_ROWS, SPECTRA, T1_FILTERS, T1_INTERP,
     T1_INTERP_FLAGS, T1_SURFACES, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, adam_hessian_folder,
     best_grid_run, full_scale_config, grid, grid_name, light_grid_name, off_plan, read_result,
-    run_dir, seed_name, seed_results, surface_complete, t2_name)
+    run_dir, seed_name, seed_results, surface_complete, surface_folder, t2_name)
 
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
 
@@ -732,8 +732,8 @@ SGD_LANDSCAPES = [("vgg_a_sgd", "VGG-A, SGD"), ("vgg_a_bn_sgd", "VGG-A + BN, SGD
 def full_scale_landscapes(out, jobs):
     """The surfaces and Hessians of the full-scale checkpoints (one row per landscape folder a job plans),
     the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
-    planned = [os.path.join(out, "landscapes", f) for job in jobs for f, _, script in job["surfaces"]
-               if script.endswith("landscape.py")]
+    planned = [os.path.join(out, "landscapes", surface_folder(f, seed)) for job in jobs for seed in job["surface_seeds"]
+               for f, _, script in job["surfaces"] if script.endswith("landscape.py")]
     made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
     sharpness = adam_sharpness(out)
     md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", "",
@@ -810,33 +810,61 @@ def task1_figures(out):
 
 
 ADAM_SHARPNESS = [("VGG-A", "vgg_a_adam", "eval"), ("VGG-A + BN, BN eval", "vgg_a_bn_adam", "eval"),
-                  ("VGG-A + BN, BN train", "vgg_a_bn_adam", "train")]  # the Adam pair's Hessians, seed 1
+                  ("VGG-A + BN, BN train", "vgg_a_bn_adam", "train")]  # the Adam pair's Hessians, per seed
+
+
+def adam_hessians_of_seed(out, seed):
+    """{(label, coords): (hessian, trace)} of one seed's six Adam-pair Hessians, or None until all are complete."""
+    found = {}
+    for label, name, mode in ADAM_SHARPNESS:
+        for coords in common.HESSIAN_COORDS:
+            path = os.path.join(out, "landscapes", adam_hessian_folder(name, mode, coords, seed), "surface.json")
+            info = common.load_json(path) if os.path.exists(path) else {}
+            if info.get("status") != "complete":
+                return None
+            found[label, coords] = (info["hessian"], info["spectrum"]["trace"])
+    return found
 
 
 def adam_sharpness(out):
     """README's paragraph on the Adam pair's sharpness (#33): each network's top eigenvalue and trace, raw and
-    filter-normalized, with BN's ratio to VGG-A in both coordinates; [] until every one of them is complete."""
-    found = {}
-    for label, name, mode in ADAM_SHARPNESS:
-        for coords in common.HESSIAN_COORDS:
-            path = os.path.join(out, "landscapes", adam_hessian_folder(name, mode, coords), "surface.json")
-            info = common.load_json(path) if os.path.exists(path) else {}
-            if info.get("status") != "complete":
-                return []
-            found[label, coords] = (info["hessian"], info["spectrum"]["trace"])
-    parts = []
-    for coords in common.HESSIAN_COORDS:
-        (plain, plain_trace), cells = found["VGG-A", coords], []
-        for label, *_ in ADAM_SHARPNESS:
-            h, trace = found[label, coords]
-            ratio = "" if label == "VGG-A" else (f", ×{h['top_eigenvalue'] / plain['top_eigenvalue']:.2f} / "
-                                                 f"×{trace['mean'] / plain_trace['mean']:.2f}")
-            cells.append(f"{label} {hessian_cell(h, 'top_eigenvalue')} / {trace['mean']:.4g} (SE "
-                         f"{trace['stderr'][0]:.2g}){ratio}")
-        parts.append(f"{'in the parameters (raw)' if coords == 'raw' else 'filter-normalized (D·H·D)'}: "
-                     + "; ".join(cells))
-    return [f"**Sharpness of the Adam pair, raw vs filter-normalized** (seed 1's checkpoints, `{ADAM_HESSIAN}`; "
-            "top eigenvalue / trace (its Hutchinson standard error), BN's ratio to VGG-A): " + ". ".join(parts) + "."]
+    filter-normalized, with BN's ratio to VGG-A in both coordinates, over the seeds whose six Hessians are all
+    complete (paired by seed, with which way the seeds point); [] until one seed's are."""
+    found = {seed: f for seed in ADAM_HESSIAN_SEEDS if (f := adam_hessians_of_seed(out, seed))}
+    if not found:
+        return []
+    parts = [f"{'in the parameters (raw)' if coords == 'raw' else 'filter-normalized (D·H·D)'}: "
+             + "; ".join(sharpness_cell(found, label, coords) for label, *_ in ADAM_SHARPNESS)
+             for coords in common.HESSIAN_COORDS]
+    spread = "its Hutchinson standard error" if len(found) == 1 else \
+        "mean ± sample std over the seeds; BN's ratio paired by seed, and where every seed's ratio points"
+    return [f"**Sharpness of the Adam pair, raw vs filter-normalized** (seed{'s' * (len(found) > 1)} "
+            f"{', '.join(map(str, found))}'s "
+            f"checkpoints, `{ADAM_HESSIAN}`; top eigenvalue / trace ({spread}), BN's ratio to VGG-A): "
+            + ". ".join(parts) + "."]
+
+
+def sharpness_cell(found, label, coords):
+    """'VGG-A + BN, BN eval 142.5 / 1105 (SE 53), ×1.04 / ×0.58' for one seed; over seeds mean ± std, the mean of
+    the per-seed ratios, and 'sharper at every seed', 'flatter at every seed' or 'the seeds disagree'."""
+    seeds = list(found)
+    tops = [found[k][label, coords][0]["top_eigenvalue"] for k in seeds]
+    traces = [found[k][label, coords][1]["mean"] for k in seeds]
+    ratios = [(t / found[k]["VGG-A", coords][0]["top_eigenvalue"], r / found[k]["VGG-A", coords][1]["mean"])
+              for k, t, r in zip(seeds, tops, traces)]
+    if len(seeds) == 1:
+        h, trace = found[seeds[0]][label, coords]
+        cell = f"{label} {hessian_cell(h, 'top_eigenvalue')} / {trace['mean']:.4g} (SE {trace['stderr'][0]:.2g})"
+    else:
+        cell = f"{label} {common.seeds_cell(tops)} / {common.seeds_cell(traces)}"
+    if label == "VGG-A":
+        return cell
+    cell += f", ×{statistics.mean(r for r, _ in ratios):.2f} / ×{statistics.mean(r for _, r in ratios):.2f}"
+    if len(seeds) > 1:
+        way = ["sharper" if min(pair) > 1 else "flatter" if max(pair) < 1 else None for pair in zip(*ratios)]
+        cell += " (top eigenvalue / trace: " + " / ".join(
+            f"{w} at every seed" if w else "the seeds disagree" for w in way) + ")"
+    return cell
 
 
 def surface_top(folder):
@@ -862,8 +890,8 @@ def landscape_row(out, folder):
 def retrain_lines(out, jobs):
     """A run trained again for its surfaces (its checkpoint was gone) beside the committed run."""
     lines = []
-    for job in (job for job in jobs if job["surfaces"]):
-        name = seed_name(job["name"], job["surface_seed"])
+    for job, seed in ((job, seed) for job in jobs if job["surfaces"] for seed in job["surface_seeds"]):
+        name = seed_name(job["name"], seed)
         folders = [run_dir(out, folder, job["under"]) for folder in (name, name + RETRAIN)]
         first, again = (read_result(folder) for folder in folders)
         if first and again and first["test_acc_at_best_val"] is not None and again["test_acc_at_best_val"] is not None:

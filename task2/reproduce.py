@@ -64,15 +64,16 @@ PROFILES = {  # flags of Task 1, Task 2, BN-analysis and landscape jobs; surface
                   spectrum="--n-items 16 --trace-probes 2 --slq-probes 2 --slq-steps 4 --repeats 2"),
 }
 def full_scale_job(name, script, flags, report=None, report_acc=None, report_epoch=None, seeds=1, surfaces=(),
-                   under="runs", tries="", surface_seed=0):
+                   under="runs", tries="", surface_seeds=(0,)):
     """One run of the cpu-full profile: its flags, the report's row it stands beside (label, test accuracy %,
-    convergence epoch), how many seeds it gets and the surfaces drawn from seed `surface_seed`'s best.pt right
-    after it trains ((folder under landscapes/, flags[, script if not task2/landscape.py]) each), while its
-    checkpoint exists. A try of the recipe search lives under tries/ and says what it tries."""
+    convergence epoch), how many seeds it gets and the surfaces drawn from the best.pt of each seed in
+    `surface_seeds` right after that seed trains ((folder under landscapes/, `{seed}` in it standing for the seed;
+    flags[, script if not task2/landscape.py]) each), while its checkpoint exists. A try of the recipe search
+    lives under tries/ and says what it tries."""
     surfaces = [(s[0], s[1], s[2] if len(s) > 2 else "task2/landscape.py") for s in surfaces]
     return dict(name=name, script=script, flags=flags, report=report or "no such row", report_acc=report_acc,
                 report_epoch=report_epoch, seeds=seeds, surfaces=surfaces, under=under, tries=tries,
-                surface_seed=surface_seed)
+                surface_seeds=tuple(surface_seeds))
 
 
 GRID_ARCHS, GRID_ACTS, GRID_LOSSES, GRID_OPTS = ["standard", "light"], ["relu", "leaky_relu", "tanh"], ["ce", "nll"], \
@@ -111,14 +112,17 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
 FULL_SCALE_SURFACE = "--x -1:1:21 --y -1:1:21 --n-items 2000 --hessian --hessian-iters 20 --log"
 FULL_SCALE_FILTER_HESSIAN = "--x 0:0:1 --n-items 2000 --hessian --hessian-iters 20 --hessian-coords filter"
-# the Adam pair's sharpness, raw and filter-normalized (#33): seed 1's checkpoints, the ones a sitting still held;
-# the cpu profile's spectra's 256 images, top eigenvalue and trace
+# the Adam pair's sharpness, raw and filter-normalized (#33), for a spread over seeds: seeds 1 and 2 (seed 0's
+# checkpoints were gone when it was added), each right after it trains; the cpu profile's spectra's 256 images,
+# top eigenvalue and trace
 ADAM_HESSIAN = "--x 0:0:1 --n-items 256 --hessian --hessian-iters 20 --hessian-trace --trace-probes 8"
+ADAM_HESSIAN_SEEDS = (1, 2)
 
 
-def adam_hessian_folder(name, bn_mode, coords):
-    """The landscapes/ folder of one of the Adam pair's Hessians (name: vgg_a_adam or vgg_a_bn_adam)."""
-    return f"{name}_s1{'_bntrain' if bn_mode == 'train' else ''}{'_filter' if coords == 'filter' else ''}_hessian"
+def adam_hessian_folder(name, bn_mode, coords, seed="{seed}"):
+    """The landscapes/ folder of one of the Adam pair's Hessians (name: vgg_a_adam or vgg_a_bn_adam), of one
+    seed's checkpoint (or the plan's template for every seed)."""
+    return f"{name}_s{seed}{'_bntrain' if bn_mode == 'train' else ''}{'_filter' if coords == 'filter' else ''}_hessian"
 
 
 def adam_hessians(name, bn_modes):
@@ -169,14 +173,15 @@ FULL_SCALE_JOBS = [  # the cpu-full profile; seed 0 of each in this order, then 
     *(full_scale_job(name, "task1/train.py", f"{HEADLINE} {flags}", under="tries", tries=what)
       for name, flags, what in FAST_TRIES),
     full_scale_job(HEADLINE_NAME, "task1/train.py", f"{HEADLINE} {HEADLINE_TTA}",  # 3 seeds: the light grid's yardstick; the figures
-                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3, surface_seed=1,
+                   "best grid config (VGG16-standard, leaky ReLU, SGD; best val acc)", 90.82, seeds=3, surface_seeds=[1],
                    surfaces=[(T1_FILTERS, "--n 16", "task1/visualize.py"), (T1_SURFACES["sgd"], FULL_SCALE_SURFACE),
                              (f"{T1_SURFACES['sgd']}_filter_hessian", FULL_SCALE_FILTER_HESSIAN),
                              (T1_INTERP, f"--ckpt {{best:self}} --interp {{best:{T1_ADAM_RUN}}} {T1_INTERP_FLAGS}")]),
     full_scale_job("t2_vgg_a_adam", "task2/train.py", "--model vgg_a --opt adam", "VGGA (no BN), Adam 1e-3", 80.77,
-                   20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seed=1),
+                   20, seeds=3, surfaces=adam_hessians("vgg_a_adam", ["eval"]), surface_seeds=ADAM_HESSIAN_SEEDS),
     full_scale_job("t2_vgg_a_bn_adam", "task2/train.py", "--model vgg_a_bn --opt adam", "VGGA (BN), Adam 1e-3",
-                   83.29, 4, seeds=3, surfaces=adam_hessians("vgg_a_bn_adam", ["eval", "train"]), surface_seed=1),
+                   83.29, 4, seeds=3, surfaces=adam_hessians("vgg_a_bn_adam", ["eval", "train"]),
+                   surface_seeds=ADAM_HESSIAN_SEEDS),
     full_scale_job("t2_vgg_a_sgd", "task2/train.py", "--model vgg_a --opt sgd", surfaces=[
         ("vgg_a_sgd", FULL_SCALE_SURFACE), ("vgg_a_sgd_filter_hessian", FULL_SCALE_FILTER_HESSIAN)]),
     full_scale_job("t2_vgg_a_bn_sgd", "task2/train.py", "--model vgg_a_bn --opt sgd", "VGGA (BN), SGD 0.01", 81.50,
@@ -316,8 +321,8 @@ def full_scale_jobs(p, out, seeds=1):
         for job in (job for job in p["jobs"] if k < max(seeds, job["seeds"])):
             flags = [*p["data"], *shlex.split(job["flags"])]
             jobs += training_jobs(job["script"], flags, out, job["name"], [k], job["under"])
-            if k == job["surface_seed"] and job["surfaces"]:
-                jobs += full_scale_surface_jobs(p, out, job)
+            if k in job["surface_seeds"] and job["surfaces"]:
+                jobs += full_scale_surface_jobs(p, out, job, k)
     return jobs
 
 
@@ -335,20 +340,27 @@ def checkpoints_read(flags):
     return [*BEST_CHECKPOINT.findall(flags), *([] if "--ckpt" in shlex.split(flags) else ["self"])]
 
 
-def full_scale_surface_jobs(p, out, job):
-    """The surfaces of the job's surface seed's best.pt, each computed while the checkpoints it reads exist.
+def surface_folder(folder, seed):
+    """A surface's folder under landscapes/ for one seed's checkpoint: `{seed}` in the plan's name is the seed."""
+    return folder.replace("{seed}", str(seed))
+
+
+def full_scale_surface_jobs(p, out, job, seed):
+    """The surfaces of seed `seed`'s best.pt, each computed while the checkpoints it reads exist.
     Checkpoints are not committed: when a run is finished, its best.pt gone and a surface that reads it
     unfinished, the run is trained again with its own command into <run>_retrain (afresh when that one's best.pt is
     gone too), right before the first surface that reads it, and every surface reads the retrain's checkpoint from
     then on."""
-    surfaces = [(os.path.join(out, "landscapes", folder), flags, script) for folder, flags, script in job["surfaces"]]
+    surfaces = [(os.path.join(out, "landscapes", surface_folder(folder, seed)), flags, script)
+                for folder, flags, script in job["surfaces"]]
     unfinished = [checkpoints_read(flags) for folder, flags, script in surfaces
                   if not follower_complete(folder, script)]  # what each unfinished surface reads
     by_name, sources, jobs = {"self": job, **{j["name"]: j for j in p["jobs"]}}, {}, []
     for folder, flags, script in surfaces:
         for name in (name for name in checkpoints_read(flags) if name not in sources):
             pending = any(name in read for read in unfinished)
-            sources[name], retrain = checkpoint_source(p, out, by_name[name], pending)
+            own_seed = seed if name == "self" else by_name[name]["surface_seeds"][0]
+            sources[name], retrain = checkpoint_source(p, out, by_name[name], pending, own_seed)
             jobs += [retrain] if retrain else []
         args = shlex.split(BEST_CHECKPOINT.sub(lambda m: os.path.join(sources[m.group(1)], "best.pt"), flags))
         own = [] if "--ckpt" in args else ["--ckpt", os.path.join(sources["self"], "best.pt")]
@@ -356,11 +368,10 @@ def full_scale_surface_jobs(p, out, job):
     return jobs
 
 
-def checkpoint_source(p, out, job, pending):
-    """(the run folder whose best.pt a job's surfaces read, the FollowingJob that retrains it, or None): the
-    surface seed's run, or its <run>_retrain once that exists or when surfaces are `pending` and the finished
-    run's best.pt is gone."""
-    seed = job["surface_seed"]
+def checkpoint_source(p, out, job, pending, seed):
+    """(the run folder whose best.pt a job's surfaces read, the FollowingJob that retrains it, or None): seed
+    `seed`'s run, or its <run>_retrain once that exists or when surfaces are `pending` and the finished run's
+    best.pt is gone."""
     run = run_dir(out, seed_name(job["name"], seed), job["under"])
     retrain = run + RETRAIN
     lost = pending and read_result(run) and not os.path.exists(os.path.join(run, "best.pt"))
