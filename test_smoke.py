@@ -1202,14 +1202,15 @@ def test_predicted_time_of_the_cpu_profiles_paper_analysis_counts_every_run_and_
 
 def test_predicted_time_of_a_proxy_try_reads_no_test_set_and_counts_its_flip_tta(tmp_path):
     """A --no-test proxy: 39 steps of 256 a epoch for 6 epochs, validation every epoch and best.pt's flip TTA on
-    the 5,000 validation images (two passes), no test images; the headline job tests twice on 10,000."""
+    the 5,000 validation images (two passes), no test images; the headline job (30 epochs, --tta flip) tests twice
+    on 10,000 and runs best.pt's flip TTA on validation and test."""
     import throughput
     jobs = {os.path.basename(j[-1]): j for j in reproduce.plan("train", "cpu-full", str(tmp_path), "data")}
     cache = {("resvgg16", "light", 1.0, 256): (1000.0, 2000.0)}
     seconds = throughput.training_seconds(jobs["proxy_base"], torch.device("cpu"), cache)
     assert seconds == pytest.approx(39 * 6 * 256 / 1000 + (5000 * 6 + 2 * 5000) / 2000)
     headline = throughput.training_seconds(jobs["t1_light_leaky_relu_sgd_fast"], torch.device("cpu"), cache)
-    assert headline == pytest.approx(175 * 18 * 256 / 1000 + (5000 * 18 + 2 * 10000) / 2000)
+    assert headline == pytest.approx(175 * 30 * 256 / 1000 + (5000 * 30 + 2 * 10000 + 2 * 15000) / 2000)
 
 
 @pytest.mark.parametrize("ratios, expected", [
