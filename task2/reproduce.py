@@ -107,6 +107,12 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
      "proxy's setting (label smoothing 0.2), flip TTA beside; like the headline job it reads the test set once, at its end"),
     *((f"proxy_adam_lr{lr}", f"{FAST_PROXY} --opt adam --lr {lr}", f"Adam's peak lr for the light grid (#31): {lr}")
       for lr in ("1e-4", "3e-4", "1e-3", "3e-3")),
+    ("proxy_base_s2", f"{FAST_PROXY} --seed 2", "the fast recipe again, seed 2: a third seed for the proxies' noise"),
+    ("proxy_lr0.05", f"{FAST_PROXY} --lr 0.05", "half the peak lr: 0.2 diverged, so the best may lie below 0.1"),
+    ("proxy_bs128", f"{FAST_PROXY} --batch-size 128", "batch 128 at the same peak lr: twice the steps (He et al.'s "
+     "0.1 at batch 128)"),
+    ("proxy_ls0.2_ema", f"{FAST_PROXY} --label-smoothing 0.2 --ema 0.98", "label smoothing 0.2 and the moving "
+     "average together, as airbench94 uses both (Jordan 2024)"),
 ]
 
 # the report's No-BN vs BN landscapes (SGD checkpoints): 21 x 21 points on 2,000 training images, top eigenvalue
