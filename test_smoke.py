@@ -2405,7 +2405,11 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     assert "| (the proxy) | completed | 70.00 |" in rows["[proxy_base](tries/proxy_base)"]
     assert "| seed 1 | completed | 69.00 |" in rows["[proxy_base_s1](tries/proxy_base_s1)"]
     assert "| missing |" in rows["proxy_ema"] and "| missing |" in rows["t1_light_leaky_relu_sgd_fast"]
-    assert "proxy_base 70.00 % (seed 0) vs proxy_base_s1 69.00 % (seed 1), 1.00 pp apart" in text
+    assert "proxy_base 70.00 % (seed 0), proxy_base_s1 69.00 % (seed 1): 1.00 pp from lowest to highest. " in text
+    fake_result(str(tmp_path / "tries" / "proxy_base_s2"), 0.695, **reproduce.full_scale_config(by_name["proxy_base"], 2))
+    text = "\n".join(report.tries_table(str(tmp_path), reproduce.FULL_SCALE_JOBS))
+    assert ("proxy_base 70.00 % (seed 0), proxy_base_s1 69.00 % (seed 1), proxy_base_s2 69.50 % (seed 2): 1.00 pp "
+            "from lowest to highest, sample std 0.50 pp. A gain smaller than that is a tie, and 3 seeds") in text
     assert "At full scale" not in text  # no headline run yet
     fake_result(str(tmp_path / "runs" / reproduce.HEADLINE_NAME), 0.88,
                 **reproduce.full_scale_config(by_name[reproduce.HEADLINE_NAME], 0))
@@ -2439,7 +2443,7 @@ def test_fast_recipe_tries_come_first_never_read_the_test_set_and_say_what_diffe
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\n")
     report.update_readme(str(readme), text + "\n", str(tmp_path))
     brief = readme.read_text()
-    assert f"10 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
+    assert f"11 of {len(tries)} tries finished ([every try](./tables.md))" in brief and "| [proxy_base]" not in brief
 
 
 def fake_surface(folder, ckpt, status="complete"):

@@ -431,8 +431,8 @@ def tries_table(out, jobs):
 
 def tries_summary(out, tries, proxy):
     """One paragraph for README: how many tries finished, the best proxy by validation accuracy beside the
-    recipe as it is (`proxy`, the job), and the proxy's seed noise (the same proxy at seeds 0 and 1: a smaller gain
-    is a tie)."""
+    recipe as it is (`proxy`, the job), and the proxy's seed noise (the same proxy at every seed it ran: a smaller
+    gain is a tie)."""
     done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
     opt = proxy and full_scale_config(proxy, 0)["opt"]  # Adam's proxies (#31) are summed up apart
     proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done
@@ -443,16 +443,26 @@ def tries_summary(out, tries, proxy):
         best = max(proxies, key=lambda name: done[name]["best_val_acc"])
         text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
                  f"the recipe as it is ({base}) {common.percent(done[base]['best_val_acc'])} %.")
-    again = next((job["name"] for job in tries if job["flags"].endswith(f"{FAST_PROXY} --seed 1")), None)
-    if base in done and again in done:
-        a, b = (100 * done[name]["best_val_acc"] for name in (base, again))
-        text += (f" Seed noise of the proxy: {base} {a:.2f} % (seed 0) vs {again} {b:.2f} % (seed 1), "
-                 f"{abs(a - b):.2f} pp apart: a gain smaller than that is a tie, and one pair of seeds is a rough "
-                 "yardstick, so only a gain several times larger is more than a hint.")
     if base in done:
+        text += proxy_seed_noise(done, [job["name"] for job in tries if job["name"] in done and
+                                        re.search(rf"{re.escape(FAST_PROXY)}( --seed \d+)?$", job["flags"])])
         text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
     return text + full_scale_tries(out, tries, done) + adam_lr_choice(
         {name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
+
+
+def proxy_seed_noise(done, names):
+    """' Seed noise of the proxy: ...': the recipe-as-it-is proxy at each seed it ran (`names`, seed 0 first), the
+    range of their validation accuracies (a smaller gain is a tie) and, from three seeds on, their sample std."""
+    if len(names) < 2:
+        return ""
+    accs = [100 * done[name]["best_val_acc"] for name in names]
+    spread = max(accs) - min(accs)
+    std = f", sample std {statistics.stdev(accs):.2f} pp" if len(accs) > 2 else ""
+    return (" Seed noise of the proxy: " + ", ".join(f"{name} {acc:.2f} % (seed {seed_of(done[name])})"
+                                                     for name, acc in zip(names, accs))
+            + f": {spread:.2f} pp from lowest to highest{std}. A gain smaller than that is a tie, and "
+            f"{len(accs)} seeds are a rough yardstick, so only a gain several times larger is more than a hint.")
 
 
 def full_scale_tries(out, tries, done):
@@ -721,10 +731,10 @@ def light_grid_summary(out, jobs):
             + ("; " if parts else "") + f"{yardstick}. NLL rows: {nll_rows_text(out)}.")
 
 
-REPORT_SURFACE_MAX = "the report's No_BN_SGD surface reaches a loss of 2.0·10⁶ (colour bar; z axis to 4.0·10⁶), its " \
-    "BN_SGD surface 20 (z axis to 25); it does not say how its surfaces were made (directions, their normalization, " \
-    "range, resolution, images, BN mode)"
 REPORT_NO_BN_MAX, REPORT_BN_MAX = 2.0e6, 20.0  # the colour bars' tops of its No_BN_SGD and BN_SGD figures
+REPORT_SURFACE_MAX = f"the report's No_BN_SGD surface reaches a loss of {REPORT_NO_BN_MAX / 1e6:.1f}·10⁶ (colour " \
+    f"bar; z axis to 4.0·10⁶), its BN_SGD surface {REPORT_BN_MAX:g} (z axis to 25); it does not say how its " \
+    "surfaces were made (directions, their normalization, range, resolution, images, BN mode)"
 SGD_LANDSCAPES = [("vgg_a_sgd", "VGG-A, SGD"), ("vgg_a_bn_sgd", "VGG-A + BN, SGD, BN eval"),
                   ("vgg_a_bn_sgd_bntrain", "VGG-A + BN, SGD, BN train")]  # figures/bn_landscapes_sgd.png
 
@@ -768,7 +778,7 @@ def sgd_landscapes_summary(out, surfaces):
     for (folder, label), surface in zip(SGD_LANDSCAPES, surfaces):
         path, finite = os.path.join(out, "landscapes", folder), surface["loss"][np.isfinite(surface["loss"])]
         info, filtered = common.load_json(os.path.join(path, "surface.json")), f"{path}_filter_hessian"
-        top = surface_top(path) + (f" (filter-normalized {surface_top(filtered)})" if surface_complete(filtered) else "")
+        top = hessian_cell(info.get("hessian"), "top_eigenvalue") + (f" (filter-normalized {surface_top(filtered)})" if surface_complete(filtered) else "")
         hessian = (info.get("hessian") or {}).get("seconds")
         wall = common.format_seconds(info["seconds"]) + (f" + Hessian {common.format_seconds(hessian)}" if hessian else "")
         cells.append(f"{label} {finite.min():.3g} to {finite.max():.3g}, top eigenvalue {top}, {wall}")
