@@ -778,7 +778,8 @@ def sgd_landscapes_summary(out, surfaces):
     for (folder, label), surface in zip(SGD_LANDSCAPES, surfaces):
         path, finite = os.path.join(out, "landscapes", folder), surface["loss"][np.isfinite(surface["loss"])]
         info, filtered = common.load_json(os.path.join(path, "surface.json")), f"{path}_filter_hessian"
-        top = hessian_cell(info.get("hessian"), "top_eigenvalue") + (f" (filter-normalized {surface_top(filtered)})" if surface_complete(filtered) else "")
+        top = hessian_cell(info.get("hessian"), "top_eigenvalue") + \
+            (f" (filter-normalized {surface_top(filtered)})" if surface_complete(filtered) else "")
         hessian = (info.get("hessian") or {}).get("seconds")
         wall = common.format_seconds(info["seconds"]) + (f" + Hessian {common.format_seconds(hessian)}" if hessian else "")
         cells.append(f"{label} {finite.min():.3g} to {finite.max():.3g}, top eigenvalue {top}, {wall}")
