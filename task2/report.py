@@ -444,8 +444,9 @@ def tries_summary(out, tries, proxy):
         text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
                  f"the recipe as it is ({base}) {common.percent(done[base]['best_val_acc'])} %.")
     if base in done:
-        text += proxy_seed_noise(done, [job["name"] for job in tries if job["name"] in done and
-                                        re.search(rf"{re.escape(FAST_PROXY)}( --seed \d+)?$", job["flags"])])
+        base_cfg = full_scale_config(proxy, 0)  # the recipe as it is at another seed: it differs in nothing else
+        text += proxy_seed_noise(done, [name for name in proxies if set(common.config_differences(
+            done[name]["config"], base_cfg, numerics=False)) <= {"seed"}])
         text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
     return text + full_scale_tries(out, tries, done) + adam_lr_choice(
         {name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
