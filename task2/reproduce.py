@@ -113,6 +113,13 @@ FAST_TRIES = [  # (folder under tries/, flags beside the headline job's, what it
      "0.1 at batch 128)"),
     ("proxy_ls0.2_ema", f"{FAST_PROXY} --label-smoothing 0.2 --ema 0.98", "label smoothing 0.2 and the moving "
      "average together, as airbench94 uses both (Jordan 2024)"),
+    # the two winning proxies again at seed 1 (their gains paired by seed), and together; the rule, written before
+    # any ran: the pair earns a full-scale try only if it beats the better one alone (proxy_lr0.05, 66.98 %) by
+    # more than the recipe's 3-seed range (0.50 pp)
+    ("proxy_lr0.05_s1", f"{FAST_PROXY} --lr 0.05 --seed 1", "half the peak lr again, seed 1: its gain paired by seed"),
+    ("proxy_bs128_s1", f"{FAST_PROXY} --batch-size 128 --seed 1", "batch 128 again, seed 1: its gain paired by seed"),
+    ("proxy_lr0.05_bs128", f"{FAST_PROXY} --lr 0.05 --batch-size 128", "half the peak lr and batch 128 together: "
+     "the two proxies that beat the recipe"),
     # the two proxies that beat the recipe by more than its 3-seed range, at full scale; the rule, written before
     # either ran: one replaces the recipe only if its validation beats the headline's 89.44 % by more than 0.50 pp
     # (that range: full-scale seed noise is not yet measured), the higher of the two if both do
