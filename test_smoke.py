@@ -1095,6 +1095,13 @@ def test_figure_titles_say_the_run_in_words_and_curves_are_redrawn_in_percent(tm
     assert landscape.run_words(str(run / "best.pt")) == "light"
     common.write_json(str(run / "config.json"), cfg)
     assert landscape.run_words(str(run / "best.pt")).replace("\n", " ") == words
+    # a surface's title also says how it was made: directions, images, and BN's mode where the model has BN
+    settings = dict(trajectory=None, interp=None, norm="filter", n_items=2000, split="train", bn_mode="train")
+    assert landscape.protocol_words(dict(settings=settings, model="vgg_a_bn")).replace("\n", " ") == \
+        "filter-normalized random directions, loss on 2,000 training images, BN in train mode (statistics re-estimated)"
+    assert landscape.protocol_words(dict(settings=dict(settings, interp="b.pt", n_items=-1, split="test"),
+                                         model="vgg_a")).replace("\n", " ") == \
+        "the straight path between two checkpoints, loss on all test images"
     (run / "metrics.jsonl").write_text("".join(json.dumps(dict(epoch=e, train_loss=1.0, val_loss=1.0, train_acc=0.5,
                                                                val_acc=0.25 * e)) + "\n" for e in (1, 2)))
     drawn = {}

@@ -215,7 +215,8 @@ def plot_1d(x, z, acc, zlabel, title, xlabel, out):
     """Loss and accuracy (%) against x on twin axes: loss_1d.png."""
     fig, ax = common.pyplot().subplots(figsize=(6.5, 4.2))
     ax.plot(x, z, color="tab:blue", marker=".", label=zlabel)
-    ax.set(xlabel=xlabel, ylabel=zlabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=zlabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     twin = ax.twinx()
     twin.plot(x, 100 * np.asarray(acc), color="tab:red", marker=".", label="accuracy (%)")
@@ -248,18 +249,21 @@ def plot_landscape(surface, out, title="", log=False, zmax=None, xlabel="x", pat
         ax.plot(path["x"], path["y"], "r.-", lw=1, ms=4, label="training path (snapshots)")
         ax.plot(path["x"][-1:], path["y"][-1:], "k*", ms=10, label="final weights")
         ax.legend(fontsize=7)
-    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+    ax.set(xlabel=labels[0], ylabel=labels[1])
+    ax.set_title(title, fontsize=9)
     common.save_figure(fig, os.path.join(out, "contour.png"))
     fig, ax = plt.subplots(figsize=(6, 5))
     fig.colorbar(ax.contourf(grid_x, grid_y, z, levels=40, cmap="viridis"), ax=ax, label=zlabel)
-    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+    ax.set(xlabel=labels[0], ylabel=labels[1])
+    ax.set_title(title, fontsize=9)
     common.save_figure(fig, os.path.join(out, "heatmap.png"))
     fig = plt.figure(figsize=(6.5, 5))
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(grid_x, grid_y, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.8)
     if path is not None:  # the path at the loss of its own points on the plane
         ax.plot(path["x"], path["y"], to_z(path["loss"]), "r.-")
-    ax.set(xlabel=labels[0], ylabel=labels[1], zlabel=zlabel, title=title)
+    ax.set(xlabel=labels[0], ylabel=labels[1], zlabel=zlabel)
+    ax.set_title(title, fontsize=9)
     readable_3d_ticks(ax)
     common.save_figure(fig, os.path.join(out, "surface_3d.png"))
     return ["contour.png", "heatmap.png", "surface_3d.png"]
@@ -626,13 +630,32 @@ def run_words(ckpt):
         return os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
 
 
+NO_BN_MODELS = ("vgg_a", "vgg16")  # the models without BatchNorm: their surfaces have no BN mode to name
+
+
+def protocol_words(info):
+    """How a surface was made, for its figures' titles: 'filter-normalized random directions, loss on 2,000
+    training images, BN in eval mode (running statistics)'; the BN mode only for a model with BN."""
+    s = info["settings"]
+    axes = ("the path's PCA plane" if s.get("trajectory") else "the straight path between two checkpoints"
+            if s["interp"] else f"{s['norm']}-normalized random directions" if s["norm"] != "none" else
+            "random directions (not normalized)")
+    images = "all" if s["n_items"] == -1 else f"{s['n_items']:,}"
+    split = "training" if s["split"] == "train" else s["split"]
+    bn = "" if info.get("model") in NO_BN_MODELS else \
+        ", BN in eval mode (running statistics)" if s["bn_mode"] == "eval" else \
+        ", BN in train mode (statistics re-estimated)"
+    return textwrap.fill(f"{axes}, loss on {images} {split} images{bn}", 60)
+
+
 def draw_figures(folder, info, log, zmax):
     """The figures of the surface in `folder` (its surface.npz; `info`: its surface.json); returns their names."""
     settings = info["settings"]
     title = run_words(settings["ckpt"]) + (f" (α=0)\nto {run_words(settings['interp'])} (α=1)"
                                           if settings["interp"] else "")
-    written = plot_landscape(common.load_npz(os.path.join(folder, "surface.npz")), folder, title, log, zmax,
-                             "α" if settings["interp"] else "x", info.get("trajectory"))
+    written = plot_landscape(common.load_npz(os.path.join(folder, "surface.npz")), folder,
+                             f"{title}\n{protocol_words(info)}", log, zmax, "α" if settings["interp"] else "x",
+                             info.get("trajectory"))
     return written + (plot_spectrum(info, folder, title) if "spectrum" in info else [])
 
 
