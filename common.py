@@ -567,7 +567,7 @@ _OURS = dict(epochs=60, batch_size=128, lr=_per_opt(0.01, 1e-4), momentum=0.9, n
              normalization="cifar10", augment=True, classifier_bn=False, decay_bn_bias=True,
              init=Per("model", resvgg16="default", vgg16="kaiming", other="xavier"),
              leaky_slope=Per("model", vgg16=0.1, other=0.01))
-_FAST = dict(_OURS, epochs=30, batch_size=256, lr=_per_opt(0.1, 1e-3), nesterov=True, dropout=0.0,
+_FAST = dict(_OURS, epochs=30, batch_size=_per_opt(128, 256), lr=_per_opt(0.1, 1e-3), nesterov=True, dropout=0.0,
              label_smoothing=Per("loss", ce=0.1, nll=0.1, other=0.0), schedule="onecycle", decay_bn_bias=False,
              init=Per("model", resvgg16="default", other="xavier"))
 _TASK2 = dict(lr=_per_opt(0.01, 1e-3), init="xavier")

@@ -29,8 +29,8 @@ import landscape  # noqa: E402
 from reproduce import (  # noqa: E402
     ADAM_HESSIAN, ADAM_HESSIAN_SEEDS, BN_DIR, BN_PAIR, BN_PAPER_DIR, BN_TRAIN_MODE, FAST_PROXY, FINISHED,
     FULL_SCALE_SURFACE, GRIDS, HEADLINE_NAME, GRID_ACTS, GRID_LOSSES, GRID_OPTS, HP_RUNS, INTERP, LOSS_RUNS,
-    NLL_CHECK, PROFILES, REPORT_LIGHT_GRID, RETRAIN, SHARPNESS_ROWS, SPECTRA, T1_FILTERS, T1_INTERP,
-    T1_INTERP_FLAGS, T1_SURFACES, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, adam_hessian_folder,
+    NLL_CHECK, PROFILES, PROXY_256, PROXY_BASE, REPORT_LIGHT_GRID, RETRAIN, SHARPNESS_ROWS, SPECTRA, T1_FILTERS,
+    T1_INTERP, T1_INTERP_FLAGS, T1_SURFACES, T2_MODELS, T2_OPTS, TRAJECTORY, VISUALIZE, adam_hessian_folder,
     best_grid_run, full_scale_config, grid, grid_name, light_grid_name, off_plan, read_result,
     run_dir, seed_name, seed_results, surface_complete, surface_folder, t2_name)
 
@@ -402,13 +402,14 @@ def full_scale_table(out, jobs):
 def tries_table(out, jobs):
     """Every try of the fast recipe's search (the plan's, in its order) and the headline run, ranked by
     nothing but shown with their validation accuracy; each row says in which settings it differs from the
-    headline job, or, for a proxy, from the proxy of the recipe as it is."""
+    headline job, or, for a proxy, from the proxy of the recipe as the proxies ran it (proxy_base)."""
     tries = [job for job in jobs if job["under"] == "tries"]
     headline = next(job for job in jobs if job["under"] == "runs")
-    proxy = next((job for job in tries if job["flags"].endswith(FAST_PROXY)), None)
+    proxy = next((job for job in tries if job["name"] == PROXY_BASE), None)
     md = ["**Tries of the fast recipe** (chosen on validation; the proxies never read the test set): "
           + tries_summary(out, tries, proxy), "", TABLES_ONLY[0], "### Tries of the fast recipe", "",
-          f"Proxies: the headline job with `{FAST_PROXY}`; each other row: the headline job's settings.", "",
+          f"Proxies: the headline job with `{PROXY_256}` (batch 256: the recipe's until 2026-12-07), each beside "
+          f"{PROXY_BASE}; each other row: beside the headline job.", "",
           *table_head("try", "what it tries", "settings that differ", "status", "best val acc", "with flip TTA",
                       "at epoch", "wall time")]
     for job in [*tries, headline]:
@@ -431,8 +432,8 @@ def tries_table(out, jobs):
 
 def tries_summary(out, tries, proxy):
     """One paragraph for README: how many tries finished, the best proxy by validation accuracy beside the
-    recipe as it is (`proxy`, the job), and the proxy's seed noise (the same proxy at every seed it ran: a smaller
-    gain is a tie)."""
+    recipe as the proxies ran it (`proxy`, the job), and the proxy's seed noise (the same proxy at every seed it
+    ran: a smaller gain is a tie)."""
     done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
     opt = proxy and full_scale_config(proxy, 0)["opt"]  # Adam's proxies (#31) are summed up apart
     proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done
@@ -442,9 +443,9 @@ def tries_summary(out, tries, proxy):
     if base in done and len(proxies) > 1:
         best = max(proxies, key=lambda name: done[name]["best_val_acc"])
         text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
-                 f"the recipe as it is ({base}) {common.percent(done[base]['best_val_acc'])} %.")
+                 f"the recipe as the proxies ran it ({base}) {common.percent(done[base]['best_val_acc'])} %.")
     if base in done:
-        base_cfg = full_scale_config(proxy, 0)  # the recipe as it is at another seed: it differs in nothing else
+        base_cfg = full_scale_config(proxy, 0)  # the proxies' recipe at another seed: nothing else differs
         text += proxy_seed_noise(done, [name for name in proxies if set(common.config_differences(
             done[name]["config"], base_cfg, numerics=False)) <= {"seed"}])
         text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
@@ -527,7 +528,8 @@ def paired_proxy_gains(done, proxy_cfg):
             per_seed = ", ".join(f"seed {seed} {d:+.2f}" for seed, d in diffs.items())
             parts.append(f"{setting} {statistics.mean(diffs.values()):+.2f} ± {statistics.stdev(diffs.values()):.2f} "
                          f"pp (n={len(diffs)}: {per_seed})")
-    return f" Paired by seed, validation accuracy minus the recipe as it is: {'; '.join(parts)}." if parts else ""
+    return (f" Paired by seed, validation accuracy minus the recipe as the proxies ran it: {'; '.join(parts)}."
+            if parts else "")
 
 
 def precisions(results):
