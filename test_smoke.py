@@ -2321,6 +2321,8 @@ def test_a_profile_rerun_on_the_committed_results_trains_and_computes_nothing():
                         assert bn_analysis.reusable_run(run, bn_analysis.run_config(a, model, lr, run, seed),
                                                         settings, numerics=False) is not None, run
                     continue
+                if folder.endswith(reproduce.RETRAIN) and "--overwrite" in args:
+                    continue  # trained again on purpose: a surface that reads its lost best.pt is not finished
                 assert reproduce.job_state(script, args) == "done", (profile, script, folder)
 
 
