@@ -506,42 +506,46 @@ def finish_on_paper(jobs):
         open(os.path.join(out, "best.pt"), "w").close()  # the plan asks for checkpoints by name only
 
 
-def predict_jobs(profile, device, cache, seeds=1, min_seconds=1.0):
+def predict_jobs(profile, device, cache, seeds=1, min_seconds=1.0, done_in=None):
     """[(phase, job, seconds)] for every job of the profile's plan (with `seeds` seeds), each phase planned on
-    the results the earlier ones would leave."""
+    the results the earlier ones would leave; done_in: a results folder whose finished jobs take 0 s (not timed)."""
     predicted = []
     with tempfile.TemporaryDirectory() as out:
         for phase in reproduce.PHASES:
             for job in reproduce.plan(phase, profile, out, ".", seeds):  # a job may read the one before it
-                predicted.append((phase, job, job_seconds(job, device, cache, min_seconds)))
+                done = done_in and finished_in(done_in, job, out)
+                predicted.append((phase, job, 0.0 if done else job_seconds(job, device, cache, min_seconds)))
                 finish_on_paper([job])
     return predicted
 
 
 def predict_profile(profile, device, cache, seeds=1, min_seconds=1.0, done_in=None):
     """Seconds per phase of a profile (each model's rates timed for min_seconds); done_in: a results folder
-    whose finished runs and complete surfaces are not counted."""
+    whose finished runs, analyses, surfaces and figures are not counted."""
     seconds = {}
-    for phase, job, s in predict_jobs(profile, device, cache, seeds, min_seconds):
-        seconds[phase] = seconds.get(phase, 0.0) + (0.0 if done_in and finished_in(done_in, job) else s)
+    for phase, job, s in predict_jobs(profile, device, cache, seeds, min_seconds, done_in):
+        seconds[phase] = seconds.get(phase, 0.0) + s
     return seconds
 
 
-def finished_in(results, job):
-    """Whether the job's folder (its --out, under the planned results folder) is finished in `results`."""
-    folder = os.path.join(results, *(reproduce.option(job, "--out") or "").split(os.sep)[-2:])
-    done = [("result.json", "status", reproduce.FINISHED), ("surface.json", "status", ("complete",))]
-    for name, key, values in done:
-        try:
-            if common.load_json(os.path.join(folder, name)).get(key) in values:
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+def finished_in(results, job, planned_out):
+    """Whether a job planned into `planned_out` is finished in `results` (its --out at the same place there):
+    a finished run, a BN analysis whose every run is reused, a complete surface or filter figure."""
+    script, *args = job
+    folder = os.path.join(results, os.path.relpath(reproduce.option(args, "--out"), planned_out))
+    if script.endswith("bn_analysis.py"):
+        out_at = args.index("--out") + 1
+        return bn_analysis.analysis_finished([*args[:out_at], folder, *args[out_at + 1:]])
+    if script.endswith(("landscape.py", "visualize.py")):
+        return reproduce.follower_complete(folder, script)
+    result = reproduce.read_result(folder)
+    return bool(result) and result["status"] in reproduce.FINISHED
 
 
 def eta_line(prediction):
     phases = ", ".join(f"{k} {common.format_seconds(v)}" for k, v in prediction["phases"].items() if v)
+    if not phases:
+        return f"predicted wall time of --profile {prediction['profile']}: nothing left to run (every job finished)"
     return (f"predicted wall time of --profile {prediction['profile']}: {prediction['wall']} ({phases}; rates "
             f"measured now on {prediction['device']}{'; finished jobs left out' if prediction['left_out'] else ''})")
 

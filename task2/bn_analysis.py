@@ -716,15 +716,38 @@ def run_key(model, lr, seed):
     return f"{model}_lr{lr:g}" + (f"_s{seed}" if seed else "")
 
 
+def analysis_plan(args):
+    """(model, lr, seed) of every run of the analysis, in the order they run."""
+    return [(m, lr, s) for s in range(args.seeds) for m in args.models for lr in args.lrs]
+
+
+def reused_run(args, model, lr, out, seed):
+    """(run folder, its config, the probe settings, the finished run reusable there or None)."""
+    run_dir = os.path.join(out, "runs", run_key(model, lr, seed))
+    cfg = run_config(args, model, lr, run_dir, seed)
+    probe_settings = {k: getattr(args, k) for k in PROBE_KEYS}
+    return run_dir, cfg, probe_settings, reusable_run(run_dir, cfg, probe_settings, same_numerics(args))
+
+
+def same_numerics(args):
+    """Whether a reused run must have the precision asked for (not with --precision auto: whatever auto
+    resolved to where it ran)."""
+    return args.train.get("precision", "auto") != "auto"
+
+
+def analysis_finished(argv):
+    """Whether every run of the analysis that these flags describe is finished in its --out (a rerun only
+    redraws the figures and summary)."""
+    args = parse_args(argv)
+    out = args.train.get("out") or os.path.join("runs", "bn_analysis")
+    return all(reused_run(args, model, lr, out, seed)[-1] is not None for model, lr, seed in analysis_plan(args))
+
+
 def analysis_run(args, model, lr, out, seed=0):
     """Train one model at one lr and seed with the probe, or reuse the finished run of an earlier call with the
     same training config and probe settings; None when interrupted."""
-    run_dir = os.path.join(out, "runs", run_key(model, lr, seed))
+    run_dir, cfg, probe_settings, reused = reused_run(args, model, lr, out, seed)
     probe_file = os.path.join(run_dir, "probe.npz")
-    cfg = run_config(args, model, lr, run_dir, seed)
-    probe_settings = {k: getattr(args, k) for k in PROBE_KEYS}
-    numerics = args.train.get("precision", "auto") != "auto"  # auto: whatever it resolved to where it ran
-    reused = reusable_run(run_dir, cfg, probe_settings, numerics)
     if reused is not None:
         print(f"reusing {run_dir}", flush=True)
         return dict(model=model, lr=lr, seed=seed, dir=os.path.relpath(run_dir, out), **reused)
@@ -734,7 +757,7 @@ def analysis_run(args, model, lr, out, seed=0):
                     args.sharpness_images, args.sharpness_iters, common.Numerics(args.probe_precision),
                     args.sharpness_coords)
     partial = os.path.join(run_dir, "probe_partial.npz")
-    restored = interrupted_probe(run_dir, cfg, probe_settings, numerics)
+    restored = interrupted_probe(run_dir, cfg, probe_settings, same_numerics(args))
     if restored is not None:  # Ctrl-C'd earlier: the run resumes from last.pt, the probe from its arrays
         probe.restore(restored)
         cfg = {**cfg, "resume": True, "overwrite": False}
@@ -813,7 +836,7 @@ def main(argv=None):
 
 def analysis(args, out):
     """Every (model, lr) run, then the raw numbers, figures and summary.md in `out`; the exit code."""
-    runs, plan = [], [(m, lr, s) for s in range(args.seeds) for m in args.models for lr in args.lrs]
+    runs, plan = [], analysis_plan(args)
     for i, (model, lr, seed) in enumerate(plan):
         print(f"=== run {i + 1} of {len(plan)}: {model}, lr {lr:g}, seed {seed}", flush=True)
         run = analysis_run(args, model, lr, out, seed)
