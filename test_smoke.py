@@ -1729,10 +1729,15 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     out = tmp_path / "results"
     command = ["bash", os.path.join(ROOT, "run_all.sh"), "--profile", "smoke", "--data-dir", data, "--out", str(out)]
     env = {**os.environ, "PYTHON": sys.executable}
-    for shard in ("0/2", "1/2"):  # phase 1 as two shards into the shared folder, one after the other
-        proc = subprocess.run(command + ["--phase", "1", "--shard", shard, "--no-eta"], capture_output=True, text=True,
-                              env=env)
-        assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 32 jobs" in proc.stdout, proc.stdout[-2000:]
+    shards = {}
+    for shard in ("0/2", "1/2"):  # phase 1 as two shards into the shared folder at once, as on two machines
+        with open(tmp_path / f"shard{shard[0]}.log", "w") as log:
+            shards[shard] = subprocess.Popen(command + ["--phase", "1", "--shard", shard, "--no-eta"], env=env,
+                                             stdout=log, stderr=subprocess.STDOUT)
+    for shard, proc in shards.items():
+        proc.wait()
+        stdout = (tmp_path / f"shard{shard[0]}.log").read_text()
+        assert proc.returncode == 0 and f"train.shard{shard[0]}of2: 32 jobs" in stdout, stdout[-2000:]
     proc = subprocess.run(command, capture_output=True, text=True, env=env)  # every phase: phase 1 is all there
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no failures" in proc.stdout and proc.stdout.count("already complete, skipped") == 64
