@@ -435,7 +435,8 @@ def tries_summary(out, tries, proxy):
     recipe as the proxies ran it (`proxy`, the job), and the proxy's seed noise (the same proxy at every seed it
     ran: a smaller gain is a tie)."""
     done = {job["name"]: r for job in tries if (r := read_result(run_dir(out, job["name"], "tries")))}
-    opt = proxy and full_scale_config(proxy, 0)["opt"]  # Adam's proxies (#31) are summed up apart
+    base_cfg = proxy and full_scale_config(proxy, 0)  # the proxies' recipe as it is
+    opt = proxy and base_cfg["opt"]  # Adam's proxies (#31) are summed up apart
     proxies = [job["name"] for job in tries if FAST_PROXY in job["flags"] and job["name"] in done
                and done[job["name"]]["config"]["opt"] == opt]
     text = f"{len(done)} of {len(tries)} tries finished ([every try](tables.md))."
@@ -444,11 +445,10 @@ def tries_summary(out, tries, proxy):
         best = max(proxies, key=lambda name: done[name]["best_val_acc"])
         text += (f" Best proxy by validation accuracy: {best} {common.percent(done[best]['best_val_acc'])} % beside "
                  f"the recipe as the proxies ran it ({base}) {common.percent(done[base]['best_val_acc'])} %.")
-    if base in done:
-        base_cfg = full_scale_config(proxy, 0)  # the proxies' recipe at another seed: nothing else differs
+    if base in done:  # the proxies' recipe at another seed: nothing else differs
         text += proxy_seed_noise(done, [name for name in proxies if set(common.config_differences(
             done[name]["config"], base_cfg, numerics=False)) <= {"seed"}])
-        text += paired_proxy_gains({name: done[name] for name in proxies}, full_scale_config(proxy, 0))
+        text += paired_proxy_gains({name: done[name] for name in proxies}, base_cfg)
     return text + full_scale_tries(out, tries, done) + adam_lr_choice(
         {name: r for name, r in done.items() if r["config"]["opt"] == "adam"})
 
