@@ -2702,6 +2702,9 @@ def test_full_scale_landscapes_table_quotes_each_surface_the_retrain_and_draws_o
     assert "[vgg_a_bn_sgd_bntrain]" not in text and "vgg_a_sgd_filter_hessian, vgg_a_bn_sgd_bntrain, " in text
     assert reproduce.T1_FILTERS not in text  # visualize.py's folder is no surface
     assert len(drawn) == 1
+    fake_surface(os.path.join(out, "landscapes", "vgg_a_bn_sgd_bntrain"), "x.pt", status="partial")  # under way
+    text = "\n".join(report.full_scale_landscapes(out, reproduce.FULL_SCALE_JOBS))
+    assert "[vgg_a_bn_sgd_bntrain]" not in text and "vgg_a_sgd_filter_hessian, vgg_a_bn_sgd_bntrain, " in text
     epochs = [dict(epoch=1, train_loss=1.25, train_acc=0.5, val_loss=1.5, val_acc=0.45, img_per_s=300.0)]
     for name, speed in (("t2_vgg_a_sgd", 300.0), ("t2_vgg_a_sgd_retrain", 280.0)):  # a retrain bit for bit
         common.write_text(os.path.join(reproduce.run_dir(out, name), "metrics.jsonl"),

@@ -747,7 +747,7 @@ def full_scale_landscapes(out, jobs):
     the retrains that made them when a checkpoint was gone, and the No-BN vs BN surfaces on one colour scale."""
     planned = [os.path.join(out, "landscapes", surface_folder(f, seed)) for job in jobs for seed in job["surface_seeds"]
                for f, _, script in job["surfaces"] if script.endswith("landscape.py")]
-    made = [f for f in planned if os.path.exists(os.path.join(f, "surface.json"))]
+    made = [f for f in planned if surface_complete(f)]  # one under way is not computed yet (nor committed)
     sharpness = adam_sharpness(out)
     md = ["### Loss landscapes and Hessians of the full-scale checkpoints (task2/landscape.py)", "",
           *task1_figures(out), *sharpness, *([""] if sharpness else [])]
