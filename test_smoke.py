@@ -2386,10 +2386,15 @@ def test_light_grid_stands_beside_the_report_with_its_three_comparisons(tmp_path
     assert "weights bit-identical to t1_light_leaky_relu_ce_sgd_fast_1epoch" in rows["tanh", "nll", "adam"]
     summary = report.light_grid_summary(str(tmp_path), reproduce.FULL_SCALE_JOBS)
     assert "6 of 6 configurations finished" in summary and "seed spread of the headline configuration: 1.00 pp " \
-        "over 3 seeds" in summary
+        "over 3 seeds (test 89.00, 88.50, 89.50 %" in summary
     assert ("with sgd, the best activation is leaky_relu (+0.80 pp over relu (within the seed spread); the "
             "report's: leaky_relu), tanh minus the others' mean -2.60 pp (the report's -3.10)") in summary
     assert "with adam, the best activation is leaky_relu (+2.00 pp over relu; " in summary
+    fake_result(str(tmp_path / "runs" / reproduce.seed_name(headline["name"], 2)), 0.99,  # seed 2 = seed 0: spread 0
+                **reproduce.full_scale_config(headline, 2))
+    os.remove(tmp_path / "runs" / reproduce.seed_name(headline["name"], 1) / "result.json")
+    assert "seed spread of the headline configuration: 0.00 pp over 2 seeds (test 89.00, 89.00 %" in \
+        report.light_grid_summary(str(tmp_path), reproduce.FULL_SCALE_JOBS)
     assert "SGD − Adam with tanh +8.00 pp (the report's +4.32)" in summary
     common.write_json(os.path.join(folder, "result.json"), dict(common.load_json(os.path.join(folder, "result.json")),
                                                                 weights_sha256="cd" * 32))

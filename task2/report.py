@@ -696,11 +696,11 @@ def light_grid_table(out, jobs):
 
 
 def headline_spread(out, jobs):
-    """(max - min, n) of the headline configuration's test accuracy (pp) over its finished seeds."""
+    """(max - min or None below 2 seeds, the test accuracies (%)) of the headline configuration's finished seeds."""
     job = next(job for job in jobs if job["name"] == HEADLINE_NAME)
     accs = [100 * r["test_acc_at_best_val"] for r in seed_results(out, job["name"])
             if r["status"] == "completed" and not off_plan(job, r)]
-    return (max(accs) - min(accs) if len(accs) > 1 else None), len(accs)
+    return (max(accs) - min(accs) if len(accs) > 1 else None), accs
 
 
 def light_grid_summary(out, jobs):
@@ -708,7 +708,7 @@ def light_grid_summary(out, jobs):
     flagged when it is smaller than the headline configuration's seed spread."""
     acc = {k: 100 * r["test_acc_at_best_val"] for k, r in light_grid_results(out, jobs).items()
            if r and r["status"] == "completed"}
-    spread, n = headline_spread(out, jobs)
+    spread, seeds = headline_spread(out, jobs)
     noise = (lambda d: " (within the seed spread)" if abs(d) < spread else "") if spread else (lambda d: "")
     parts = []
     for opt in GRID_OPTS:
@@ -726,9 +726,10 @@ def light_grid_summary(out, jobs):
             d = acc[act, "sgd"] - acc[act, "adam"]
             parts.append(f"SGD − Adam with {act} {d:+.2f} pp{noise(d)} (the report's "
                          f"{REPORT_LIGHT_GRID[act, 'sgd'] - REPORT_LIGHT_GRID[act, 'adam']:+.2f})")
-    yardstick = (f"seed spread of the headline configuration: {spread:.2f} pp over {n} seeds" if spread else
-                 "the headline configuration's seed spread is not measured yet (1 seed), so no difference here is "
-                 "told from noise")
+    yardstick = (f"seed spread of the headline configuration: {spread:.2f} pp over {len(seeds)} seeds (test "
+                 f"{', '.join(f'{a:.2f}' for a in seeds)} %; so few seeds are a rough yardstick)"
+                 if spread is not None else "the headline configuration's seed spread is not measured yet (1 seed), "
+                 "so no difference here is told from noise")
     return (f"**The light grid at full scale** (#31: ResVGG16-light, the fast recipe, one seed each): {len(acc)} of "
             f"{len(REPORT_LIGHT_GRID)} configurations finished ([the table](tables.md)); " + "; ".join(parts)
             + ("; " if parts else "") + f"{yardstick}. NLL rows: {nll_rows_text(out)}.")
