@@ -1116,6 +1116,30 @@ def test_figure_titles_say_the_run_in_words_and_curves_are_redrawn_in_percent(tm
     assert fig.axes[1].lines[1].get_ydata().tolist() == [25.0, 50.0]
 
 
+def test_a_report_redraws_only_the_curves_whose_files_changed(tmp_path, monkeypatch):
+    """Drawing every run's curves was most of a report's time (68 figures for cpu-full): the next report copies a
+    figure whose run files and plotting code are unchanged, and draws again the one whose metrics changed."""
+    for name in ("a", "b"):
+        run = tmp_path / "runs" / name
+        fake_result(str(run), 0.5)
+        common.write_json(str(run / "config.json"), common.parse_config("task2/train.py", ["--model", "vgg_a"]))
+        (run / "metrics.jsonl").write_text(json.dumps(dict(epoch=1, train_loss=1.0, val_loss=1.0, train_acc=0.5,
+                                                           val_acc=0.5)) + "\n")
+    drawn = []
+    plot = common.plot_curves
+    monkeypatch.setattr(common, "plot_curves", lambda history, path, title="": (drawn.append(
+        os.path.basename(path)), plot(history, path, title)))
+    report.write_report(str(tmp_path))
+    assert drawn == ["a.png", "b.png"]
+    first = (tmp_path / "figures" / "curves" / "a.png").read_bytes()
+    with open(tmp_path / "runs" / "b" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(dict(epoch=2, train_loss=0.5, val_loss=0.9, train_acc=0.7, val_acc=0.6)) + "\n")
+    report.write_report(str(tmp_path))
+    assert drawn == ["a.png", "b.png", "b.png"]  # a copied, b drawn again
+    assert (tmp_path / "figures" / "curves" / "a.png").read_bytes() == first
+    assert sorted(os.listdir(tmp_path / "figures" / "curves")) == ["a.png", "b.png", report.CURVE_STAMPS]
+
+
 def test_a_seed_that_diverged_or_stalled_is_drawn_alone_and_named(monkeypatch):
     """The --paper curves once averaged VGG-A lr 0.5's diverged seed (best 64 %) with its stalled one (10 %)
     into one 36 % line, unmarked. Such a group is drawn seed by seed, each outcome in the legend; a group whose

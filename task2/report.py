@@ -11,6 +11,7 @@ of every run, filters, surfaces, interpolation, BN figures.
 import argparse
 import collections
 import glob
+import hashlib
 import itertools
 import os
 import re
@@ -21,6 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bn_analysis  # noqa: E402
@@ -34,6 +36,7 @@ from reproduce import (  # noqa: E402
     best_grid_run, full_scale_config, grid, grid_name, light_grid_name, off_plan, read_result,
     run_dir, seed_name, seed_results, surface_complete, surface_folder, t2_name)
 
+CURVE_STAMPS = "stamps.json"  # under figures/curves/: what each curve figure was drawn from
 TABLES_ONLY = ("<!-- tables.md only -->", "<!-- /tables.md only -->")  # a long table README leaves out
 
 
@@ -314,34 +317,55 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 ]
 
 
-def draw_curves(out):
-    """Every finished run's (recipe try's, light grid run's) curves into figures/curves/<run>.png, drawn afresh from its
+CURVE_INPUTS = ("metrics.jsonl", "config.json", "result.json")
+
+
+def curve_stamp(folder):
+    """What a run's curve figure is drawn from: its files, the plotting code (common.py) and matplotlib's version."""
+    digest = hashlib.sha256(matplotlib.__version__.encode())
+    for path in (common.__file__, *(os.path.join(folder, name) for name in CURVE_INPUTS)):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def draw_curves(out, previous=None):
+    """Every finished run's (recipe try's, light grid run's) curves into figures/curves/<run>.png, drawn from its
     metrics.jsonl and config.json (or its curves.png copied when it has no metrics); a run under way has neither
-    result.json nor curves.png and is left out. Returns the run names."""
+    result.json nor curves.png and is left out. A figure of `previous` (the last report's figures/ folder) whose
+    stamp in curves/stamps.json matches is copied, not drawn again (drawing is most of a report's time). Returns the
+    run names."""
     named = [(name, run_dir(out, name, under)) for under in ("runs", "tries", "grid")
              if os.path.isdir(os.path.join(out, under)) for name in sorted(os.listdir(os.path.join(out, under)))]
-    drawn = []
+    old_stamps = os.path.join(previous or "", "curves", CURVE_STAMPS)
+    old = common.load_json(old_stamps) if previous and os.path.exists(old_stamps) else {}
+    stamps = {}
     for name, folder in named:
         path = os.path.join(out, "figures", "curves", f"{name}.png")
-        if all(os.path.exists(os.path.join(folder, f)) for f in ("metrics.jsonl", "config.json", "result.json")):
-            common.plot_curves(common.read_metrics(folder), path,
-                               common.describe(common.load_json(os.path.join(folder, "config.json"))))
+        if all(os.path.exists(os.path.join(folder, f)) for f in CURVE_INPUTS):
+            stamps[name] = curve_stamp(folder)
+            if old.get(name) == stamps[name] and os.path.exists(os.path.join(previous, "curves", f"{name}.png")):
+                shutil.copy(os.path.join(previous, "curves", f"{name}.png"), path)
+            else:
+                common.plot_curves(common.read_metrics(folder), path,
+                                   common.describe(common.load_json(os.path.join(folder, "config.json"))))
         elif os.path.exists(os.path.join(folder, "curves.png")):
             shutil.copy(os.path.join(folder, "curves.png"), path)
+            stamps[name] = None
         else:
             continue
-        drawn.append(name)
-    return drawn
+    common.write_json(os.path.join(out, "figures", "curves", CURVE_STAMPS), stamps)
+    return list(stamps)
 
 
 def curves_section(out):
-    return [f"Training curves of the {len(draw_curves(out))} runs and tries: [figures/curves/](figures/curves/)."]
+    count = len(common.load_json(os.path.join(out, "figures", "curves", CURVE_STAMPS)))
+    return [f"Training curves of the {count} runs and tries: [figures/curves/](figures/curves/)."]
 
 
 def figures_section(out):
-    """Copy every run's curves and the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
+    """Copy the landscape figures into figures/, draw VGG-A vs VGG-A + BN."""
     figures = os.path.join(out, "figures")
-    draw_curves(out)
     listed = []
     for src, dst, caption in FIGURES:
         if os.path.exists(os.path.join(out, src)):
@@ -942,7 +966,7 @@ def write_report(out, profile=""):
     if os.path.isdir(figures):
         os.rename(figures, kept)
     try:
-        text = _write_tables(out, profile)
+        text = _write_tables(out, profile, previous=kept)
     except BaseException:
         shutil.rmtree(figures, ignore_errors=True)
         if os.path.isdir(kept):
@@ -952,8 +976,9 @@ def write_report(out, profile=""):
     return text
 
 
-def _write_tables(out, profile):
+def _write_tables(out, profile, previous=None):
     os.makedirs(os.path.join(out, "figures", "curves"))
+    draw_curves(out, previous if previous and os.path.isdir(previous) else None)
     results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
         if os.path.isdir(os.path.join(out, "runs")) else []
     devices = sorted({r["device"] for r in results if r})
