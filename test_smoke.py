@@ -1211,7 +1211,8 @@ def test_every_job_of_every_profile_has_a_prediction(monkeypatch):
             names = [job[-1].split("/")[-1] for phase, job, _ in jobs if phase == "landscapes"]
             assert names == ["best_sgd", "best_adam", "interp_sgd_adam", "vgg_a", "vgg_a_bn", "vgg_a_bn_bntrain",
                              "trajectory_sgd", "trajectory_adam", "spectrum_vgg_a", "spectrum_vgg_a_bn_eval",
-                             "spectrum_vgg_a_bn_train", "visualize"]
+                             "spectrum_vgg_a_bn_train", "spectrum_vgg_a_filter", "spectrum_vgg_a_bn_eval_filter",
+                             "spectrum_vgg_a_bn_train_filter", "visualize"]
             assert sum(phase == "analysis" for phase, *_ in jobs) == 8
     assert throughput.hessian_passes(["--hessian", "--hessian-iters", "10", "--repeats", "2"]) == 2 * 10 * 2
     assert throughput.hessian_passes(["--hessian-trace", "--trace-probes", "8", "--hessian-density", "--slq-probes",
@@ -1788,6 +1789,8 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     per_block = [r for r in spectra.split("| block |", 1)[1].splitlines()[2:] if r.startswith("|")]
     assert [r.split(" | ")[0] for r in per_block] == [f"| {k}" for k in range(1, 12)]  # VGG-A: 8 conv + 3 linear
     assert per_block[0].split(" | ")[3].startswith("features.0+1: ") and "–" not in "".join(per_block)
+    assert [r[2] for r in table_rows(tables, "7. ")] == ["raw"] * 3 + ["filter"] * 3  # both coordinates, all made
+    assert spectra.count("| block |") == 2 and "Per block, filter-normalized (D·H·D):" in spectra
     grid = table_rows(tables, "2. The 24-configuration grid")
     assert sum(r[0].startswith("**") for r in grid) == 1  # exactly one best row, in bold
     assert [r[0].strip("*") for r in grid] == [str(k) for k in range(1, 25)]
@@ -2012,8 +2015,8 @@ def test_per_block_spectra_are_drawn_by_block_position(tmp_path, monkeypatch):
     drawn = {}
     monkeypatch.setattr(report.common, "save_figure", lambda fig, path: drawn.update(fig=fig))
     block = lambda name, top: dict(name=name, top=dict(mean=top))  # noqa: E731
-    report.plot_spectra({"vgg_a": dict(blocks=[block("features.0", 5.0), block("features.3", 2.0)]),
-                         "vgg_a_bn": dict(blocks=[block("features.0+1", 9.0), block("features.4+5", 3.0)])},
+    report.plot_spectra({"raw": {"vgg_a": dict(blocks=[block("features.0", 5.0), block("features.3", 2.0)]),
+                                 "vgg_a_bn": dict(blocks=[block("features.0+1", 9.0), block("features.4+5", 3.0)])}},
                         str(tmp_path / "spectra.png"))
     lines = drawn["fig"].axes[1].lines
     assert [list(line.get_xdata()) for line in lines] == [[1, 2], [1, 2]]

@@ -204,31 +204,42 @@ def sharpness_table(out):
     return md
 
 
+COORDS_WORDS = {"raw": "in the parameters (raw)", "filter": "filter-normalized (D·H·D)"}
+
+
 def spectrum_section(out):
-    """Table 7 and figures/spectra.png: the Hessian of VGG-A and VGG-A + BN (both BN modes) at the checkpoint."""
+    """Table 7 and figures/spectra.png: the Hessian of VGG-A and VGG-A + BN (both BN modes) at the checkpoint, in
+    the parameters and in filter-normalized coordinates."""
     md = ["### 7. The Hessian's spectrum at the checkpoint: VGG-A vs VGG-A + BN (Adam runs)", "",
-          *table_head("model", "BN mode", "top eigenvalue", "trace (Hutchinson)", "largest block top eigenvalue",
-                      "images", "seeds", "folder")]
-    infos = {}
-    for name, model, mode in SPECTRA:
+          *table_head("model", "BN mode", "coordinates", "top eigenvalue", "trace (Hutchinson)",
+                      "largest block top eigenvalue", "images", "seeds", "folder")]
+    infos = {coords: {} for coords in common.HESSIAN_COORDS}
+    for name, model, mode, coords in SPECTRA:
         path = os.path.join(out, "landscapes", name, "surface.json")
         info = common.load_json(path) if os.path.exists(path) else {}
         s, h = info.get("spectrum"), info.get("hessian")
         if not s:
-            md.append(row([model, mode, *["–"] * 5, "missing"]))
+            md.append(row([model, mode, coords, *["–"] * 5, "missing"]))
             continue
-        infos[f"{common.MODEL_LABELS[model]}, BN {mode}" if model != "vgg_a" else "VGG-A (no BN)"] = s
+        infos[coords][f"{common.MODEL_LABELS[model]}, BN {mode}" if model != "vgg_a" else "VGG-A (no BN)"] = s
         top_block = max(s.get("blocks", []), key=lambda b: b["top"]["mean"], default=None)
         trace = s.get("trace")
-        md.append(row([model, mode, f"{h['top_eigenvalue']:.4g} ± {h['top_eigenvalue_std']:.2g}" if h else "–",
+        md.append(row([model, mode, coords,
+                       f"{h['top_eigenvalue']:.4g} ± {h['top_eigenvalue_std']:.2g}" if h else "–",
                        f"{trace['mean']:.4g} ± {trace['std']:.2g} (SE {trace['stderr'][0]:.2g})" if trace else "–",
                        f"{top_block['top']['mean']:.4g} ({top_block['name']})" if top_block else "–", s["images"],
                        s["repeats"], link(out, os.path.join(out, "landscapes", name))]))
+    infos = {coords: found for coords, found in infos.items() if found}
     if infos:
         plot_spectra(infos, os.path.join(out, "figures", "spectra.png"))
-    return md + ["", "± is the standard deviation over the seeds (Lanczos starts, Hutchinson and SLQ probes); SE "
-                 "is the first seed's Hutchinson standard error. VGG-A has no BN, so its one spectrum serves both "
-                 "modes; `train` normalizes with batch statistics (dropout off).", ""] + per_block_table(infos)
+    md += ["", "± is the standard deviation over the seeds (Lanczos starts, Hutchinson and SLQ probes); SE "
+           "is the first seed's Hutchinson standard error. VGG-A has no BN, so its one spectrum serves both "
+           "modes; `train` normalizes with batch statistics (dropout off). `filter`: the Hessian of the loss along "
+           "filter-normalized directions (D·H·D, the surfaces' coordinates), blind to the scale of a filter that "
+           "feeds a BN channel, which the raw Hessian measures as 1/‖w‖²."]
+    for coords, found in infos.items():
+        md += ["", f"Per block, {COORDS_WORDS[coords]}:", ""] + per_block_table(found)
+    return md
 
 
 def per_block_table(infos):
@@ -265,27 +276,28 @@ def trajectory_section(out):
 
 
 def plot_spectra(infos, path):
-    """The SLQ densities side by side on one log axis, and per block the top eigenvalue of each network."""
+    """Per coordinates (a row each: raw, filter), the SLQ densities on one log axis and per block the top
+    eigenvalue of each network; `infos`: {coords: {label: spectrum}}."""
     plt = common.pyplot()
-    fig, (ax_d, ax_b) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for (label, s), colour in zip(infos.items(), ("tab:orange", "tab:blue", "tab:green")):
-        if "density" in s:
-            grid, _, curves = common.density_curves(s["density"])
-            ax_d.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color=colour, label=label)
-        if "blocks" in s:  # by position: the networks name their blocks differently (features.3 vs features.4+5)
-            ax_b.plot(np.arange(1, len(s["blocks"]) + 1), [b["top"]["mean"] for b in s["blocks"]], "o-", color=colour,
-                      label=label)
-    ax_d.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
-             title="Hessian eigenvalue density")
-    ax_b.set(yscale="log", xlabel="block, counted from the input (each network's block names: tables.md)",
-             ylabel="top eigenvalue of the block's Hessian", title="per block (the rest fixed)")
-    ax_b.xaxis.get_major_locator().set_params(integer=True)
-    for ax in (ax_d, ax_b):
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    coords = " / ".join(sorted({s.get("coords", "raw") for s in infos.values()}))
-    fig.suptitle(f"The Hessian at the Adam checkpoints, VGG-A vs VGG-A + BN ({coords} coordinates)", fontsize=10)
+    fig, axes = plt.subplots(len(infos), 2, figsize=(13, 4.5 * len(infos)), squeeze=False)
+    for (coords, found), (ax_d, ax_b) in zip(infos.items(), axes):
+        for (label, s), colour in zip(found.items(), ("tab:orange", "tab:blue", "tab:green")):
+            if "density" in s:
+                grid, _, curves = common.density_curves(s["density"])
+                ax_d.plot(grid, np.maximum(np.mean(curves, 0), 1e-12), color=colour, label=label)
+            if "blocks" in s:  # by position: the networks name their blocks differently (features.3 vs .4+5)
+                ax_b.plot(np.arange(1, len(s["blocks"]) + 1), [b["top"]["mean"] for b in s["blocks"]], "o-",
+                          color=colour, label=label)
+        ax_d.set(yscale="log", ylim=(1e-8, None), xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
+                 title=f"Hessian eigenvalue density, {COORDS_WORDS[coords]}")
+        ax_b.set(yscale="log", xlabel="block, counted from the input (each network's block names: tables.md)",
+                 ylabel="top eigenvalue of the block's Hessian", title=f"per block (the rest fixed), {coords}")
+        ax_b.xaxis.get_major_locator().set_params(integer=True)
+        for ax in (ax_d, ax_b):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+    fig.suptitle("The Hessian at the Adam checkpoints, VGG-A vs VGG-A + BN", fontsize=10)
     common.save_figure(fig, path)
 
 

@@ -278,8 +278,10 @@ LOSS_RUNS = [  # report beyond 4.3, on the best grid configuration: (label, run 
 SHARPNESS_ROWS = [("best SGD model", "best_sgd"), ("best Adam model", "best_adam"), ("VGG-A (Adam)", "vgg_a"),
                   ("VGG-A + BN (Adam)", "vgg_a_bn")]
 INTERP, VISUALIZE, BN_TRAIN_MODE, TRAJECTORY = "interp_sgd_adam", "visualize", "vgg_a_bn_bntrain", "trajectory"
-SPECTRA = [("spectrum_vgg_a", "vgg_a", "eval"), ("spectrum_vgg_a_bn_eval", "vgg_a_bn", "eval"),
-           ("spectrum_vgg_a_bn_train", "vgg_a_bn", "train")]  # (landscape folder, Task 2 Adam model, BN mode)
+SPECTRA = [(f"spectrum_{name}" + ("" if coords == "raw" else f"_{coords}"), model, mode, coords)
+           for coords in common.HESSIAN_COORDS for name, model, mode in (
+               ("vgg_a", "vgg_a", "eval"), ("vgg_a_bn_eval", "vgg_a_bn", "eval"),
+               ("vgg_a_bn_train", "vgg_a_bn", "train"))]  # (landscape folder, Task 2 Adam model, BN mode, coords)
 SPECTRUM_FLAGS = ["--hessian", "--hessian-trace", "--hessian-density", "--per-block"]
 BN_DIR, BN_PAPER_DIR = "bn_analysis", "bn_analysis_paper"  # the course's Adam rates; Santurkar et al.'s SGD
 
@@ -512,10 +514,11 @@ def landscape_jobs(p, out):
         if read_result(run_dir(out, f"{TRAJECTORY}_{opt}")):
             jobs.append(surface(os.path.join(run_dir(out, f"{TRAJECTORY}_{opt}"), "last.pt"), f"{TRAJECTORY}_{opt}",
                                 "--trajectory", run_dir(out, f"{TRAJECTORY}_{opt}"), "--x", p["grid"][0]))
-    for name, model, mode in SPECTRA:  # VGG-A has no BN: one spectrum serves both modes
+    for name, model, mode, coords in SPECTRA:  # VGG-A has no BN: one spectrum serves both modes
         ckpt = os.path.join(run_dir(out, t2_name(model, "adam")), "best.pt")
         if os.path.exists(ckpt):
-            jobs.append(surface(ckpt, name, "--x", "0:0:1", "--bn-mode", mode, *SPECTRUM_FLAGS, *p["spectrum"]))
+            jobs.append(surface(ckpt, name, "--x", "0:0:1", "--bn-mode", mode, *SPECTRUM_FLAGS, *p["spectrum"],
+                                *([] if coords == "raw" else ["--hessian-coords", coords])))
     if best["any"]:
         jobs.append(["task1/visualize.py", *p["data"], *p["visualize"], "--ckpt", f"{best['any']}/best.pt",
                      "--n", "16", "--out", os.path.join(out, VISUALIZE)])
