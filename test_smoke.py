@@ -2604,7 +2604,8 @@ def test_task1_figures_appear_once_their_files_exist_sgd_beside_adam_on_one_scal
     np.savez(os.path.join(folder, "surface.npz"), x=np.array([-0.5, 0.0, 0.5, 1.0, 1.5]),
              loss=np.array([3.0, 0.1, 2.5, 0.2, 4.0]))
     text = "\n".join(report.task1_figures(out))
-    assert "top Hessian eigenvalue, raw / filter-normalized: SGD 40 / 4, Adam 900 / 3." in text
+    assert ("top Hessian eigenvalue, raw / filter-normalized: SGD 40 / 4, Adam 900 / 3; Adam / SGD ×22.50 raw, "
+            "×0.75 filter-normalized") in text
     assert "loss 0.1 at α = 0, 0.2 at α = 1, highest between them 2.5." in text and "filters.png" not in text
     (args, kwargs), = drawn
     assert args[1] == ["ResVGG16-light, SGD: top eigenvalue 40", "ResVGG16-light, Adam: top eigenvalue 900"]
