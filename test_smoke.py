@@ -1773,7 +1773,7 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     tables = (out / "tables.md").read_text()
     expected = {"1. Hyper-parameter search": (6, 6), "2. The 24-configuration grid": (24, 11),
                 "2b. The 24-configuration grid": (24, 11), "3. Loss functions": (3, 7), "4. Task 2": (12, 11),
-                "5. How BN helps": (4 * 4 + 1, 9), "6. Sharpness": (4, 6), "7. The Hessian's spectrum": (3, 8),
+                "5. How BN helps": (4 * 4 + 1, 9), "6. Sharpness": (4, 6), "7. The Hessian's spectrum": (6, 9),
                 "8. Training paths": (2, 6)}
     for heading, (n_rows, n_cols) in expected.items():
         rows = table_rows(tables, heading)
