@@ -7,8 +7,9 @@ budgets) · precision (bf16 / fp32, channels_last) · Task 2 (the BN analysis: p
 landscapes (surfaces, Hessian, paths) · run_all.sh (plan, job runner, report) · the GPU check (CUDA-only tests
 skip without a GPU) · nothing lost or mixed up (kills, bad input, refusals).
 """
-import math
+import itertools
 import json
+import math
 import os
 import pickle
 import re
@@ -1786,7 +1787,8 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
     for run in runs:
         assert f"[{os.path.basename(run)}](runs/{os.path.basename(run)})" in tables, run
     spectra = tables.split("### 7. ", 1)[1].split("\n### ", 1)[0]  # its second table: per block, 3 spectra
-    per_block = [r for r in spectra.split("| block |", 1)[1].splitlines()[2:] if r.startswith("|")]
+    per_block = list(itertools.takewhile(lambda r: r.startswith("|"),
+                                         spectra.split("| block |", 1)[1].splitlines()[2:]))  # the raw one
     assert [r.split(" | ")[0] for r in per_block] == [f"| {k}" for k in range(1, 12)]  # VGG-A: 8 conv + 3 linear
     assert per_block[0].split(" | ")[3].startswith("features.0+1: ") and "–" not in "".join(per_block)
     assert [r[2] for r in table_rows(tables, "7. ")] == ["raw"] * 3 + ["filter"] * 3  # both coordinates, all made
@@ -1801,13 +1803,14 @@ def test_run_all_smoke_profile_writes_every_table_and_figure(tmp_path):
             [f"bn_analysis_paper_{n}" for n in bn_analysis.BN_FIGURES if n != "sharpness.png"]:
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"(figures/{name})" in tables
-    assert len(os.listdir(out / "figures" / "curves")) == len(runs)  # every run's curves
+    curves = os.listdir(out / "figures" / "curves")
+    assert sorted(curves) == sorted([f"{os.path.basename(r)}.png" for r in runs] + [report.CURVE_STAMPS])  # each run's
     # a rerun, spread over two workers as with --gpus, finds everything finished: nothing is trained again
     again = subprocess.run(command + ["--gpus", "0,1"], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:]
     n_surfaces = sum(job[0].endswith("landscape.py") for job in jobs["landscapes"])
     worker_logs = "".join(p.read_text() for p in (out / "logs").glob("*.gpu*.log"))  # stdout only echoes them live
-    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 68 + 11
+    assert worker_logs.count("already complete, skipped") == len(runs) + n_surfaces == 68 + 14
     assert "predicted wall time of --profile smoke: nothing left to run" in again.stdout  # nor timed: all done
     assert worker_logs.count("[gpu 0] ") > 0 and worker_logs.count("[gpu 1] ") > 0
     assert "parameters |" not in worker_logs and "points/s |" not in worker_logs
