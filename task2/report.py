@@ -332,11 +332,12 @@ FIGURES = [  # (file under the results folder, name in figures/, caption)
 CURVE_INPUTS = ("metrics.jsonl", "config.json", "result.json")
 
 
-def curve_stamp(folder):
-    """What a run's curve figure is drawn from: its files, the plotting code (common.py) and matplotlib's version."""
-    digest = hashlib.sha256(matplotlib.__version__.encode())
-    for path in (common.__file__, *(os.path.join(folder, name) for name in CURVE_INPUTS)):
-        with open(path, "rb") as f:
+def curve_stamp(code, folder):
+    """What a run's curve figure is drawn from: `code` (a sha256 of the plotting code and matplotlib's version,
+    taken once per report) and the run's files."""
+    digest = code.copy()
+    for name in CURVE_INPUTS:
+        with open(os.path.join(folder, name), "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
 
@@ -349,13 +350,15 @@ def draw_curves(out, previous=None):
     run names."""
     named = [(name, run_dir(out, name, under)) for under in ("runs", "tries", "grid")
              if os.path.isdir(os.path.join(out, under)) for name in sorted(os.listdir(os.path.join(out, under)))]
-    old_stamps = os.path.join(previous or "", "curves", CURVE_STAMPS)
-    old = common.load_json(old_stamps) if previous and os.path.exists(old_stamps) else {}
-    stamps = {}
+    old_stamps = previous and os.path.join(previous, "curves", CURVE_STAMPS)
+    old = common.load_json(old_stamps) if old_stamps and os.path.exists(old_stamps) else {}
+    code, stamps = hashlib.sha256(matplotlib.__version__.encode()), {}
+    with open(common.__file__, "rb") as f:  # the plotting code
+        code.update(f.read())
     for name, folder in named:
         path = os.path.join(out, "figures", "curves", f"{name}.png")
         if all(os.path.exists(os.path.join(folder, f)) for f in CURVE_INPUTS):
-            stamps[name] = curve_stamp(folder)
+            stamps[name] = curve_stamp(code, folder)
             if old.get(name) == stamps[name] and os.path.exists(os.path.join(previous, "curves", f"{name}.png")):
                 shutil.copy(os.path.join(previous, "curves", f"{name}.png"), path)
             else:
@@ -841,10 +844,10 @@ def task1_figures(out):
                f"![its feature maps](landscapes/{T1_FILTERS}/feature_maps.png)", ""]
     names = [T1_SURFACES[opt] for opt in ("sgd", "adam")]
     if all(surface_complete(folder(n)) and surface_complete(folder(f"{n}_filter_hessian")) for n in names):
-        tops = {n: (surface_top(folder(n)), surface_top(folder(f"{n}_filter_hessian"))) for n in names}
-        top = {n: [common.load_json(os.path.join(folder(f), "surface.json"))["hessian"]["top_eigenvalue"]
-                   for f in (n, f"{n}_filter_hessian")] for n in names}
-        ratios = [adam / sgd for sgd, adam in zip(top[names[0]], top[names[1]])]
+        hessians = {n: [common.load_json(os.path.join(folder(f), "surface.json"))["hessian"]
+                        for f in (n, f"{n}_filter_hessian")] for n in names}  # raw, filter
+        tops = {n: [hessian_cell(h, "top_eigenvalue") for h in hessians[n]] for n in names}
+        ratios = [adam["top_eigenvalue"] / sgd["top_eigenvalue"] for sgd, adam in zip(*hessians.values())]
         titles = [f"ResVGG16-light, {opt}: top eigenvalue {tops[n][0]}" for opt, n in zip(("SGD", "Adam"), names)]
         plot_surfaces_side_by_side([load_surface(folder(n)) for n in names], titles,
                                    os.path.join(out, "figures", "t1_sgd_vs_adam.png"), log=True,
@@ -994,7 +997,7 @@ def write_report(out, profile=""):
 
 def _write_tables(out, profile, previous=None):
     os.makedirs(os.path.join(out, "figures", "curves"))
-    draw_curves(out, previous if previous and os.path.isdir(previous) else None)
+    draw_curves(out, previous)
     results = [read_result(run_dir(out, d)) for d in sorted(os.listdir(os.path.join(out, "runs")))] \
         if os.path.isdir(os.path.join(out, "runs")) else []
     devices = sorted({r["device"] for r in results if r})
